@@ -1,0 +1,86 @@
+"""The typed configuration of a training run.
+
+Field names are the command-line flag names of `train.py`, and the defaults here are the flags'
+defaults (train.py reads them from this class), so a config, its flags and the `flags.cfg`
+written into every run folder are one and the same thing.
+"""
+
+import dataclasses
+import os
+
+from skin_keras.errors import UserError
+from skin_keras.metrics import SUMMARY_KEYS
+from skin_keras.models import BACKBONES
+
+OPTIMIZERS = ("SGD", "Adam", "AdamW")
+MONITORS = ("val_loss",) + tuple(f"val_{key}" for key in SUMMARY_KEYS)
+# Fields that hold file system paths: flags.cfg stores them absolute so it replays from anywhere.
+_PATH_FIELDS = ("data_train", "data_val", "save_ret")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run (see train.py --help for each field)."""
+
+    data_train: str = "data/train"
+    data_val: str = "data/val"
+    save_ret: str = "runs"
+    model: str = "s"
+    weights: str = "imagenet"
+    freeze_layers: bool = True
+    img_size: int = 224
+    dropout: float = 0.2
+    batch_size: int = 16
+    epochs: int = 50
+    optim: str = "SGD"
+    lr: float = 0.01
+    lrf: float = 0.001
+    warmup_epochs: int = 0
+    weight_decay: float = 5e-5
+    label_smoothing: float = 0.0
+    monitor: str = "val_balanced_accuracy"
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.model not in BACKBONES:
+            raise UserError(f"unknown --model={self.model}; choose one of {', '.join(BACKBONES)}")
+        if self.optim.lower() not in {name.lower() for name in OPTIMIZERS}:
+            raise UserError(f"unknown --optim={self.optim}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.monitor not in MONITORS:
+            raise UserError(f"--monitor={self.monitor} is not a validation metric; choose one of "
+                            f"{', '.join(MONITORS)}")
+        _check_range("img_size", self.img_size, 32, 2048)
+        _check_range("batch_size", self.batch_size, 1, 65536)
+        _check_range("epochs", self.epochs, 1, 100000)
+        _check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        _check_range("dropout", self.dropout, 0.0, 0.99)
+        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
+        _check_range("lrf", self.lrf, 0.0, 1.0)
+        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
+        if not self.lr > 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+
+    @property
+    def optimizer_name(self) -> str:
+        """The canonical spelling of `optim` (the flag accepts any letter case)."""
+        return next(name for name in OPTIMIZERS if name.lower() == self.optim.lower())
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_flagfile(self) -> str:
+        """An absl flagfile that replays this config: `python train.py --flagfile=flags.cfg`."""
+        lines = []
+        for name, value in self.to_dict().items():
+            if isinstance(value, bool):
+                lines.append(f"--{name}" if value else f"--no{name}")
+                continue
+            if name in _PATH_FIELDS or (name == "weights" and os.path.isfile(value)):
+                value = os.path.abspath(value)
+            lines.append(f"--{name}={value}")
+        return "\n".join(lines) + "\n"
+
+
+def _check_range(name: str, value, low, high) -> None:
+    if not low <= value <= high:
+        raise UserError(f"--{name}={value} is out of range [{low}, {high}]")

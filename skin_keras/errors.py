@@ -1,0 +1,5 @@
+"""The one exception type that means "the user asked for something we cannot do"."""
+
+
+class UserError(ValueError):
+    """Bad input from the user: scripts print its message as one line and exit non-zero."""

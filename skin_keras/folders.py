@@ -1,0 +1,177 @@
+"""Class-folder datasets: discover classes, list images, and set bad files aside before training.
+
+A dataset is a folder with one sub-folder per class (``data/train/Melanoma/*.jpg``). Classes are
+the sub-folder names, sorted, so the class order never depends on the file system. Every listed
+file gets a cheap check (header and end-of-file marker, no full decode) so that empty,
+truncated or non-image files are reported by name once instead of crashing training later.
+"""
+
+import concurrent.futures
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from skin_keras.errors import UserError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp"})
+# Formats TensorFlow's decode_image reads, as PIL names them. BMP in 1-bit mode is the one
+# variant of these that tf.io.decode_image rejects.
+_DECODABLE_FORMATS = frozenset({"JPEG", "PNG", "BMP"})
+_TAIL_BYTES = 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFolder:
+    """The images of one class-folder dataset, in a fixed order.
+
+    Attributes:
+      root: The dataset folder.
+      class_names: Sorted class (sub-folder) names; the index in this tuple is the label.
+      paths: Readable image files, sorted by class then path.
+      labels: Integer label of each path.
+      skipped: Files without an image extension (not counted as images).
+      bad_files: (path, reason) of files with an image extension that cannot be decoded.
+    """
+
+    root: Path
+    class_names: tuple[str, ...]
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    skipped: tuple[str, ...] = ()
+    bad_files: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def class_counts(self) -> np.ndarray:
+        return np.bincount(self.labels, minlength=self.num_classes)
+
+
+def is_image_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def check_image(path: str | Path) -> str | None:
+    """Returns why `path` cannot be decoded by the input pipeline, or None if it looks fine.
+
+    Reads the header and the last kilobyte only: this catches empty, non-image and truncated
+    files (the usual corruption: an interrupted download or copy) at a fraction of the cost of
+    decoding every image.
+    """
+    try:
+        size = os.path.getsize(path)
+        if size == 0:
+            return "empty file"
+        with Image.open(path) as image:
+            image_format, mode = image.format, image.mode
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        return f"not a readable image ({error.__class__.__name__})"
+    if image_format not in _DECODABLE_FORMATS:
+        return f"unsupported image format {image_format}"
+    if image_format == "BMP" and mode == "1":
+        return "unsupported 1-bit BMP"
+    with open(path, "rb") as file:
+        file.seek(max(0, size - _TAIL_BYTES))
+        tail = file.read()
+    if image_format == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG (no end-of-image marker)"
+    if image_format == "PNG" and b"IEND" not in tail:
+        return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def check_images(paths: list[str], max_workers: int = 8) -> list[str | None]:
+    """`check_image` over many files; threads because the work is mostly file I/O."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
+        return list(pool.map(check_image, paths, chunksize=64))
+
+
+def find_class_names(root: str | Path) -> tuple[str, ...]:
+    """Sorted class-folder names under `root`; one-line UserError when there are none."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"dataset folder {root} does not exist")
+    if not root.is_dir():
+        raise UserError(f"dataset path {root} is not a folder")
+    names = sorted(entry.name for entry in root.iterdir()
+                   if entry.is_dir() and not entry.name.startswith("."))
+    if not names:
+        raise UserError(f"dataset folder {root} has no class sub-folders "
+                        f"(expected one folder per class, e.g. {root}/Melanoma/*.jpg)")
+    return tuple(names)
+
+
+def scan_image_folder(root: str | Path, class_names: tuple[str, ...] | None = None,
+                      check: bool = True) -> ImageFolder:
+    """Lists the images of a class-folder dataset.
+
+    Args:
+      root: Folder with one sub-folder per class. Images may sit in nested folders inside a class.
+      class_names: Expected classes (e.g. the training set's); a different set is a UserError.
+      check: Whether to set aside files that fail `check_image`.
+
+    Raises:
+      UserError: missing folder, no class folders, a class without images, or class names that
+        differ from `class_names`.
+    """
+    root = Path(root)
+    found = find_class_names(root)
+    if class_names is not None and tuple(class_names) != found:
+        raise UserError(describe_class_mismatch(tuple(class_names), found, root))
+
+    paths, labels, skipped = [], [], []
+    for label, name in enumerate(found):
+        class_paths = []
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for filename in sorted(filenames):
+                if filename.startswith("."):
+                    continue
+                path = os.path.join(dirpath, filename)
+                (class_paths if is_image_file(path) else skipped).append(path)
+        paths.extend(class_paths)
+        labels.extend([label] * len(class_paths))
+
+    bad_files = []
+    if check and paths:
+        reasons = check_images(paths)
+        bad_files = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+        keep = [r is None for r in reasons]
+        paths = [p for p, k in zip(paths, keep) if k]
+        labels = [l for l, k in zip(labels, keep) if k]
+
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=len(found))
+    empty = [name for name, count in zip(found, counts) if count == 0]
+    if empty:
+        raise UserError(f"class folder(s) without readable images in {root}: {', '.join(empty)}")
+    return ImageFolder(root=root, class_names=found, paths=tuple(paths), labels=labels,
+                       skipped=tuple(skipped), bad_files=tuple(bad_files))
+
+
+def describe_class_mismatch(expected: tuple[str, ...], found: tuple[str, ...], root: Path) -> str:
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    parts = []
+    if missing:
+        parts.append(f"missing {', '.join(missing)}")
+    if extra:
+        parts.append(f"unexpected {', '.join(extra)}")
+    return f"classes in {root} differ from the training classes: {'; '.join(parts)}"
+
+
+def describe(folder: ImageFolder, title: str) -> str:
+    """A short human summary: images per class, skipped and bad files (bad ones by name)."""
+    counts = folder.class_counts()
+    width = max(len(name) for name in folder.class_names)
+    lines = [f"{title}: {len(folder.paths)} images in {folder.num_classes} classes ({folder.root})"]
+    lines += [f"  {name:<{width}}  {count:>6}" for name, count in zip(folder.class_names, counts)]
+    if folder.skipped:
+        lines.append(f"  skipped {len(folder.skipped)} non-image file(s)")
+    for path, reason in folder.bad_files:
+        lines.append(f"  bad file left out: {path}: {reason}")
+    return "\n".join(lines)

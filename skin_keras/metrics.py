@@ -1,0 +1,112 @@
+"""A streaming confusion matrix and the classification metrics derived from it.
+
+Every figure is computed from the confusion matrix the way scikit-learn computes it with
+`zero_division=0`, so they can be checked against `precision_recall_fscore_support`,
+`balanced_accuracy_score` and `confusion_matrix` exactly:
+
+- precision, recall, specificity, F1 per class: 0 where the denominator is 0 (a class never
+  predicted, or absent from the labels), never NaN. F1 is 2·TP / (2·TP + FP + FN).
+- mean precision / recall / specificity / F1: the unweighted mean over *all* classes.
+- balanced accuracy (the ISIC 2019 metric): the mean recall over the classes that occur in the
+  labels, as `balanced_accuracy_score`. It equals mean recall when every class occurs.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+# Keys of `ConfusionMatrixMetric.result()`; Keras logs them as-is and with a `val_` prefix.
+SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "mean_precision", "mean_recall",
+                "mean_specificity", "mean_f1")
+
+
+def _safe_divide(numerator, denominator):
+    return ops.where(denominator > 0, numerator / ops.maximum(denominator, 1e-12), 0.0)
+
+
+def confusion_stats(matrix) -> dict:
+    """All metrics of a confusion matrix (rows: true class, columns: predicted class).
+
+    Works on NumPy arrays and on tensors (it is used inside the Keras metric as well as on saved
+    matrices). Per-class entries are vectors of length num_classes; the others are scalars.
+    """
+    matrix = ops.cast(matrix, "float32")
+    true_positives = ops.diagonal(matrix)
+    support = ops.sum(matrix, axis=1)
+    predicted = ops.sum(matrix, axis=0)
+    total = ops.sum(matrix)
+    false_positives = predicted - true_positives
+    false_negatives = support - true_positives
+    true_negatives = total - true_positives - false_positives - false_negatives
+
+    precision = _safe_divide(true_positives, predicted)
+    recall = _safe_divide(true_positives, support)
+    specificity = _safe_divide(true_negatives, true_negatives + false_positives)
+    f1 = _safe_divide(2 * true_positives, 2 * true_positives + false_positives + false_negatives)
+    present = ops.cast(support > 0, "float32")
+    return {
+        "precision": precision,
+        "recall": recall,
+        "specificity": specificity,
+        "f1": f1,
+        "support": support,
+        "accuracy": _safe_divide(ops.sum(true_positives), total),
+        "balanced_accuracy": _safe_divide(ops.sum(recall * present), ops.sum(present)),
+        "mean_precision": ops.mean(precision),
+        "mean_recall": ops.mean(recall),
+        "mean_specificity": ops.mean(specificity),
+        "mean_f1": ops.mean(f1),
+    }
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """NumPy confusion matrix of integer labels (rows: true, columns: predicted)."""
+    index = np.asarray(y_true, np.int64) * num_classes + np.asarray(y_pred, np.int64)
+    return np.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def class_labels(y) -> "keras.KerasTensor":
+    """Integer class labels from integer labels, one-hot or soft (MixUp) label rows."""
+    if len(y.shape) >= 2 and y.shape[-1] not in (None, 1):
+        return ops.argmax(y, axis=-1)
+    return ops.reshape(ops.cast(y, "int64"), (-1,))
+
+
+@keras.saving.register_keras_serializable(package="skin_keras")
+class ConfusionMatrixMetric(keras.metrics.Metric):
+    """Accumulates a confusion matrix over batches; reports the summary metrics.
+
+    `result()` is a dict (accuracy, balanced_accuracy, mean_precision, mean_recall,
+    mean_specificity, mean_f1), so each appears in Keras logs under its own name
+    (`val_balanced_accuracy`, ...). The full matrix is in `matrix` for per-class reports. Its
+    state is a sum, so under a `tf.distribute` strategy the replicas' matrices are added up.
+
+    Labels may be integers, one-hot or soft rows (the class with the largest mass is the true
+    class); predictions are scores per class (the arg-max is the predicted class).
+    """
+
+    def __init__(self, num_classes: int, name: str = "confusion_matrix", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.num_classes = num_classes
+        self.matrix = self.add_variable(shape=(num_classes, num_classes), initializer="zeros",
+                                        dtype="float32", aggregation="sum", name="matrix")
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        true = ops.cast(class_labels(y_true), "int32")
+        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        index = true * self.num_classes + predicted
+        weights = None if sample_weight is None else ops.reshape(
+            ops.cast(sample_weight, "float32"), (-1,))
+        counts = ops.bincount(index, weights=weights, minlength=self.num_classes ** 2)
+        counts = ops.reshape(ops.cast(counts, "float32"), (self.num_classes, self.num_classes))
+        self.matrix.assign_add(counts)
+
+    def result(self):
+        stats = confusion_stats(self.matrix)
+        return {key: stats[key] for key in SUMMARY_KEYS}
+
+    def reset_state(self):
+        self.matrix.assign(ops.zeros((self.num_classes, self.num_classes), dtype="float32"))
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes}

@@ -1,0 +1,142 @@
+"""EfficientNetV2 classifiers: a Keras application backbone and a small head.
+
+    image [0, 255] -> EfficientNetV2 backbone (its own rescaling) -> global average pooling
+                   -> dropout -> Dense(num_classes, softmax)
+
+The model's input has a fixed size (`img_size`), so a saved model says at which size it was
+trained; the backbone inside is built for any size, so the same layers can be called at other
+sizes (progressive resizing).
+"""
+
+import logging
+import os
+import warnings
+
+import keras
+import tensorflow as tf
+
+from skin_keras.errors import UserError
+
+# --model value -> (keras.applications constructor name, the size it was designed for).
+BACKBONES = {
+    "s": ("EfficientNetV2S", 384),
+    "m": ("EfficientNetV2M", 480),
+    "l": ("EfficientNetV2L", 480),
+    "b0": ("EfficientNetV2B0", 224),
+    "b1": ("EfficientNetV2B1", 240),
+    "b2": ("EfficientNetV2B2", 260),
+    "b3": ("EfficientNetV2B3", 300),
+}
+HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
+
+
+def is_pretrained(weights: str) -> bool:
+    return weights.lower() != "none"
+
+
+def build_backbone(model_name: str, weights: str = "imagenet") -> keras.Model:
+    """The EfficientNetV2 feature extractor (no top), for images of any size.
+
+    Args:
+      model_name: One of BACKBONES (s, m, l, b0..b3).
+      weights: "imagenet" (Keras downloads and caches the file), "none" (random initialisation),
+        or a path to a backbone weights file: a `.weights.h5` saved by Keras 3, or the
+        `efficientnetv2-*_notop.h5` file Keras downloads, copied from a machine with internet.
+    """
+    if model_name not in BACKBONES:
+        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(BACKBONES)}")
+    constructor = getattr(keras.applications, BACKBONES[model_name][0])
+    if weights.lower() in ("imagenet", "none"):
+        keras_weights = None if weights.lower() == "none" else "imagenet"
+    else:
+        if not os.path.isfile(weights):
+            raise UserError(f"--weights={weights}: no such file (use imagenet, none or a path to a "
+                            "backbone weights file)")
+        keras_weights = None
+    try:
+        backbone = constructor(include_top=False, weights=keras_weights,
+                               input_shape=(None, None, 3), include_preprocessing=True)
+    except Exception as error:  # Keras raises a bare Exception when the download fails.
+        if "URL fetch failure" not in str(error):
+            raise
+        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
+        raise UserError(
+            f"could not download the ImageNet weights of EfficientNetV2-{model_name.upper()} (no "
+            f"internet?): copy efficientnetv2-{model_name}_notop.h5 into {cache}/ or pass "
+            "--weights=PATH_TO_FILE, or --weights=none to train from scratch") from error
+    if keras_weights is None and is_pretrained(weights):
+        try:
+            with warnings.catch_warnings():  # A mismatch raises below; spare the user its echo.
+                warnings.simplefilter("ignore")
+                backbone.load_weights(weights)
+        except (ValueError, OSError, KeyError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise UserError(f"--weights={weights} does not fit EfficientNetV2-{model_name.upper()}: "
+                            f"{reason}") from error
+    return backbone
+
+
+def build_model(model_name: str, num_classes: int, img_size: int, weights: str = "imagenet",
+                freeze_backbone: bool = True, dropout_rate: float = 0.2) -> keras.Model:
+    """Builds the classifier. Its input is a batch of RGB images in [0, 255] of `img_size`.
+
+    A frozen backbone is excluded from training and always runs in inference mode, so its
+    BatchNormalization statistics stay those of the pretrained weights. A pretrained backbone
+    being fine-tuned also runs in inference mode (the Keras transfer-learning recipe: small
+    fine-tuning batches would wreck the statistics). Only a backbone trained from scratch runs in
+    training mode and learns its statistics.
+    """
+    if num_classes < 2:
+        raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
+    pretrained = is_pretrained(weights)
+    if freeze_backbone and not pretrained:
+        logging.warning("Freezing a backbone that was not pretrained (--weights=none): only the "
+                        "head will learn, on random features. Use --nofreeze_layers to train all.")
+    backbone = build_backbone(model_name, weights)
+    backbone.trainable = not freeze_backbone
+
+    inputs = keras.Input((img_size, img_size, 3), name="image")
+    features = backbone(inputs, training=False if (freeze_backbone or pretrained) else None)
+    features = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
+    features = keras.layers.Dropout(dropout_rate, name=HEAD_LAYERS[1])(features)
+    # float32 output keeps the softmax stable under mixed precision.
+    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                                 name=HEAD_LAYERS[2])(features)
+    return keras.Model(inputs, outputs, name=f"efficientnetv2_{model_name}")
+
+
+def backbone_of(model: keras.Model) -> keras.Model:
+    """The EfficientNetV2 backbone nested in a model built by `build_model`."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            return layer
+    raise ValueError(f"model {model.name} has no nested backbone")
+
+
+def image_size(model: keras.Model) -> int:
+    """The input size a model was built for (its input is [None, size, size, 3])."""
+    return int(model.input_shape[1])
+
+
+def count_params(weights) -> int:
+    return int(sum(keras.ops.size(w) for w in weights))
+
+
+def count_flops(model: keras.Model) -> int:
+    """FLOPs of one forward pass on one image at the model's input size.
+
+    Counted by TensorFlow's profiler on the frozen inference graph (a multiply-add is two FLOPs;
+    PyTorch counters such as thop count it as one, hence about half this figure).
+    """
+    from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
+
+    size = image_size(model)
+    forward = tf.function(lambda images: model(images, training=False))
+    concrete = forward.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
+    _, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(concrete)
+    with tf.Graph().as_default() as graph:
+        tf.graph_util.import_graph_def(graph_def, name="")
+        options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+        options["output"] = "none"
+        profile = tf.compat.v1.profiler.profile(graph=graph, cmd="op", options=options)
+    return int(profile.total_float_ops)

@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny synthetic class folders, a tiny trained run, and real-data access.
+
+Everything is offline and small (16-64 px images, weights=None). Tests that need the real
+HAM10000 images read ../shared/datasets and skip with a reason where it is absent.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Two logical CPUs, so MirroredStrategy can be tested on one CPU. This must happen before
+# TensorFlow runs any op; the default strategy still uses one device.
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from skin_keras import synthetic, training  # pylint: disable=g-import-not-at-top
+from skin_keras.config import TrainConfig  # pylint: disable=g-import-not-at-top
+
+SHARED_DATASETS = REPO.parent / "shared" / "datasets"
+HAM_200PX = SHARED_DATASETS / "ham10000_200px"
+CLASSES = ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma")
+
+
+def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
+    """A config that trains in seconds: B0, 32 px, random weights, two epochs."""
+    values = dict(data_train=str(data / "train"), data_val=str(data / "val"),
+                  save_ret=str(tmp_path / "runs"), model="b0", weights="none",
+                  freeze_layers=False, img_size=32, batch_size=8, epochs=2, optim="Adam",
+                  lr=1e-3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """train/ and val/ with three classes of synthetic 48x36 JPEGs (12 and 5 per class)."""
+    root = tmp_path_factory.mktemp("tiny_dataset")
+    synthetic.write_class_folders(root / "train", 12, CLASSES, size=(48, 36), seed=1)
+    synthetic.write_class_folders(root / "val", 5, CLASSES, size=(48, 36), seed=2)
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_dataset) -> Path:
+    """The run folder of one tiny training run, shared by the tests that only read it."""
+    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset)
+    return training.train_and_evaluate(config, verbose=0)
+
+
+@pytest.fixture
+def ham_200px() -> Path:
+    if not (HAM_200PX / "ISIC_2019_Training_GroundTruth.csv").exists():
+        pytest.skip(f"real images not available: {HAM_200PX} is absent")
+    return HAM_200PX

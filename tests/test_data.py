@@ -1,0 +1,157 @@
+"""Dataset discovery, the bad-input cases, and the tf.data pipeline."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from skin_keras import folders, input_pipeline
+from skin_keras.errors import UserError
+
+
+def save_image(path, mode="RGB", size=(40, 30), image_format=None, value=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(abs(hash(str(path))) % 2**32)
+    pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    if value is not None:
+        pixels[:] = value
+    Image.fromarray(pixels).convert(mode).save(path, format=image_format)
+    return path
+
+
+def truncated_jpeg_bytes(size=(120, 90)):
+    """A noisy JPEG cut at two thirds: a valid header, then the data stops (a broken download)."""
+    buffer = io.BytesIO()
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(buffer, "JPEG")
+    return buffer.getvalue()[:len(buffer.getvalue()) * 2 // 3]
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    """Two classes with every supported file kind, non-image files and broken images."""
+    root = tmp_path / "data"
+    save_image(root / "b_class" / "upper.JPG", image_format="JPEG")
+    save_image(root / "b_class" / "gray.png", mode="L")
+    save_image(root / "b_class" / "nested" / "rgba.PNG", mode="RGBA")
+    save_image(root / "b_class" / "pic.Jpeg", image_format="JPEG")
+    save_image(root / "a_class" / "bitmap.bmp")
+    save_image(root / "a_class" / "gray.bmp", mode="L")
+    (root / "a_class" / "notes.txt").write_text("not an image")
+    (root / "a_class" / "Thumbs.db").write_bytes(b"\x00" * 10)
+    (root / "a_class" / ".hidden.jpg").write_bytes(b"")
+    (root / "a_class" / "empty.jpg").write_bytes(b"")
+    (root / "a_class" / "text.png").write_text("definitely not a png")
+    (root / "b_class" / "truncated.jpg").write_bytes(truncated_jpeg_bytes())
+    png = io.BytesIO()
+    Image.new("RGB", (40, 30), "red").save(png, "PNG")
+    (root / "b_class" / "truncated.png").write_bytes(png.getvalue()[:-20])
+    save_image(root / "b_class" / "one_bit.bmp", mode="1")
+    (root / ".git").mkdir()
+    return root
+
+
+def test_scan_finds_sorted_classes_and_every_readable_image(mixed_folder):
+    folder = folders.scan_image_folder(mixed_folder)
+    assert folder.class_names == ("a_class", "b_class")
+    names = [p.split("/data/")[1] for p in folder.paths]
+    assert names == ["a_class/bitmap.bmp", "a_class/gray.bmp", "b_class/gray.png",
+                     "b_class/pic.Jpeg", "b_class/upper.JPG", "b_class/nested/rgba.PNG"]
+    assert folder.labels.tolist() == [0, 0, 1, 1, 1, 1]
+    assert sorted(p.rsplit("/", 1)[1] for p in folder.skipped) == ["Thumbs.db", "notes.txt"]
+    bad = {path.rsplit("/", 1)[1]: reason for path, reason in folder.bad_files}
+    assert set(bad) == {"empty.jpg", "text.png", "truncated.jpg", "truncated.png", "one_bit.bmp"}
+    assert bad["empty.jpg"] == "empty file"
+    assert "truncated" in bad["truncated.jpg"] and "truncated" in bad["truncated.png"]
+    summary = folders.describe(folder, "train")
+    assert "skipped 2 non-image file(s)" in summary
+    assert all(name in summary for name in bad)
+
+
+def test_every_listed_image_decodes_to_rgb(mixed_folder):
+    folder = folders.scan_image_folder(mixed_folder)
+    for path in folder.paths:
+        image = input_pipeline.load_image(tf.constant(path), 24)
+        assert image.shape == (24, 24, 3) and image.dtype == tf.float32, path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda root: None, "does not exist"),
+    (lambda root: root.mkdir(), "has no class sub-folders"),
+    (lambda root: (root / "Melanoma").mkdir(parents=True), "without readable images in"),
+    (lambda root: save_image(root / "Melanoma" / "x.jpg").parent.parent.joinpath("Nevus").mkdir(),
+     "without readable images in .*: Nevus"),
+    (lambda root: ((root / "Melanoma").mkdir(parents=True),
+                   (root / "Melanoma" / "bad.jpg").write_bytes(b"junk")),
+     "without readable images"),
+])
+def test_bad_dataset_folders_raise_one_line_errors(tmp_path, make, message):
+    root = tmp_path / "data"
+    make(root)
+    with pytest.raises(UserError, match=message) as error:
+        folders.scan_image_folder(root)
+    assert "\n" not in str(error.value)
+
+
+def test_a_file_instead_of_a_folder_is_an_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a folder"):
+        folders.scan_image_folder(tmp_path / "file")
+
+
+def test_class_mismatch_between_train_and_val_names_the_classes(tmp_path):
+    for name in ("Melanoma", "Nevus"):
+        save_image(tmp_path / "train" / name / "a.jpg")
+    for name in ("Melanoma", "Vascular"):
+        save_image(tmp_path / "val" / name / "a.jpg")
+    train = folders.scan_image_folder(tmp_path / "train")
+    with pytest.raises(UserError, match="missing Nevus; unexpected Vascular"):
+        folders.scan_image_folder(tmp_path / "val", class_names=train.class_names)
+
+
+def test_decode_keeps_0_255_rgb_and_converts_gray_and_rgba(tmp_path):
+    gray = save_image(tmp_path / "gray.png", mode="L", value=200)
+    rgba = save_image(tmp_path / "rgba.png", mode="RGBA", value=(10, 20, 30))
+    image = input_pipeline.load_image(tf.constant(str(gray)), 16).numpy()
+    np.testing.assert_allclose(image, 200, atol=0.5)  # Not divided by 255, three equal channels.
+    image = input_pipeline.load_image(tf.constant(str(rgba)), 16).numpy()
+    np.testing.assert_allclose(image[0, 0], [10, 20, 30], atol=0.5)
+
+
+def test_dataset_batches_one_hot_labels_in_file_order(tmp_path):
+    paths = [str(save_image(tmp_path / f"{i}.png", value=i * 10)) for i in range(5)]
+    labels = np.array([0, 1, 2, 1, 0])
+    dataset = input_pipeline.make_dataset(paths, labels, 3, img_size=16, batch_size=2)
+    batches = list(dataset)
+    assert [b[0].shape[0] for b in batches] == [2, 2, 1]
+    images = np.concatenate([b[0] for b in batches])
+    np.testing.assert_allclose(images[:, 0, 0, 0], [0, 10, 20, 30, 40], atol=0.5)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.eye(3)[labels])
+
+
+def test_training_augmentation_only_flips_and_rotates(tmp_path):
+    path = str(save_image(tmp_path / "a.png", size=(16, 16)))
+    original = input_pipeline.load_image(tf.constant(path), 16).numpy()
+    views = {original.tobytes()}
+    variants = [np.rot90(flip, k) for flip in (original, original[:, ::-1]) for k in range(4)]
+    allowed = {v.tobytes() for v in variants}
+    dataset = input_pipeline.make_dataset([path] * 64, np.zeros(64, int), 2, 16, 64,
+                                          training=True, seed=0)
+    images = next(iter(dataset))[0].numpy()
+    for image in images:
+        assert image.tobytes() in allowed
+        views.add(image.tobytes())
+    assert len(views) > 4  # Augmentation happened.
+
+
+def test_undecodable_file_is_dropped_not_fatal(tmp_path):
+    good = [str(save_image(tmp_path / f"{i}.jpg", image_format="JPEG")) for i in range(3)]
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(truncated_jpeg_bytes())
+    dataset = input_pipeline.make_dataset([good[0], str(broken), good[1], good[2]],
+                                          np.array([0, 1, 0, 1]), 2, 16, 8)
+    images, labels = next(iter(dataset))
+    assert images.shape[0] == 3
+    np.testing.assert_array_equal(labels.numpy().argmax(1), [0, 0, 1])

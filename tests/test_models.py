@@ -1,0 +1,74 @@
+"""Model building for every --model, frozen-backbone semantics, local weights and FLOPs."""
+
+import numpy as np
+import pytest
+
+from skin_keras import models
+from skin_keras.errors import UserError
+
+
+@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+def test_every_model_builds_and_a_frozen_backbone_leaves_only_the_head(name):
+    model = models.build_model(name, num_classes=8, img_size=32, weights="none",
+                               freeze_backbone=True)
+    features = models.backbone_of(model).output_shape[-1]
+    assert models.count_params(model.trainable_weights) == features * 8 + 8
+    if name in ("s", "m", "l", "b0"):
+        assert models.count_params(model.trainable_weights) == 10_248  # The seed's figure.
+    assert model.output_shape == (None, 8)
+    assert models.image_size(model) == 32
+
+
+def test_unknown_model_is_a_user_error():
+    with pytest.raises(UserError, match="unknown model 'x'; choose one of s, m, l, b0"):
+        models.build_model("x", 8, 32, weights="none")
+
+
+def test_frozen_backbone_keeps_weights_and_batchnorm_statistics_when_training():
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    backbone = models.backbone_of(model)
+    before = [w.copy() for w in backbone.get_weights()]  # Includes BN moving mean/variance.
+    head_before = model.get_layer("predictions").get_weights()[0].copy()
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.train_on_batch(images, np.eye(3)[[0, 1, 2, 0]])
+    for old, new in zip(before, backbone.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    assert not np.array_equal(head_before, model.get_layer("predictions").get_weights()[0])
+
+
+def test_unfrozen_backbone_from_scratch_trains():
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=False)
+    assert models.count_params(model.trainable_weights) > 5_000_000
+
+
+def test_weights_from_a_local_file_round_trip(tmp_path):
+    source = models.build_model("b0", 3, 32, weights="none", freeze_backbone=False)
+    path = tmp_path / "backbone.weights.h5"
+    models.backbone_of(source).save_weights(path)
+    loaded = models.build_model("b0", 5, 32, weights=str(path))
+    for expected, actual in zip(models.backbone_of(source).get_weights(),
+                                models.backbone_of(loaded).get_weights()):
+        np.testing.assert_array_equal(expected, actual)
+    with pytest.raises(UserError, match="does not fit EfficientNetV2-B1"):
+        models.build_model("b1", 5, 32, weights=str(path))
+    with pytest.raises(UserError, match="no such file"):
+        models.build_model("b0", 5, 32, weights=str(tmp_path / "missing.h5"))
+
+
+def test_imagenet_download_failure_explains_how_to_work_offline(monkeypatch):
+    from keras.src.applications import efficientnet_v2  # pylint: disable=g-import-not-at-top
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://example/efficientnetv2-b0_notop.h5")
+
+    monkeypatch.setattr(efficientnet_v2.file_utils, "get_file", offline)
+    with pytest.raises(UserError, match="copy efficientnetv2-b0_notop.h5 into .*models/"):
+        models.build_model("b0", 3, 32, weights="imagenet")
+
+
+def test_flops_are_counted_by_the_profiler_and_grow_with_image_area():
+    small = models.count_flops(models.build_model("b0", 8, 32, weights="none"))
+    large = models.count_flops(models.build_model("b0", 8, 64, weights="none"))
+    assert small > 1e7
+    assert 3.5 < large / small < 4.5

@@ -1,0 +1,210 @@
+"""End to end: train_and_evaluate and train.py write a complete, truthful run folder."""
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from absl import flags
+
+from conftest import REPO, tiny_config
+from skin_keras import folders, input_pipeline, isic, metrics, reports, training
+from skin_keras.config import TrainConfig
+from skin_keras.errors import UserError
+
+
+def read_json(path):
+    return json.loads(path.read_text())
+
+
+def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
+    class_names = ["Basal cell carcinoma", "Melanocytic nevus", "Melanoma"]
+    assert trained_run.name == "exp1"
+    assert read_json(trained_run / "class_indices.json") == {
+        "0": class_names[0], "1": class_names[1], "2": class_names[2]}
+    assert training.load_class_names(trained_run) == class_names
+
+    params = read_json(trained_run / "train_params.json")
+    assert params["train parameters"]["model"] == "b0"
+    assert params["train parameters"]["img_size"] == 32
+    assert params["dataset"]["trainset number"] == 36
+    assert params["dataset"]["valset number"] == 15
+    assert params["dataset"]["number classes"] == 3
+    model_info = params["model"]
+    assert model_info["train parameters"] < model_info["total parameters"]
+    assert model_info["flops"] > 1e7
+
+    log = read_json(trained_run / "log.json")
+    assert list(log) == ["epoch:1", "epoch:2"]
+    for entry in log.values():
+        assert set(entry) == {"train info", "valid info", "lr"}
+        assert entry["lr"] > 0
+        for split in ("train info", "valid info"):
+            info = entry[split]
+            assert list(info) == ["accuracy", "balanced accuracy", *class_names,
+                                  "mean precision", "mean recall", "mean specificity",
+                                  "mean f1 score", "loss"]
+            for name in class_names:
+                assert set(info[name]) == {"Precision", "Recall", "Specificity", "F1 score"}
+    assert log["epoch:2"]["lr"] < log["epoch:1"]["lr"]  # Cosine decay.
+
+    for png in ("confusion_matrix_train.png", "confusion_matrix_val.png", "curves.png"):
+        assert (trained_run / png).read_bytes()[:4] == b"\x89PNG", png
+    assert list((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert not [p for p in trained_run.rglob(".*") if p.is_file()], "temporary files left behind"
+
+
+def test_flags_cfg_replays_the_run(trained_run):
+    import train  # pylint: disable=g-import-not-at-top  (defines the flags)
+
+    try:
+        flags.FLAGS(["train.py", f"--flagfile={trained_run / 'flags.cfg'}"])
+        replayed = TrainConfig(**{name: flags.FLAGS[name].value
+                                  for name in TrainConfig.__dataclass_fields__})
+    finally:
+        flags.FLAGS.unparse_flags()
+    saved = read_json(trained_run / "train_params.json")["train parameters"]
+    for name, value in saved.items():
+        if name in ("data_train", "data_val", "save_ret"):
+            assert getattr(replayed, name) == str((REPO / value).resolve()) or \
+                getattr(replayed, name) == value
+        else:
+            assert getattr(replayed, name) == value, name
+    assert train.main is not None
+
+
+def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_dataset):
+    model = keras.models.load_model(trained_run / "weights" / "best.keras")
+    val = folders.scan_image_folder(tiny_dataset / "val")
+    dataset = input_pipeline.make_dataset(val.paths, None, val.num_classes,
+                                          img_size=32, batch_size=4)
+    probabilities = model.predict(dataset, verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    matrix = metrics.confusion_matrix(val.labels, probabilities.argmax(axis=1), val.num_classes)
+    log = read_json(trained_run / "log.json")
+    params = read_json(trained_run / "train_params.json")
+    monitored = [entry["valid info"]["balanced accuracy"] for entry in log.values()]
+    best_epoch = int(np.argmax(monitored)) + 1  # The first epoch with the highest value.
+    logged = dict(log[f"epoch:{best_epoch}"]["valid info"])
+    logged.pop("loss")
+    assert reports.classification_info(matrix, val.class_names) == logged
+    assert params["train parameters"]["monitor"] == "val_balanced_accuracy"
+
+
+def test_last_weights_load_and_predict_raw_images(trained_run):
+    model = keras.models.load_model(trained_run / "weights" / "last.keras")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_run_folders_are_numbered_and_never_reused(tmp_path):
+    (tmp_path / "exp7").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert training.new_run_dir(tmp_path).name == "exp8"
+    assert training.new_run_dir(tmp_path).name == "exp9"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="is not a folder"):
+        training.new_run_dir(tmp_path / "file")
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(model="xl"), "unknown --model=xl"),
+    (dict(optim="RMSprop"), "unknown --optim=RMSprop"),
+    (dict(monitor="accuracy"), "not a validation metric"),
+    (dict(epochs=0), "--epochs=0 is out of range"),
+    (dict(warmup_epochs=2, epochs=2), "--warmup_epochs=2 is out of range"),
+    (dict(lr=0.0), "--lr must be positive"),
+])
+def test_bad_configs_are_rejected_with_the_flag_name(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        tiny_config(tmp_path, tmp_path, **overrides)
+
+
+def run_train_script(*args, cwd=REPO):
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_train_script_with_the_demo_flagfile(tmp_path, tiny_dataset):
+    result = run_train_script(
+        "--flagfile=configs/demo.cfg", f"--data_train={tiny_dataset / 'train'}",
+        f"--data_val={tiny_dataset / 'val'}", f"--save_ret={tmp_path / 'runs'}", "--img_size=32",
+        "--epochs=1", "--warmup_epochs=0", "--batch_size=12")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run = tmp_path / "runs" / "exp1"
+    assert (run / "weights" / "best.keras").exists()
+    assert f"run folder: {run}" in result.stdout
+    assert "best epoch 1/1 by val_balanced_accuracy" in result.stdout
+    flagfile = (run / "flags.cfg").read_text().splitlines()
+    assert "--model=b0" in flagfile and "--nofreeze_layers" in flagfile
+    assert f"--data_train={tiny_dataset / 'train'}" in flagfile
+
+
+@pytest.mark.parametrize("make_args, message", [
+    (lambda tmp, data: [f"--data_train={tmp / 'missing'}"], r"dataset folder .*missing does not exist"),
+    (lambda tmp, data: [f"--data_train={data / 'train'}", f"--data_val={tmp / 'val'}"],
+     r"classes in .*val differ from the training classes: missing Melanoma"),
+    (lambda tmp, data: ["--model=xl"], r"flag --model=xl: value should be one of"),
+])
+def test_train_script_user_errors_are_one_line(tmp_path, tiny_dataset, make_args, message):
+    shutil.copytree(tiny_dataset / "val", tmp_path / "val")
+    shutil.rmtree(tmp_path / "val" / "Melanoma")
+    result = run_train_script(*make_args(tmp_path, tiny_dataset), f"--save_ret={tmp_path / 'runs'}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if "error" in line.lower()]
+    assert error_lines and __import__("re").search(message, error_lines[-1]), result.stderr
+    assert not (tmp_path / "runs").exists(), "a failed start must not leave a run folder"
+
+
+def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
+    """A few real HAM10000 images per class, lesion-disjoint train/val, one short epoch."""
+    ground_truth = ham_200px / "ISIC_2019_Training_GroundTruth.csv"
+    with open(ham_200px / "ISIC_2019_Training_Metadata.csv", newline="") as file:
+        lesion = {row["image"]: row["lesion_id"] or row["image"] for row in csv.DictReader(file)}
+    taken = {}
+    with open(ground_truth, newline="") as file:
+        for row in csv.DictReader(file):
+            code = next(c for c in isic.CLASS_NAMES if float(row[c]) == 1.0) \
+                if any(float(row[c]) == 1.0 for c in isic.CLASS_NAMES) else None
+            if code is None:
+                continue
+            images = taken.setdefault(code, {})
+            if len(images) < 6 and lesion[row["image"]] not in images:
+                images[lesion[row["image"]]] = row["image"]
+    for code, images in taken.items():
+        for index, image in enumerate(images.values()):
+            split = "val" if index < 2 else "train"
+            target = tmp_path / "data" / split / isic.CLASS_NAMES[code]
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(ham_200px / "ISIC_2019_Training_Input" / f"{image}.jpg", target)
+    config = tiny_config(tmp_path, tmp_path / "data", epochs=1, img_size=48, freeze_layers=True)
+    run = training.train_and_evaluate(config, verbose=0)
+    params = read_json(run / "train_params.json")
+    assert params["dataset"] == {**params["dataset"], "trainset number": 32, "valset number": 16,
+                                 "number classes": 8}
+    assert list(read_json(run / "log.json")) == ["epoch:1"]
+    assert training.load_class_names(run) == sorted(isic.CLASS_NAMES.values())
+
+
+@pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l",
+                                  "efficientnetv2_b0", "demo"])
+def test_every_config_file_parses_into_a_valid_config(name, monkeypatch):
+    monkeypatch.chdir(REPO)  # Flagfiles include configs/base.cfg relative to the repository.
+    import train  # pylint: disable=g-import-not-at-top,unused-import  (defines the flags)
+
+    try:
+        flags.FLAGS(["train.py", f"--flagfile=configs/{name}.cfg"])
+        config = TrainConfig(**{field: flags.FLAGS[field].value
+                                for field in TrainConfig.__dataclass_fields__})
+    finally:
+        flags.FLAGS.unparse_flags()
+    expected_model = "b0" if name == "demo" else name.split("_")[1]
+    assert config.model == expected_model
+    assert config.weights == ("none" if name == "demo" else "imagenet")

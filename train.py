@@ -1,0 +1,72 @@
+r"""Trains an EfficientNetV2 skin-lesion classifier on class folders and writes a run folder.
+
+    python train.py --flagfile=configs/efficientnetv2_s.cfg \
+        --data_train=data/train --data_val=data/val
+
+Put --flagfile first; flags after it override the file. Every run writes <save_ret>/expN/ with
+weights/best.keras (best epoch by --monitor on validation), weights/last.keras, class_indices.json,
+flags.cfg (replays the run), train_params.json, log.json and plots. See README.md.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
+
+from absl import flags  # pylint: disable=g-import-not-at-top
+
+from skin_keras import UserError, cli, config as config_lib, training  # pylint: disable=g-import-not-at-top
+
+_DEFAULTS = config_lib.TrainConfig
+
+# --- Data ---
+_DATA_TRAIN = flags.DEFINE_string(
+    "data_train", _DEFAULTS.data_train, "Training set: a folder with one sub-folder per class.")
+_DATA_VAL = flags.DEFINE_string(
+    "data_val", _DEFAULTS.data_val, "Validation set, with the same class folders as --data_train.")
+_SAVE_RET = flags.DEFINE_string(
+    "save_ret", _DEFAULTS.save_ret, "Where run folders go: each run writes a new <save_ret>/expN.")
+_IMG_SIZE = flags.DEFINE_integer(
+    "img_size", _DEFAULTS.img_size, "Images are resized to img_size x img_size.")
+# --- Model ---
+_MODEL = flags.DEFINE_enum(
+    "model", _DEFAULTS.model, list(config_lib.BACKBONES),
+    "EfficientNetV2 variant: s, m, l (the seed's three) or b0-b3 (small, for phones and quick runs).")
+_WEIGHTS = flags.DEFINE_string(
+    "weights", _DEFAULTS.weights,
+    "imagenet (Keras downloads and caches them), none (random init) or a path to a backbone "
+    "weights file (.weights.h5, or Keras' efficientnetv2-*_notop.h5) for machines offline.")
+_FREEZE_LAYERS = flags.DEFINE_boolean(
+    "freeze_layers", _DEFAULTS.freeze_layers,
+    "Freeze the backbone (inference mode) and train only the head, as the seed does.")
+_DROPOUT = flags.DEFINE_float("dropout", _DEFAULTS.dropout, "Dropout rate before the last layer.")
+# --- Optimisation ---
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", _DEFAULTS.batch_size, "Images per batch.")
+_EPOCHS = flags.DEFINE_integer("epochs", _DEFAULTS.epochs, "Training epochs.")
+_OPTIM = flags.DEFINE_string("optim", _DEFAULTS.optim, "SGD (momentum 0.9), Adam or AdamW.")
+_LR = flags.DEFINE_float("lr", _DEFAULTS.lr, "Initial learning rate (peak, after warm-up).")
+_LRF = flags.DEFINE_float(
+    "lrf", _DEFAULTS.lrf, "Final learning rate = lr * lrf, reached by a cosine schedule.")
+_WARMUP_EPOCHS = flags.DEFINE_integer(
+    "warmup_epochs", _DEFAULTS.warmup_epochs, "Epochs of linear warm-up from 0 to lr.")
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", _DEFAULTS.weight_decay, "Decoupled weight decay of the optimizer.")
+_LABEL_SMOOTHING = flags.DEFINE_float(
+    "label_smoothing", _DEFAULTS.label_smoothing, "Label smoothing of the cross-entropy loss.")
+_MONITOR = flags.DEFINE_string(
+    "monitor", _DEFAULTS.monitor,
+    "Validation metric that picks weights/best.keras: val_balanced_accuracy (ISIC's metric), "
+    "val_accuracy, val_mean_f1, val_mean_recall, val_mean_precision, val_mean_specificity or "
+    "val_loss.")
+_SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+    config = config_lib.TrainConfig(**{
+        field: flags.FLAGS[field].value for field in config_lib.TrainConfig.__dataclass_fields__})
+    training.train_and_evaluate(config)
+
+
+if __name__ == "__main__":
+    cli.run(main)
