@@ -55,8 +55,8 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def check_image(path: str | Path) -> str | None:
-    """Returns why `path` cannot be decoded by the input pipeline, or None if it looks fine.
+def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]:
+    """Returns ((width, height), None) for a decodable image, or (None, why it is not).
 
     Reads the header and the last kilobyte only: this catches empty, non-image and truncated
     files (the usual corruption: an interrupted download or copy) at a fraction of the cost of
@@ -65,29 +65,34 @@ def check_image(path: str | Path) -> str | None:
     try:
         size = os.path.getsize(path)
         if size == 0:
-            return "empty file"
+            return None, "empty file"
         with Image.open(path) as image:
-            image_format, mode = image.format, image.mode
+            image_format, mode, dimensions = image.format, image.mode, image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
-        return f"not a readable image ({error.__class__.__name__})"
+        return None, f"not a readable image ({error.__class__.__name__})"
     if image_format not in _DECODABLE_FORMATS:
-        return f"unsupported image format {image_format}"
+        return None, f"unsupported image format {image_format}"
     if image_format == "BMP" and mode == "1":
-        return "unsupported 1-bit BMP"
+        return None, "unsupported 1-bit BMP"
     with open(path, "rb") as file:
         file.seek(max(0, size - _TAIL_BYTES))
         tail = file.read()
     if image_format == "JPEG" and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)"
+        return None, "truncated JPEG (no end-of-image marker)"
     if image_format == "PNG" and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk)"
-    return None
+        return None, "truncated PNG (no IEND chunk)"
+    return dimensions, None
 
 
-def check_images(paths: list[str], max_workers: int = 8) -> list[str | None]:
-    """`check_image` over many files; threads because the work is mostly file I/O."""
+def check_image(path: str | Path) -> str | None:
+    """Why `path` cannot be decoded by the input pipeline, or None if it looks fine."""
+    return inspect_image(path)[1]
+
+
+def inspect_images(paths: list[str], max_workers: int = 8) -> list[tuple]:
+    """`inspect_image` over many files; threads because the work is mostly file I/O."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
-        return list(pool.map(check_image, paths, chunksize=64))
+        return list(pool.map(inspect_image, paths, chunksize=64))
 
 
 def find_class_names(root: str | Path) -> tuple[str, ...]:
@@ -138,7 +143,7 @@ def scan_image_folder(root: str | Path, class_names: tuple[str, ...] | None = No
 
     bad_files = []
     if check and paths:
-        reasons = check_images(paths)
+        reasons = [reason for _, reason in inspect_images(paths)]
         bad_files = [(p, r) for p, r in zip(paths, reasons) if r is not None]
         keep = [r is None for r in reasons]
         paths = [p for p, k in zip(paths, keep) if k]

@@ -4,9 +4,6 @@ The per-class report keeps the seed's schema (class name -> Precision / Recall /
 F1 score, four decimals) and adds balanced accuracy next to accuracy.
 """
 
-import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,25 +14,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from keras import ops
 
+from skin_keras.atomic import write_atomic
 from skin_keras.metrics import confusion_stats
-
-
-def write_json_atomic(path: str | Path, data) -> None:
-    """Writes JSON so that readers (and a crash) only ever see the old or the new file."""
-    write_atomic(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def write_atomic(path: str | Path, write, suffix: str = "") -> None:
-    """Calls `write(tmp_path)` on a temporary file beside `path`, then renames it onto `path`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def stats_numpy(matrix) -> dict:

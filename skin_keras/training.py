@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from skin_keras import folders, input_pipeline, models, reports
+from skin_keras import atomic, folders, input_pipeline, models, reports
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 from skin_keras.metrics import ConfusionMatrixMetric
@@ -61,7 +61,7 @@ def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
 
 
 def save_model_atomic(model: keras.Model, path: Path) -> None:
-    reports.write_atomic(path, model.save, suffix=".keras")
+    atomic.write_atomic(path, model.save, suffix=".keras")
 
 
 class RunRecorder(keras.callbacks.Callback):
@@ -109,7 +109,7 @@ class RunRecorder(keras.callbacks.Callback):
                            "loss": float(logs.get("val_loss", math.nan))},
             "lr": self._lr,
         }
-        reports.write_json_atomic(self.run_dir / "log.json", self.log)
+        atomic.write_json_atomic(self.run_dir / "log.json", self.log)
         save_model_atomic(self.model, self.run_dir / "weights" / "last.keras")
 
         value = float(logs.get(self.monitor, math.nan))
@@ -124,10 +124,10 @@ class RunRecorder(keras.callbacks.Callback):
 def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFolder,
                      val: folders.ImageFolder, model: keras.Model) -> None:
     (run_dir / "weights").mkdir()
-    reports.write_json_atomic(run_dir / "class_indices.json",
+    atomic.write_json_atomic(run_dir / "class_indices.json",
                               {str(i): name for i, name in enumerate(train.class_names)})
-    (run_dir / "flags.cfg").write_text(config.to_flagfile())
-    reports.write_json_atomic(run_dir / "train_params.json", {
+    atomic.write_text_atomic(run_dir / "flags.cfg", config.to_flagfile())
+    atomic.write_json_atomic(run_dir / "train_params.json", {
         "train parameters": config.to_dict(),
         "dataset": {
             "trainset number": len(train.paths),

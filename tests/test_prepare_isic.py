@@ -1,0 +1,276 @@
+"""ISIC download -> lesion-grouped stratified train/val folders, and the audit of bad input."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from skin_keras import folders, isic, synthetic
+from skin_keras.errors import UserError
+
+CODES = list(isic.CLASS_NAMES)
+HEADER = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]
+
+
+def write_isic_layout(root, rows, lesions):
+    """rows: (image, [codes]) written as one-hot; lesions: image -> lesion id ('' for none)."""
+    (root / "ISIC_2019_Training_Input").mkdir(parents=True, exist_ok=True)
+    with open(root / "gt.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(HEADER)
+        for image, codes in rows:
+            writer.writerow([image] + ["1.0" if c in codes else "0.0" for c in HEADER[1:]])
+    with open(root / "meta.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "age_approx", "anatom_site_general", "lesion_id", "sex"])
+        for image, lesion in lesions.items():
+            writer.writerow([image, "50.0", "back", lesion, "male"])
+
+
+@pytest.fixture
+def download(tmp_path):
+    """A small ISIC-layout folder with every kind of bad row and bad file.
+
+    Per class 8 lesions with 1-3 images each; plus: a row without label, a row with two labels,
+    an UNK row, a row whose file is missing, a file not in the CSV, a truncated JPEG, a pair of
+    byte-identical files under different lesion ids, and images without lesion id.
+    """
+    root = tmp_path / "isic"
+    inputs = root / "ISIC_2019_Training_Input"
+    rng = np.random.default_rng(0)
+    rows, lesions, number = [], {}, 0
+    for label, code in enumerate(CODES):
+        for lesion in range(8):
+            for _ in range(1 + lesion % 3):
+                image = f"ISIC_{number:07d}"
+                number += 1
+                rows.append((image, [code]))
+                lesions[image] = f"IL_{code}_{lesion}" if lesion < 7 else ""
+                inputs.mkdir(parents=True, exist_ok=True)
+                synthetic.lesion_image(label, 8, (40 + lesion, 30), rng).save(
+                    inputs / f"{image}.jpg")
+    bad = {"ISIC_9000001": [], "ISIC_9000002": ["MEL", "NV"], "ISIC_9000003": ["UNK"],
+           "ISIC_9000004": ["NV"], "ISIC_9000005": ["BCC"]}
+    for image, codes in bad.items():
+        rows.append((image, codes))
+        lesions[image] = "IL_bad"
+    for image in ("ISIC_9000001", "ISIC_9000002", "ISIC_9000003"):
+        shutil.copy(inputs / "ISIC_0000000.jpg", inputs / f"{image}.jpg")
+    data = (inputs / "ISIC_0000001.jpg").read_bytes()
+    (inputs / "ISIC_9000005.jpg").write_bytes(data[:len(data) // 2])  # Truncated.
+    shutil.copy(inputs / "ISIC_0000002.jpg", inputs / "ISIC_9000099.jpg")  # Not in the CSV.
+    # ISIC_9000006 (NV) is byte-identical to ISIC_0000010 (AK, another lesion): a duplicate.
+    rows.append(("ISIC_9000006", ["NV"]))
+    lesions["ISIC_9000006"] = "IL_dup"
+    shutil.copy(inputs / "ISIC_0000010.jpg", inputs / "ISIC_9000006.jpg")
+    (inputs / "notes.txt").write_text("ignored")
+    write_isic_layout(root, rows, lesions)
+    return root
+
+
+def config_for(download, out_dir, **overrides):
+    values = dict(images=str(download / "ISIC_2019_Training_Input"),
+                  ground_truth=str(download / "gt.csv"), metadata=str(download / "meta.csv"),
+                  out_dir=str(out_dir), val_fraction=0.3)
+    values.update(overrides)
+    return isic.PrepareConfig(**values)
+
+
+def read_split(out_dir):
+    with open(out_dir / "split.csv", newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def test_audit_reports_every_bad_row_and_file_and_leaves_them_out(download, tmp_path):
+    audit = isic.prepare(config_for(download, tmp_path / "data"))
+    assert audit["no label"] == ["ISIC_9000001"]
+    assert audit["several labels"] == ["ISIC_9000002"]
+    assert audit["unk"] == ["ISIC_9000003"]
+    assert audit["missing on disk"] == ["ISIC_9000004"]
+    assert audit["not in csv"] == ["ISIC_9000099"]
+    assert [item["image"] for item in audit["unreadable"]] == ["ISIC_9000005"]
+    assert audit["unreadable"][0]["reason"]  # Cut in its header: not even readable.
+    assert ["ISIC_0000010", "ISIC_9000006"] in audit["duplicates"]
+    assert audit["images without lesion id"] == 8 * 2  # Lesion 7 of each class has 2 images.
+    assert audit["image size"] == {"min": [40, 30], "max": [47, 30]}
+    images = {row["image"] for row in read_split(tmp_path / "data")}
+    assert not images & {"ISIC_9000001", "ISIC_9000002", "ISIC_9000003", "ISIC_9000004",
+                         "ISIC_9000005", "ISIC_9000099"}
+    assert audit["counts"]["total"]["train"] + audit["counts"]["total"]["val"] == len(images)
+    assert json.loads((tmp_path / "data" / "audit.json").read_text()) == audit
+    report = isic.describe_audit(audit)
+    for image in ("ISIC_9000001", "ISIC_9000002", "ISIC_9000003", "ISIC_9000004", "ISIC_9000005"):
+        assert image in report
+
+
+def test_lesions_and_duplicates_stay_on_one_side_and_classes_are_stratified(download, tmp_path):
+    isic.prepare(config_for(download, tmp_path / "data"))
+    rows = read_split(tmp_path / "data")
+    sides = {}
+    for row in rows:
+        if row["lesion_id"]:
+            sides.setdefault(row["lesion_id"], set()).add(row["split"])
+    assert all(len(s) == 1 for s in sides.values())
+    split_of = {row["image"]: row["split"] for row in rows}
+    assert split_of["ISIC_0000010"] == split_of["ISIC_9000006"]
+    for name in isic.CLASS_NAMES.values():
+        in_class = [row for row in rows if row["class"] == name]
+        share = sum(row["split"] == "val" for row in in_class) / len(in_class)
+        assert abs(share - 0.3) <= 0.15, (name, share)  # 8 groups of 1-3: as close as they allow.
+
+
+def test_class_folders_match_split_csv_and_train_py_accepts_them(download, tmp_path):
+    isic.prepare(config_for(download, tmp_path / "data"))
+    rows = read_split(tmp_path / "data")
+    train = folders.scan_image_folder(tmp_path / "data" / "train")
+    val = folders.scan_image_folder(tmp_path / "data" / "val", class_names=train.class_names)
+    assert train.class_names == tuple(sorted(isic.CLASS_NAMES.values()))
+    assert len(train.paths) == sum(row["split"] == "train" for row in rows)
+    assert len(val.paths) == sum(row["split"] == "val" for row in rows)
+    assert not train.bad_files and not val.bad_files
+
+
+def test_split_is_deterministic_for_a_seed(download, tmp_path):
+    first = isic.prepare(config_for(download, tmp_path / "a", seed=3))
+    second = isic.prepare(config_for(download, tmp_path / "b", seed=3))
+    other = isic.prepare(config_for(download, tmp_path / "c", seed=4))
+    assert read_split(tmp_path / "a") == read_split(tmp_path / "b")
+    assert read_split(tmp_path / "a") != read_split(tmp_path / "c")
+    assert first["counts"] == second["counts"] and other["counts"]
+
+
+def test_kfold_folds_partition_the_images_by_lesion(download, tmp_path):
+    val_sets = []
+    for fold in range(3):
+        isic.prepare(config_for(download, tmp_path / f"f{fold}", folds=3, fold=fold))
+        rows = read_split(tmp_path / f"f{fold}")
+        val_sets.append({row["image"] for row in rows if row["split"] == "val"})
+        lesions = {}
+        for row in rows:
+            if row["lesion_id"]:
+                lesions.setdefault(row["lesion_id"], set()).add(row["split"])
+        assert all(len(s) == 1 for s in lesions.values())
+    assert not (val_sets[0] & val_sets[1] or val_sets[0] & val_sets[2] or val_sets[1] & val_sets[2])
+    assert len(set.union(*val_sets)) == len(rows)
+
+
+def test_files_are_hard_linked_by_default_then_symlinked_then_copied(download, tmp_path,
+                                                                     monkeypatch):
+    audit = isic.prepare(config_for(download, tmp_path / "hard"))
+    assert set(audit["files"]) == {"hardlink"}
+    linked = next((tmp_path / "hard" / "train").rglob("*.jpg"))
+    source = download / "ISIC_2019_Training_Input" / linked.name
+    assert os.path.samefile(linked, source)
+
+    def no_link(*args):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(os, "link", no_link)
+    audit = isic.prepare(config_for(download, tmp_path / "sym"))
+    assert set(audit["files"]) == {"symlink"}
+    assert next((tmp_path / "sym" / "val").rglob("*.jpg")).is_symlink()
+    monkeypatch.setattr(os, "symlink", no_link)
+    audit = isic.prepare(config_for(download, tmp_path / "copy"))
+    assert set(audit["files"]) == {"copy"}
+    copied = next((tmp_path / "copy" / "val").rglob("*.jpg"))
+    assert not copied.is_symlink() and os.stat(copied).st_nlink == 1
+
+
+def test_resize_writes_smaller_jpegs(download, tmp_path):
+    audit = isic.prepare(config_for(download, tmp_path / "small", resize=32, jpeg_quality=80))
+    assert audit["files"] == {"resized": audit["counts"]["total"]["train"]
+                              + audit["counts"]["total"]["val"]}
+    for path in (tmp_path / "small").rglob("*.jpg"):
+        with Image.open(path) as image:
+            assert max(image.size) == 32 and image.format == "JPEG"
+            assert image.size[0] > image.size[1]  # Aspect ratio kept.
+
+
+def test_rerun_fills_in_the_same_split_and_refuses_a_different_one(download, tmp_path):
+    out_dir = tmp_path / "data"
+    isic.prepare(config_for(download, out_dir))
+    removed = next((out_dir / "train").rglob("*.jpg"))
+    removed.unlink()
+    audit = isic.prepare(config_for(download, out_dir))
+    assert removed.exists() and audit["files"]["hardlink"] == 1
+    with pytest.raises(UserError, match="already holds a different split.*--overwrite"):
+        isic.prepare(config_for(download, out_dir, seed=1))
+    isic.prepare(config_for(download, out_dir, seed=1, overwrite=True))
+    images = {p.stem for p in out_dir.rglob("*.jpg")}
+    assert images == {row["image"] for row in read_split(out_dir)}
+
+
+def test_seed_names_call_nevi_none_of_the_above(download, tmp_path):
+    isic.prepare(config_for(download, tmp_path / "data", seed_names=True))
+    assert (tmp_path / "data" / "train" / "None of the above").is_dir()
+    assert not (tmp_path / "data" / "train" / "Melanocytic nevus").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda root: (root / "gt.csv").write_text("image,MEL,NV\nISIC_1,1.0,0.0\n"),
+     "gt.csv lacks column\\(s\\) AK, BCC, BKL, DF, SCC, VASC"),
+    (lambda root: (root / "meta.csv").write_text("image,age\n"), "meta.csv lacks column\\(s\\) lesion_id"),
+    (lambda root: (root / "gt.csv").unlink(), "gt.csv does not exist"),
+    (lambda root: shutil.rmtree(root / "ISIC_2019_Training_Input"), "images folder .* does not exist"),
+])
+def test_bad_inputs_are_one_line_errors(download, tmp_path, change, message):
+    change(download)
+    with pytest.raises(UserError, match=message) as error:
+        isic.prepare(config_for(download, tmp_path / "data"))
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(val_fraction=1.0), "--val_fraction=1.0 must be between 0 and 1"),
+    (dict(folds=1), "--folds=1: need at least 2 folds"),
+    (dict(folds=5, fold=5), "--fold=5 is out of range"),
+    (dict(link="move"), "--link=move"),
+])
+def test_bad_options_are_rejected(download, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        config_for(download, tmp_path, **overrides)
+
+
+def test_command_line_prints_the_table_and_errors_in_one_line(download, tmp_path):
+    command = [sys.executable, "-m", "skin_keras.prepare_isic",
+               f"--images={download / 'ISIC_2019_Training_Input'}",
+               f"--ground_truth={download / 'gt.csv'}", f"--metadata={download / 'meta.csv'}",
+               f"--out_dir={tmp_path / 'data'}"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "Melanoma" in result.stdout and "val share" in result.stdout
+    assert "left out, unreadable: ISIC_9000005" in result.stdout
+    result = subprocess.run(command + ["--seed=9"], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("prepare_isic.py: error: ")
+
+
+def test_real_ham10000_split(ham_200px, tmp_path):
+    audit = isic.prepare(isic.PrepareConfig(
+        images=str(ham_200px / "ISIC_2019_Training_Input"),
+        ground_truth=str(ham_200px / "ISIC_2019_Training_GroundTruth.csv"),
+        metadata=str(ham_200px / "ISIC_2019_Training_Metadata.csv"),
+        out_dir=str(tmp_path / "data"), val_fraction=0.3))
+    rows = read_split(tmp_path / "data")
+    assert len(rows) == audit["rows in csv"] == 9703
+    lesions = {}
+    for row in rows:
+        lesions.setdefault(row["lesion_id"] or row["image"], set()).add(row["split"])
+    assert all(len(sides) == 1 for sides in lesions.values())
+    for name, count in audit["counts"].items():
+        assert abs(count["val share"] - 0.3) <= 0.02, (name, count)
+    assert sorted(audit["duplicates"]) == [["ISIC_0024366", "ISIC_0029861"],
+                                           ["ISIC_0024777", "ISIC_0029938"]]
+    split_of = {row["image"]: row["split"] for row in rows}
+    for first, second in audit["duplicates"]:
+        assert split_of[first] == split_of[second]
+    train = folders.scan_image_folder(tmp_path / "data" / "train", check=False)
+    folders.scan_image_folder(tmp_path / "data" / "val", class_names=train.class_names, check=False)
