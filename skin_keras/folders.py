@@ -9,6 +9,7 @@ truncated or non-image files are reported by name once instead of crashing train
 import concurrent.futures
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,14 +111,16 @@ def find_class_names(root: str | Path) -> tuple[str, ...]:
     return tuple(names)
 
 
-def scan_image_folder(root: str | Path, class_names: tuple[str, ...] | None = None,
-                      check: bool = True) -> ImageFolder:
+def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None,
+                      check: bool = True, allow_missing_classes: bool = False) -> ImageFolder:
     """Lists the images of a class-folder dataset.
 
     Args:
       root: Folder with one sub-folder per class. Images may sit in nested folders inside a class.
       class_names: Expected classes (e.g. the training set's); a different set is a UserError.
+        Labels are indices into this list.
       check: Whether to set aside files that fail `check_image`.
+      allow_missing_classes: Accept a subset of `class_names` (a test set without a rare class).
 
     Raises:
       UserError: missing folder, no class folders, a class without images, or class names that
@@ -125,11 +128,17 @@ def scan_image_folder(root: str | Path, class_names: tuple[str, ...] | None = No
     """
     root = Path(root)
     found = find_class_names(root)
-    if class_names is not None and tuple(class_names) != found:
-        raise UserError(describe_class_mismatch(tuple(class_names), found, root))
+    if class_names is None:
+        class_names = found
+    class_names = tuple(class_names)
+    mismatch = (set(found) - set(class_names)) if allow_missing_classes else (
+        set(found) != set(class_names))
+    if mismatch:
+        raise UserError(describe_class_mismatch(class_names, found, root, allow_missing_classes))
 
     paths, labels, skipped = [], [], []
-    for label, name in enumerate(found):
+    for name in found:
+        label = class_names.index(name)
         class_paths = []
         for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
@@ -150,23 +159,24 @@ def scan_image_folder(root: str | Path, class_names: tuple[str, ...] | None = No
         labels = [l for l, k in zip(labels, keep) if k]
 
     labels = np.asarray(labels, dtype=np.int64)
-    counts = np.bincount(labels, minlength=len(found))
-    empty = [name for name, count in zip(found, counts) if count == 0]
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = [name for name in found if counts[class_names.index(name)] == 0]
     if empty:
         raise UserError(f"class folder(s) without readable images in {root}: {', '.join(empty)}")
-    return ImageFolder(root=root, class_names=found, paths=tuple(paths), labels=labels,
+    return ImageFolder(root=root, class_names=class_names, paths=tuple(paths), labels=labels,
                        skipped=tuple(skipped), bad_files=tuple(bad_files))
 
 
-def describe_class_mismatch(expected: tuple[str, ...], found: tuple[str, ...], root: Path) -> str:
-    missing = sorted(set(expected) - set(found))
+def describe_class_mismatch(expected: tuple[str, ...], found: tuple[str, ...], root: Path,
+                            allow_missing_classes: bool = False) -> str:
+    missing = [] if allow_missing_classes else sorted(set(expected) - set(found))
     extra = sorted(set(found) - set(expected))
     parts = []
     if missing:
         parts.append(f"missing {', '.join(missing)}")
     if extra:
         parts.append(f"unexpected {', '.join(extra)}")
-    return f"classes in {root} differ from the training classes: {'; '.join(parts)}"
+    return f"classes in {root} differ from the model's classes: {'; '.join(parts)}"
 
 
 def describe(folder: ImageFolder, title: str) -> str:

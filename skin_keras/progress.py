@@ -5,10 +5,18 @@ import time
 from collections.abc import Iterable, Sized
 
 
-def progress(items: Iterable, label: str, stream=None, min_interval: float = 0.2):
-    """Yields `items`, drawing `label [#####-----] n/total` on stderr; one final line at the end."""
+def progress(items: Iterable, label: str, total: int | None = None, stream=None,
+             min_interval: float = 0.2):
+    """Yields `items`, drawing `label [#####-----] n/total` on stderr; one final line at the end.
+
+    `total` defaults to len(items) where that is known.
+    """
     stream = stream or sys.stderr
-    total = len(items) if isinstance(items, Sized) else None
+    if total is None and isinstance(items, Sized):
+        try:
+            total = len(items)
+        except TypeError:  # E.g. a tf.data.Dataset of unknown length.
+            total = None
     last = 0.0
     count = 0
 

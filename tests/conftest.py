@@ -51,7 +51,8 @@ def tiny_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     """The run folder of one tiny training run, shared by the tests that only read it."""
-    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset)
+    # 64 px, so the last feature map is 2x2 and a Grad-CAM map can vary across the image.
+    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, img_size=64)
     return training.train_and_evaluate(config, verbose=0)
 
 

@@ -109,6 +109,18 @@ def test_class_mismatch_between_train_and_val_names_the_classes(tmp_path):
     train = folders.scan_image_folder(tmp_path / "train")
     with pytest.raises(UserError, match="missing Nevus; unexpected Vascular"):
         folders.scan_image_folder(tmp_path / "val", class_names=train.class_names)
+    with pytest.raises(UserError, match="differ from the model's classes: unexpected Vascular$"):
+        folders.scan_image_folder(tmp_path / "val", class_names=train.class_names,
+                                  allow_missing_classes=True)
+
+
+def test_a_test_set_may_lack_a_class_when_allowed(tmp_path):
+    save_image(tmp_path / "test" / "Nevus" / "a.jpg")
+    folder = folders.scan_image_folder(tmp_path / "test", class_names=("Melanoma", "Nevus"),
+                                       allow_missing_classes=True)
+    assert folder.class_names == ("Melanoma", "Nevus")
+    assert folder.labels.tolist() == [1]
+    assert folder.class_counts().tolist() == [0, 1]
 
 
 def test_decode_keeps_0_255_rgb_and_converts_gray_and_rgba(tmp_path):

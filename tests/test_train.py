@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO, tiny_config
-from skin_keras import folders, input_pipeline, isic, metrics, reports, training
+from skin_keras import folders, input_pipeline, isic, metrics, models, reports, training
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 
@@ -30,7 +30,7 @@ def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
 
     params = read_json(trained_run / "train_params.json")
     assert params["train parameters"]["model"] == "b0"
-    assert params["train parameters"]["img_size"] == 32
+    assert params["train parameters"]["img_size"] == 64
     assert params["dataset"]["trainset number"] == 36
     assert params["dataset"]["valset number"] == 15
     assert params["dataset"]["number classes"] == 3
@@ -81,7 +81,7 @@ def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_
     model = keras.models.load_model(trained_run / "weights" / "best.keras")
     val = folders.scan_image_folder(tiny_dataset / "val")
     dataset = input_pipeline.make_dataset(val.paths, None, val.num_classes,
-                                          img_size=32, batch_size=4)
+                                          img_size=models.image_size(model), batch_size=4)
     probabilities = model.predict(dataset, verbose=0)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     matrix = metrics.confusion_matrix(val.labels, probabilities.argmax(axis=1), val.num_classes)
@@ -97,7 +97,7 @@ def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_
 
 def test_last_weights_load_and_predict_raw_images(trained_run):
     model = keras.models.load_model(trained_run / "weights" / "last.keras")
-    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
     probabilities = model.predict(images, verbose=0)
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
@@ -149,7 +149,7 @@ def test_train_script_with_the_demo_flagfile(tmp_path, tiny_dataset):
 @pytest.mark.parametrize("make_args, message", [
     (lambda tmp, data: [f"--data_train={tmp / 'missing'}"], r"dataset folder .*missing does not exist"),
     (lambda tmp, data: [f"--data_train={data / 'train'}", f"--data_val={tmp / 'val'}"],
-     r"classes in .*val differ from the training classes: missing Melanoma"),
+     r"classes in .*val differ from the model's classes: missing Melanoma"),
     (lambda tmp, data: ["--model=xl"], r"flag --model=xl: value should be one of"),
 ])
 def test_train_script_user_errors_are_one_line(tmp_path, tiny_dataset, make_args, message):

@@ -1,0 +1,155 @@
+"""Scoring a trained model on a labelled class-folder set: metrics.json, plots, error list.
+
+`metrics.json` has the schema of the training log's "valid info" (accuracy, balanced accuracy,
+per-class Precision / Recall / Specificity / F1 score and their means) plus, per class, its ROC
+AUC (one class against the rest, from the probabilities) and support.
+"""
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+from sklearn import metrics as sk_metrics
+
+from skin_keras import atomic, folders, inference, metrics, reports
+from skin_keras.errors import UserError
+
+
+def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> list:
+    """One-vs-rest ROC AUC per class; None where a class is absent (or alone) in the labels."""
+    aucs = []
+    for index in range(num_classes):
+        positive = labels == index
+        if positive.all() or not positive.any():
+            aucs.append(None)
+        else:
+            aucs.append(float(sk_metrics.roc_auc_score(positive, probabilities[:, index])))
+    return aucs
+
+
+def metrics_report(labels: np.ndarray, probabilities: np.ndarray, class_names, tta: int) -> dict:
+    num_classes = len(class_names)
+    matrix = metrics.confusion_matrix(labels, probabilities.argmax(axis=1), num_classes)
+    report = reports.classification_info(matrix, class_names)
+    aucs = roc_auc_per_class(labels, probabilities, num_classes)
+    support = matrix.sum(axis=1)
+    for name, auc, count in zip(class_names, aucs, support):
+        report[name]["ROC AUC"] = None if auc is None else round(auc, 4)
+        report[name]["Support"] = int(count)
+    defined = [auc for auc in aucs if auc is not None]
+    report["mean roc auc"] = float(np.mean(defined)) if defined else None
+    report["images"] = int(len(labels))
+    report["tta views"] = tta
+    report["confusion matrix"] = matrix.tolist()
+    return report
+
+
+def plot_roc_curves(labels: np.ndarray, probabilities: np.ndarray, class_names,
+                    path: Path) -> None:
+    figure, axes = plt.subplots(figsize=(7, 6))
+    for index, name in enumerate(class_names):
+        positive = labels == index
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = sk_metrics.roc_curve(positive, probabilities[:, index])
+        auc = sk_metrics.auc(fpr, tpr)
+        axes.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    axes.plot([0, 1], [0, 1], "k--", linewidth=0.8)
+    axes.set_xlabel("false positive rate (1 - specificity)")
+    axes.set_ylabel("true positive rate (sensitivity)")
+    axes.set_title("ROC, one class against the rest")
+    axes.legend(fontsize=8, loc="lower right")
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    atomic.write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"), suffix=".png")
+    plt.close(figure)
+
+
+def write_misclassified(paths, labels, probabilities, class_names, path: Path) -> int:
+    """misclassified.csv: path, true, predicted, score (most confident mistakes first)."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    wrong = wrong[np.argsort(-probabilities[wrong, predicted[wrong]], kind="stable")]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(["path", "true", "predicted", "score"])
+            for i in wrong:
+                writer.writerow([paths[i], class_names[labels[i]], class_names[predicted[i]],
+                                 f"{probabilities[i, predicted[i]]:.6f}"])
+
+    atomic.write_atomic(path, write)
+    return len(wrong)
+
+
+def evaluate(loaded: inference.LoadedModel, data: str | Path, output: str | Path,
+             batch_size: int = 32, tta: int = 1, explain: bool = False) -> dict:
+    """Scores `loaded` on the class folders in `data`; writes the report files to `output`."""
+    output = Path(output)
+    folder = folders.scan_image_folder(data, class_names=loaded.class_names,
+                                       allow_missing_classes=True)
+    print(folders.describe(folder, "evaluating"))
+    paths = [Path(p) for p in folder.paths]
+    probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta)
+    ok = np.array([error is None for error in errors], dtype=bool)
+    if not ok.any():
+        raise UserError(f"no image in {data} could be read")
+    rows = inference.prediction_rows(paths, probabilities, errors, loaded.class_names)
+    output.mkdir(parents=True, exist_ok=True)
+    inference.write_predictions(rows, loaded.class_names, output)
+
+    labels, probabilities = folder.labels[ok], probabilities[ok]
+    kept = [str(p) for p, good in zip(paths, ok) if good]
+    report = metrics_report(labels, probabilities, loaded.class_names, tta)
+    report["model"] = str(loaded.source)
+    report["data"] = str(data)
+    report["bad files"] = [f"{p}: {r}" for p, r in folder.bad_files] + [
+        f"{p}: {e}" for p, e in zip(paths, errors) if e]
+    report["misclassified"] = write_misclassified(kept, labels, probabilities, loaded.class_names,
+                                                  output / "misclassified.csv")
+    atomic.write_json_atomic(output / "metrics.json", report)
+    reports.plot_confusion_matrix(np.array(report["confusion matrix"]), loaded.class_names,
+                                  output / "confusion_matrix.png",
+                                  title=f"{data} ({tta} TTA view{'s' if tta > 1 else ''})")
+    plot_roc_curves(labels, probabilities, loaded.class_names, output / "roc_curves.png")
+    if explain:
+        inference.explain_files(loaded, rows, output / "explain", batch_size)
+    return report
+
+
+def describe(report: dict, class_names) -> str:
+    width = max(len(name) for name in class_names)
+    lines = [f"{report['images']} images, {report['tta views']} TTA view(s): accuracy "
+             f"{report['accuracy']:.4f}, balanced accuracy {report['balanced accuracy']:.4f}, "
+             f"mean ROC AUC {report['mean roc auc'] or float('nan'):.4f}",
+             f"{'class':<{width}}  {'support':>7}  {'precision':>9}  {'recall':>6}  "
+             f"{'specificity':>11}  {'F1':>6}  {'ROC AUC':>7}"]
+    for name in class_names:
+        row = report[name]
+        auc = "-" if row["ROC AUC"] is None else f"{row['ROC AUC']:.4f}"
+        lines.append(f"{name:<{width}}  {row['Support']:>7}  {row['Precision']:>9.4f}  "
+                     f"{row['Recall']:>6.4f}  {row['Specificity']:>11.4f}  "
+                     f"{row['F1 score']:>6.4f}  {auc:>7}")
+    return "\n".join(lines)
+
+
+def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | Path | None = None,
+                        batch_size: int = 32, tta: int = 1, explain: bool = False) -> dict:
+    """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report.
+
+    Without `output`, the report goes to <run folder>/eval_<name of the data folder>.
+    """
+    loaded = inference.load_model(model_path)
+    if output is None:
+        run_dir = loaded.source.parent.parent if loaded.source.parent.name == "weights" else (
+            loaded.source.parent)
+        output = run_dir / f"eval_{Path(data).resolve().name}"
+    report = evaluate(loaded, data, output, batch_size, tta, explain)
+    print(describe(report, loaded.class_names))
+    print(f"report written to {output}")
+    return report

@@ -1,0 +1,296 @@
+"""Batch inference on files: load a trained model, predict folders, average TTA views.
+
+A model path can be a run folder (weights/best.keras + class_indices.json) or a `.keras` file
+(class names from the class_indices.json of its run folder). The image size comes from the model
+itself, the class names from the run: nothing the user must repeat on the command line.
+"""
+
+import csv
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+
+from skin_keras import atomic, folders, gradcam, input_pipeline, models
+from skin_keras.errors import UserError
+from skin_keras.progress import progress
+
+# The eight symmetries of a square (flips and 90-degree rotations), identity first.
+MAX_TTA_VIEWS = 8
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to predict, with what is needed to feed it and read its output."""
+
+    model: keras.Model
+    class_names: list[str]
+    img_size: int
+    source: Path
+
+    def __post_init__(self):
+        # One traced graph for every batch (the batch dimension is left free).
+        self._forward = tf.function(lambda images: self.model(images, training=False),
+                                    reduce_retracing=True)
+
+    def predict_images(self, images: tf.Tensor) -> np.ndarray:
+        return self._forward(images).numpy()
+
+
+def find_class_indices(model_file: Path) -> Path | None:
+    for folder in (model_file.parent, model_file.parent.parent):
+        if (folder / "class_indices.json").is_file():
+            return folder / "class_indices.json"
+    return None
+
+
+def read_class_indices(path: Path) -> list[str]:
+    indices = json.loads(Path(path).read_text())
+    return [indices[str(i)] for i in range(len(indices))]
+
+
+def resolve_keras_file(model_path: str | Path) -> Path:
+    """The .keras file meant by a run folder or a file path; UserError when there is none."""
+    path = Path(model_path)
+    if path.is_dir():
+        if (path / "weights" / "best.keras").is_file():
+            return path / "weights" / "best.keras"
+        if (path / "saved_model.pb").is_file() or any(path.rglob("saved_model.pb")):
+            raise UserError(f"{path} is a SavedModel: use the run folder or .keras file it was "
+                            "exported from")
+        raise UserError(f"{path} is not a run folder (no weights/best.keras)")
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist")
+    if path.suffix == ".tflite":
+        raise UserError(f"{path} is a TFLite model: use the run folder or .keras file it was "
+                        "exported from")
+    if path.suffix != ".keras":
+        raise UserError(f"{path} is not a model: give a run folder or a .keras file")
+    return path
+
+
+def load_model(model_path: str | Path) -> LoadedModel:
+    """Loads a run folder or a .keras file with its class names and input size."""
+    keras_file = resolve_keras_file(model_path)
+    indices = find_class_indices(keras_file)
+    if indices is None:
+        raise UserError(f"no class_indices.json beside {keras_file} or in its run folder: the "
+                        "class names are unknown")
+    class_names = read_class_indices(indices)
+    try:
+        model = keras.models.load_model(keras_file, compile=False)
+    except (ValueError, OSError) as error:
+        raise UserError(f"{keras_file} could not be loaded as a Keras model: "
+                        f"{str(error).splitlines()[0]}") from error
+    if model.output_shape[-1] != len(class_names):
+        raise UserError(f"{keras_file} predicts {model.output_shape[-1]} classes but {indices} "
+                        f"names {len(class_names)}")
+    return LoadedModel(model, class_names, models.image_size(model), keras_file)
+
+
+def list_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Every file named in `sources` (files, or folders searched recursively), in order.
+
+    Hidden files are left out; other non-image files are kept, so they get an error row.
+    """
+    files = []
+    for source in sources:
+        source = Path(source)
+        if source.is_file():
+            files.append(source)
+        elif source.is_dir():
+            for dirpath, dirnames, filenames in os.walk(source, followlinks=True):
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                files.extend(Path(dirpath) / name for name in sorted(filenames)
+                             if not name.startswith("."))
+        else:
+            raise UserError(f"source {source} does not exist")
+    return files
+
+
+def tta_views(images: tf.Tensor, count: int) -> list[tf.Tensor]:
+    """The first `count` of the eight flips/rotations of a batch [B, H, W, C]; identity first."""
+    if not 1 <= count <= MAX_TTA_VIEWS:
+        raise UserError(f"--tta={count}: choose 1 to {MAX_TTA_VIEWS} views")
+    transposed = tf.transpose(images, (0, 2, 1, 3))
+    views = [images, tf.reverse(images, [2]), tf.reverse(images, [1]), tf.reverse(images, [1, 2]),
+             transposed, tf.reverse(transposed, [2]), tf.reverse(transposed, [1]),
+             tf.reverse(transposed, [1, 2])]
+    return views[:count]
+
+
+def file_errors(paths: Sequence[Path]) -> list[str | None]:
+    """Why each file cannot be predicted (None for the ones that look fine)."""
+    errors = []
+    for path, (_, reason) in zip(paths, folders.inspect_images([str(p) for p in paths])):
+        if not folders.is_image_file(path):
+            reason = f"not an image file ({path.suffix or 'no extension'})"
+        errors.append(reason)
+    return errors
+
+
+def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
+                  tta: int = 1, show_progress: bool = True) -> tuple[np.ndarray, list[str | None]]:
+    """Class probabilities of every file ([N, C], NaN rows for files that failed) and errors.
+
+    Files that fail the cheap check never reach the model; a file that still fails to decode is
+    dropped by the pipeline and matched back by index, so every row stays with its file.
+    """
+    errors = file_errors(paths)
+    good = [i for i, error in enumerate(errors) if error is None]
+    probabilities = np.full((len(paths), len(loaded.class_names)), np.nan, dtype=np.float32)
+    if good:
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.array(good, np.int64), [str(paths[i]) for i in good]))
+        dataset = dataset.map(
+            lambda index, path: (index, input_pipeline.load_image(path, loaded.img_size)),
+            num_parallel_calls=input_pipeline.AUTOTUNE).ignore_errors()
+        dataset = dataset.batch(batch_size).prefetch(input_pipeline.AUTOTUNE)
+        total = -(-len(good) // batch_size)
+        batches = progress(dataset, "predicting", total=total) if show_progress else dataset
+        for indices, images in batches:
+            views = [loaded.predict_images(view) for view in tta_views(images, tta)]
+            probabilities[indices.numpy()] = np.mean(views, axis=0)
+    for i in good:
+        if np.isnan(probabilities[i]).any():
+            errors[i] = "could not be decoded"
+    return probabilities, errors
+
+
+def prediction_rows(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str | None],
+                    class_names: Sequence[str], topk: int = 0) -> list[dict]:
+    """One dict per file: path, label, score, one probability per class, top-k, error."""
+    rows = []
+    for path, probs, error in zip(paths, probabilities, errors):
+        row = {"path": str(path), "label": "", "score": None,
+               "probabilities": {name: None for name in class_names}, "error": error or ""}
+        if error is None:
+            order = np.argsort(-probs, kind="stable")
+            row.update(label=class_names[order[0]], score=float(probs[order[0]]),
+                       probabilities={n: float(p) for n, p in zip(class_names, probs)})
+            if topk:
+                row["top"] = [{"label": class_names[i], "score": float(probs[i])}
+                              for i in order[:topk]]
+        elif topk:
+            row["top"] = []
+        rows.append(row)
+    return rows
+
+
+def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path,
+                      topk: int = 0) -> None:
+    """predictions.csv (path,label,score,<classes>,[top1..],error) and predictions.json."""
+    output.mkdir(parents=True, exist_ok=True)
+    header = ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
+              "error"]
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            for row in rows:
+                probs = [("" if p is None else f"{p:.6f}") for p in row["probabilities"].values()]
+                tops = [f"{t['label']}:{t['score']:.4f}" for t in row.get("top", [])]
+                tops += [""] * (topk - len(tops))
+                score = "" if row["score"] is None else f"{row['score']:.6f}"
+                writer.writerow([row["path"], row["label"], score, *probs, *tops, row["error"]])
+
+    atomic.write_atomic(output / "predictions.csv", write_csv)
+    atomic.write_json_atomic(output / "predictions.json", rows)
+
+
+def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
+    counts = {name: 0 for name in class_names}
+    for row in rows:
+        if not row["error"]:
+            counts[row["label"]] += 1
+    width = max(len(name) for name in [*class_names, "unreadable"])
+    lines = [f"{'predicted label':<{width}}  {'images':>7}"]
+    lines += [f"{name:<{width}}  {count:>7}" for name, count in counts.items()]
+    errors = [row for row in rows if row["error"]]
+    lines.append(f"{'unreadable':<{width}}  {len(errors):>7}")
+    lines += [f"  {row['path']}: {row['error']}" for row in errors]
+    return "\n".join(lines)
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """File stems that stay unique when files of several folders go into one output folder."""
+    seen, names = {}, []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return names
+
+
+def save_labelled_images(rows: list[dict], folder: Path) -> None:
+    """Copies of the readable images with "label score" drawn in the top-left corner."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [Path(row["path"]) for row in rows]
+    for row, name in zip(rows, unique_names(paths)):
+        if row["error"]:
+            continue
+        with Image.open(row["path"]) as image:
+            image = image.convert("RGB")
+        text = f"{row['label']} {row['score']:.2f}"
+        font = ImageFont.load_default(size=max(10, image.height // 20))
+        draw = ImageDraw.Draw(image)
+        box = draw.textbbox((4, 4), text, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="black")
+        draw.text((4, 4), text, fill="white", font=font)
+        image.save(folder / f"{name}.jpg", quality=92)
+
+
+def explain_files(loaded: LoadedModel, rows: list[dict], folder: Path,
+                  batch_size: int = 16) -> list[Path]:
+    """Grad-CAM overlays of the predicted class for every readable file; returns their paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [Path(row["path"]) for row in rows]
+    names = unique_names(paths)
+    todo = [i for i, row in enumerate(rows) if not row["error"]]
+    written = []
+    for start in progress(range(0, len(todo), batch_size), "explaining"):
+        batch = todo[start:start + batch_size]
+        images = tf.stack([input_pipeline.load_image(tf.constant(str(paths[i])), loaded.img_size)
+                           for i in batch])
+        classes = [loaded.class_names.index(rows[i]["label"]) for i in batch]
+        heat_maps, _ = gradcam.grad_cam(loaded.model, images, classes)
+        for i, heat_map in zip(batch, heat_maps):
+            with Image.open(paths[i]) as original:
+                figure = gradcam.overlay_figure(
+                    original, heat_map, f"{rows[i]['label']} {rows[i]['score']:.2f} (Grad-CAM)")
+            target = folder / f"{names[i]}.png"
+            figure.save(target)
+            written.append(target)
+    return written
+
+
+def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], output: str | Path,
+                      batch_size: int = 32, tta: int = 1, topk: int = 0,
+                      save_images: bool = False, explain: bool = False) -> list[dict]:
+    """predict.py's job: predicts every source file and writes the results to `output`."""
+    loaded = load_model(model_path)
+    if not 0 <= topk <= len(loaded.class_names):
+        raise UserError(f"--topk={topk} is out of range [0, {len(loaded.class_names)}]")
+    paths = list_sources(sources)
+    if not paths:
+        raise UserError(f"no files found in {', '.join(map(str, sources))}")
+    probabilities, errors = predict_files(loaded, paths, batch_size, tta)
+    rows = prediction_rows(paths, probabilities, errors, loaded.class_names, topk)
+    output = Path(output)
+    write_predictions(rows, loaded.class_names, output, topk)
+    print(summary_table(rows, loaded.class_names))
+    if all(error is not None for error in errors):
+        raise UserError(f"none of the {len(paths)} files could be read as an image")
+    if save_images:
+        save_labelled_images(rows, output / "images")
+    if explain:
+        explain_files(loaded, rows, output / "explain", batch_size)
+    print(f"wrote {output / 'predictions.csv'} and predictions.json")
+    return rows

@@ -1,0 +1,197 @@
+"""predict.py and evaluate.py on folders: exact predictions, bad files, TTA, metrics, Grad-CAM."""
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn import metrics as sk_metrics
+
+from conftest import REPO
+from skin_keras import evaluation, folders, gradcam, inference, input_pipeline
+from skin_keras.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    return inference.load_model(trained_run)
+
+
+@pytest.fixture
+def mixed_source(tmp_path, tiny_dataset):
+    """Six good images in two folders, plus a truncated, an empty and a text file."""
+    source = tmp_path / "inference" / "img"
+    (source / "more").mkdir(parents=True)
+    good = sorted((tiny_dataset / "val").rglob("*.jpg"))[::2][:6]
+    for index, path in enumerate(good):
+        shutil.copy(path, (source if index < 3 else source / "more") / path.name)
+    data = good[0].read_bytes()
+    (source / "broken.jpg").write_bytes(data[:len(data) // 2])
+    (source / "empty.png").write_bytes(b"")
+    (source / "notes.txt").write_text("not an image")
+    return source
+
+
+def keras_probabilities(loaded, paths):
+    dataset = input_pipeline.make_dataset([str(p) for p in paths], None, 0, loaded.img_size, 4)
+    return loaded.model.predict(dataset, verbose=0)
+
+
+def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mixed_source,
+                                                                       tmp_path):
+    rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "out", topk=2)
+    errors = {row["path"].rsplit("/", 1)[1]: row["error"] for row in rows if row["error"]}
+    assert set(errors) == {"broken.jpg", "empty.png", "notes.txt"}
+    good = [row for row in rows if not row["error"]]
+    assert len(good) == 6
+    expected = keras_probabilities(loaded, [row["path"] for row in good])
+    actual = np.array([list(row["probabilities"].values()) for row in good])
+    np.testing.assert_allclose(actual, expected, atol=1e-5)
+    assert [row["label"] for row in good] == [loaded.class_names[i] for i in expected.argmax(1)]
+    for row in good:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+        assert row["score"] == max(row["probabilities"].values())
+        assert [t["label"] for t in row["top"]][0] == row["label"] and len(row["top"]) == 2
+
+    with open(tmp_path / "out" / "predictions.csv", newline="") as file:
+        table = list(csv.reader(file))
+    assert table[0] == ["path", "label", "score", *loaded.class_names, "top1", "top2", "error"]
+    assert len(table) == 1 + 9
+    broken = next(r for r in table if r[0].endswith("broken.jpg"))
+    assert broken[1] == "" and broken[-1]
+    saved = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert [row["path"] for row in saved] == [row["path"] for row in rows]
+
+
+def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_source,
+                                                             tmp_path):
+    from_run = inference.predict_to_folder(trained_run, [mixed_source], tmp_path / "a")
+    from_file = inference.predict_to_folder(trained_run / "weights" / "best.keras",
+                                            [mixed_source / "more"], tmp_path / "b")
+    by_path = {row["path"]: row["probabilities"] for row in from_run}
+    assert len(from_file) == 3
+    for row in from_file:  # Other batches: equal up to float rounding.
+        if not row["error"]:
+            np.testing.assert_allclose(list(row["probabilities"].values()),
+                                       list(by_path[row["path"]].values()), atol=1e-6)
+
+
+def test_tta_averages_the_eight_flips_and_rotations(loaded, tiny_dataset):
+    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:5]
+    plain, _ = inference.predict_files(loaded, paths, batch_size=2, tta=1, show_progress=False)
+    np.testing.assert_allclose(plain, keras_probabilities(loaded, paths), atol=1e-5)
+    averaged, _ = inference.predict_files(loaded, paths, batch_size=2, tta=8, show_progress=False)
+    images = np.stack([input_pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
+    views = [np.rot90(flipped, k, axes=(1, 2)) for flipped in (images, images[:, :, ::-1])
+             for k in range(4)]
+    expected = np.mean([loaded.model.predict(v, verbose=0) for v in views], axis=0)
+    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    with pytest.raises(UserError, match="--tta=9"):
+        inference.predict_files(loaded, paths, tta=9, show_progress=False)
+
+
+def test_evaluate_figures_equal_sklearn(loaded, tiny_dataset, tmp_path):
+    report = evaluation.evaluate(loaded, tiny_dataset / "val", tmp_path / "eval", batch_size=4)
+    folder = folders.scan_image_folder(tiny_dataset / "val")
+    with open(tmp_path / "eval" / "predictions.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    probabilities = np.array([[float(row[name]) for name in loaded.class_names] for row in rows])
+    y_true, y_pred = folder.labels, probabilities.argmax(1)
+    labels = list(range(len(loaded.class_names)))
+    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0)
+    assert report["accuracy"] == pytest.approx(sk_metrics.accuracy_score(y_true, y_pred))
+    assert report["balanced accuracy"] == pytest.approx(
+        sk_metrics.balanced_accuracy_score(y_true, y_pred))
+    for index, name in enumerate(loaded.class_names):
+        assert report[name]["Precision"] == pytest.approx(precision[index], abs=5e-5)
+        assert report[name]["Recall"] == pytest.approx(recall[index], abs=5e-5)
+        assert report[name]["F1 score"] == pytest.approx(f1[index], abs=5e-5)
+        assert report[name]["Support"] == support[index]
+        assert report[name]["ROC AUC"] == pytest.approx(
+            sk_metrics.roc_auc_score(y_true == index, probabilities[:, index]), abs=5e-5)
+    assert report["tta views"] == 1
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert saved["accuracy"] == report["accuracy"] and saved["misclassified"] == report[
+        "misclassified"]
+    with open(tmp_path / "eval" / "misclassified.csv", newline="") as file:
+        wrong = list(csv.DictReader(file))
+    assert len(wrong) == int((y_true != y_pred).sum()) == report["misclassified"]
+    for row in wrong:
+        assert row["true"] != row["predicted"]
+    for png in ("confusion_matrix.png", "roc_curves.png"):
+        assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_accepts_a_test_set_without_some_class_but_not_unknown_ones(loaded,
+                                                                            tiny_dataset,
+                                                                            tmp_path):
+    shutil.copytree(tiny_dataset / "val", tmp_path / "test")
+    shutil.rmtree(tmp_path / "test" / "Melanoma")
+    report = evaluation.evaluate(loaded, tmp_path / "test", tmp_path / "eval", tta=2)
+    assert report["Melanoma"]["Support"] == 0 and report["Melanoma"]["ROC AUC"] is None
+    assert report["tta views"] == 2
+    (tmp_path / "test" / "Unknown").mkdir()
+    with pytest.raises(UserError, match="differ from the model's classes: unexpected Unknown"):
+        evaluation.evaluate(loaded, tmp_path / "test", tmp_path / "eval")
+
+
+def test_grad_cam_map_has_the_image_size_and_is_not_constant(loaded, tiny_dataset):
+    path = sorted((tiny_dataset / "val").rglob("*.jpg"))[0]
+    image = input_pipeline.load_image(str(path), loaded.img_size).numpy()[None]
+    heat_maps, classes = gradcam.grad_cam(loaded.model, image)
+    assert heat_maps.shape == (1, loaded.img_size, loaded.img_size)
+    assert classes[0] == loaded.model.predict(image, verbose=0).argmax()
+    with Image.open(path) as original:
+        size = original.size
+        figure = gradcam.overlay_figure(original, heat_maps[0], "caption")
+    full = gradcam.resize_map(heat_maps[0], size)
+    assert full.shape == (size[1], size[0])
+    assert full.min() >= 0.0 and full.max() == pytest.approx(1.0) and full.std() > 0.01
+    assert figure.size == (2 * size[0] + 10, size[1] + 28)
+
+
+def _tflite_file(tmp):
+    (tmp / "model.tflite").write_bytes(b"x")
+    return tmp / "model.tflite"
+
+
+def _saved_model_folder(tmp):
+    (tmp / "saved").mkdir()
+    (tmp / "saved" / "saved_model.pb").write_bytes(b"")
+    return tmp / "saved"
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda tmp: tmp / "missing", "does not exist"),
+    (_tflite_file, "is a TFLite model: use the run folder or .keras file"),
+    (_saved_model_folder, "is a SavedModel"),
+    (lambda tmp: tmp, "is not a run folder"),
+])
+def test_model_paths_that_are_not_keras_models_are_clear_errors(tmp_path, make, message):
+    with pytest.raises(UserError, match=message):
+        inference.load_model(make(tmp_path))
+
+
+def test_predict_script_end_to_end(trained_run, mixed_source, tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, str(REPO / "predict.py"), f"--model_path={trained_run}",
+               f"--source={mixed_source}", f"--output={out}", "--save_images", "--explain"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert re.search(r"^unreadable +3$", result.stdout, re.MULTILINE), result.stdout
+    assert len(list((out / "images").glob("*.jpg"))) == 6
+    assert len(list((out / "explain").glob("*.png"))) == 6
+    bad_only = tmp_path / "bad"
+    bad_only.mkdir()
+    (bad_only / "x.jpg").write_bytes(b"junk")
+    command[3] = f"--source={bad_only}"
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "predict.py: error: none of the 1 files could be read as an image")
