@@ -3,7 +3,7 @@
 import os
 import sys
 
-from absl import app
+from absl import app, flags, logging
 
 from skin_keras.errors import UserError
 
@@ -13,6 +13,8 @@ def run(main) -> None:
     program = os.path.basename(sys.argv[0])
 
     def guarded_main(argv):
+        if not flags.FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the report.
+            logging.set_verbosity(logging.WARNING)
         try:
             return main(argv)
         except UserError as error:

@@ -25,22 +25,57 @@ from skin_keras.progress import progress
 MAX_TTA_VIEWS = 8
 
 
+class TFLiteRunner:
+    """Runs a .tflite classifier (input [1, H, W, 3]) one image at a time with LiteRT."""
+
+    def __init__(self, model_content: bytes):
+        from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+
+        self.interpreter = Interpreter(model_content=model_content, num_threads=os.cpu_count())
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.img_size = int(self.input["shape"][1])
+
+    def __call__(self, images) -> np.ndarray:
+        outputs = []
+        for image in np.asarray(images, np.float32):
+            if self.input["dtype"] == np.uint8:  # Full-integer models take pixel values as-is.
+                image = np.clip(np.round(image), 0, 255)
+            self.interpreter.set_tensor(self.input["index"], image[None].astype(self.input["dtype"]))
+            self.interpreter.invoke()
+            outputs.append(self.interpreter.get_tensor(self.output["index"])[0])
+        return np.stack(outputs).astype(np.float32)
+
+
 @dataclasses.dataclass
 class LoadedModel:
-    """A model ready to predict, with what is needed to feed it and read its output."""
+    """A model ready to predict, with what is needed to feed it and read its output.
 
-    model: keras.Model
+    `model` is the Keras model, or None for an exported SavedModel or TFLite file (which can
+    predict but not be explained with Grad-CAM).
+    """
+
     class_names: list[str]
     img_size: int
     source: Path
+    model: keras.Model | None = None
+    forward: object = None  # images [B, H, W, 3] in [0, 255] -> probabilities [B, C]
 
     def __post_init__(self):
-        # One traced graph for every batch (the batch dimension is left free).
-        self._forward = tf.function(lambda images: self.model(images, training=False),
-                                    reduce_retracing=True)
+        if self.forward is None:
+            # One traced graph for every batch (the batch dimension is left free).
+            self.forward = tf.function(lambda images: self.model(images, training=False),
+                                       reduce_retracing=True)
 
-    def predict_images(self, images: tf.Tensor) -> np.ndarray:
-        return self._forward(images).numpy()
+    def predict_images(self, images) -> np.ndarray:
+        return np.asarray(self.forward(images))
+
+    def require_keras(self, what: str) -> keras.Model:
+        if self.model is None:
+            raise UserError(f"{what} needs the Keras model: pass the run folder or .keras file "
+                            f"that {self.source} was exported from")
+        return self.model
 
 
 def find_class_indices(model_file: Path) -> Path | None:
@@ -55,29 +90,73 @@ def read_class_indices(path: Path) -> list[str]:
     return [indices[str(i)] for i in range(len(indices))]
 
 
+def read_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"no {path.name} at {path.parent}: the class names are unknown")
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def find_saved_model(folder: Path) -> Path | None:
+    """The SavedModel in `folder`: the folder itself, or its highest TF Serving version."""
+    if (folder / "saved_model.pb").is_file():
+        return folder
+    versions = sorted((int(p.name) for p in folder.iterdir()
+                       if p.name.isdigit() and (p / "saved_model.pb").is_file()), reverse=True)
+    return folder / str(versions[0]) if versions else None
+
+
+def _load_saved_model(folder: Path) -> LoadedModel:
+    try:
+        served = tf.saved_model.load(str(folder))
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        raise UserError(f"{folder} could not be loaded as a SavedModel: "
+                        f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+                        ) from error
+    if "serving_images" not in served.signatures:
+        raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
+                        "export.py writes")
+    signature = served.signatures["serving_images"]
+    img_size = int(signature.structured_input_signature[1]["images"].shape[1])
+
+    def forward(images):
+        return signature(images=tf.convert_to_tensor(images, tf.float32))["probabilities"].numpy()
+
+    return LoadedModel(read_labels(folder / "assets" / "labels.txt"), img_size, folder,
+                       forward=forward)
+
+
+def _load_tflite(path: Path) -> LoadedModel:
+    try:
+        runner = TFLiteRunner(path.read_bytes())
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"{path} is not a readable TFLite model: {error}") from error
+    return LoadedModel(read_labels(path.parent / "labels.txt"), runner.img_size, path,
+                       forward=runner)
+
+
 def resolve_keras_file(model_path: str | Path) -> Path:
     """The .keras file meant by a run folder or a file path; UserError when there is none."""
     path = Path(model_path)
     if path.is_dir():
         if (path / "weights" / "best.keras").is_file():
             return path / "weights" / "best.keras"
-        if (path / "saved_model.pb").is_file() or any(path.rglob("saved_model.pb")):
-            raise UserError(f"{path} is a SavedModel: use the run folder or .keras file it was "
-                            "exported from")
-        raise UserError(f"{path} is not a run folder (no weights/best.keras)")
+        raise UserError(f"{path} is not a run folder (no weights/best.keras) nor a SavedModel")
     if not path.exists():
         raise UserError(f"model path {path} does not exist")
-    if path.suffix == ".tflite":
-        raise UserError(f"{path} is a TFLite model: use the run folder or .keras file it was "
-                        "exported from")
     if path.suffix != ".keras":
-        raise UserError(f"{path} is not a model: give a run folder or a .keras file")
+        raise UserError(f"{path} is not a model: give a run folder, a .keras or .tflite file or "
+                        "a SavedModel folder")
     return path
 
 
 def load_model(model_path: str | Path) -> LoadedModel:
-    """Loads a run folder or a .keras file with its class names and input size."""
-    keras_file = resolve_keras_file(model_path)
+    """Loads a run folder, a .keras file, an exported SavedModel folder or a .tflite file."""
+    path = Path(model_path)
+    if path.is_dir() and (saved_model := find_saved_model(path)) is not None:
+        return _load_saved_model(saved_model)
+    if path.is_file() and path.suffix == ".tflite":
+        return _load_tflite(path)
+    keras_file = resolve_keras_file(path)
     indices = find_class_indices(keras_file)
     if indices is None:
         raise UserError(f"no class_indices.json beside {keras_file} or in its run folder: the "
@@ -91,7 +170,7 @@ def load_model(model_path: str | Path) -> LoadedModel:
     if model.output_shape[-1] != len(class_names):
         raise UserError(f"{keras_file} predicts {model.output_shape[-1]} classes but {indices} "
                         f"names {len(class_names)}")
-    return LoadedModel(model, class_names, models.image_size(model), keras_file)
+    return LoadedModel(class_names, models.image_size(model), keras_file, model=model)
 
 
 def list_sources(sources: Sequence[str | Path]) -> list[Path]:
@@ -250,6 +329,7 @@ def save_labelled_images(rows: list[dict], folder: Path) -> None:
 def explain_files(loaded: LoadedModel, rows: list[dict], folder: Path,
                   batch_size: int = 16) -> list[Path]:
     """Grad-CAM overlays of the predicted class for every readable file; returns their paths."""
+    model = loaded.require_keras("Grad-CAM (--explain)")
     folder.mkdir(parents=True, exist_ok=True)
     paths = [Path(row["path"]) for row in rows]
     names = unique_names(paths)
@@ -260,7 +340,7 @@ def explain_files(loaded: LoadedModel, rows: list[dict], folder: Path,
         images = tf.stack([input_pipeline.load_image(tf.constant(str(paths[i])), loaded.img_size)
                            for i in batch])
         classes = [loaded.class_names.index(rows[i]["label"]) for i in batch]
-        heat_maps, _ = gradcam.grad_cam(loaded.model, images, classes)
+        heat_maps, _ = gradcam.grad_cam(model, images, classes)
         for i, heat_map in zip(batch, heat_maps):
             with Image.open(paths[i]) as original:
                 figure = gradcam.overlay_figure(
@@ -276,6 +356,8 @@ def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], out
                       save_images: bool = False, explain: bool = False) -> list[dict]:
     """predict.py's job: predicts every source file and writes the results to `output`."""
     loaded = load_model(model_path)
+    if explain:
+        loaded.require_keras("Grad-CAM (--explain)")  # Say so before predicting, not after.
     if not 0 <= topk <= len(loaded.class_names):
         raise UserError(f"--topk={topk} is out of range [0, {len(loaded.class_names)}]")
     paths = list_sources(sources)

@@ -169,8 +169,9 @@ def _saved_model_folder(tmp):
 
 @pytest.mark.parametrize("make, message", [
     (lambda tmp: tmp / "missing", "does not exist"),
-    (_tflite_file, "is a TFLite model: use the run folder or .keras file"),
-    (_saved_model_folder, "is a SavedModel"),
+    (_tflite_file, "is not a readable TFLite model"),
+    (_saved_model_folder, "could not be loaded as a SavedModel"),
+    (lambda tmp: (tmp / "notes.txt").write_text("x") and tmp / "notes.txt", "is not a model"),
     (lambda tmp: tmp, "is not a run folder"),
 ])
 def test_model_paths_that_are_not_keras_models_are_clear_errors(tmp_path, make, message):

@@ -1,0 +1,172 @@
+"""export.py: TF Serving SavedModel and TFLite files that give the Keras model's answers."""
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import REPO
+from skin_keras import evaluation, exporting, folders, inference, input_pipeline, isic
+from skin_keras.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tiny_dataset, tmp_path_factory):
+    output = tmp_path_factory.mktemp("exports") / "skin"
+    config = exporting.ExportConfig(model_path=str(trained_run), output=str(output),
+                                    data_val=str(tiny_dataset / "val"), formats=exporting.FORMATS,
+                                    parity_images=12, calibration_images=8)
+    return output, exporting.export(config)
+
+
+def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, trained_run):
+    output, report = exported
+    version_dir = output / "saved_model" / "skin" / "1"
+    assert (version_dir / "saved_model.pb").is_file()
+    assert (version_dir / "assets" / "labels.txt").read_text().splitlines() == \
+        inference.load_model(trained_run).class_names
+    cli = Path(sys.executable).with_name("saved_model_cli")
+    shown = subprocess.run([str(cli), "show", "--dir", str(version_dir), "--all"],
+                           capture_output=True, text=True, check=True).stdout
+    for expected in ("signature_def['serving_default']", "signature_def['serving_images']",
+                     "image_bytes", "probabilities", "label", "score"):
+        assert expected in shown
+    assert report["artifacts"]["saved_model"]["version"] == 1
+
+
+def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
+    output, _ = exported
+    loaded = inference.load_model(trained_run)
+    served = tf.saved_model.load(str(output / "saved_model" / "skin" / "1"))
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)
+    png_bytes = []
+    for image in pixels:
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, "PNG")
+        png_bytes.append(buffer.getvalue())
+    # The same decode-and-resize as training, done by hand, then the float signature.
+    images = np.stack([input_pipeline.decode_and_resize(b, loaded.img_size).numpy()
+                       for b in png_bytes])
+    by_images = served.signatures["serving_images"](images=tf.constant(images))
+    expected = loaded.model.predict(images, verbose=0)
+    np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=1e-5)
+    by_bytes = served.signatures["serving_default"](image_bytes=tf.constant(png_bytes))
+    np.testing.assert_allclose(by_bytes["probabilities"].numpy(),
+                               by_images["probabilities"].numpy(), atol=1e-6)
+    labels = [label.decode() for label in by_bytes["label"].numpy()]
+    assert labels == [loaded.class_names[i] for i in expected.argmax(1)]
+    np.testing.assert_allclose(by_bytes["score"].numpy(), expected.max(1), atol=1e-5)
+
+
+def test_versions_count_up_and_a_taken_version_is_refused(exported, trained_run, tmp_path):
+    output, report = exported
+    assert report["artifacts"]["saved_model"]["version"] == 1
+    base = output / "saved_model" / "skin"
+    assert exporting.next_version(base) == 2
+    (tmp_path / "7").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert exporting.next_version(tmp_path) == 8
+    assert exporting.next_version(tmp_path / "absent") == 1
+    with pytest.raises(UserError, match="exists already"):
+        exporting.write_saved_model(inference.load_model(trained_run), base, 1)
+
+
+@pytest.mark.parametrize("kind", ["fp32", "fp16", "dynamic", "int8"])
+def test_tflite_files_use_builtin_ops_only_and_carry_labels_and_metadata(exported, kind):
+    output, report = exported
+    folder = output / f"tflite_{kind}"
+    content = (folder / f"skin_{kind}.tflite").read_bytes()
+    exporting.check_builtin_ops(content, kind)  # Raises on Flex or custom ops.
+    assert not any(op.startswith("Flex") for op in exporting.op_names(content))
+    metadata = json.loads((folder / "metadata.json").read_text())
+    assert metadata["input"]["shape"][0] == 1 and metadata["input"]["value range"] == [0, 255]
+    assert metadata["input"]["dtype"] == ("uint8" if kind == "int8" else "float32")
+    assert (folder / "labels.txt").read_text().splitlines() == metadata["class_names"]
+    detail = inference.TFLiteRunner(content).input
+    assert list(detail["shape"]) == metadata["input"]["shape"]
+    assert detail["dtype"] == (np.uint8 if kind == "int8" else np.float32)
+
+
+def test_report_figures_can_be_recomputed(exported, trained_run, tiny_dataset):
+    output, report = exported
+    assert json.loads((output / "report.json").read_text()) == report
+    loaded = inference.load_model(trained_run)
+    val = folders.scan_image_folder(tiny_dataset / "val")
+    chosen = exporting.sample_images(val, report["parity images"])
+    images = np.stack([input_pipeline.load_image(val.paths[i], loaded.img_size).numpy()
+                       for i in chosen])
+    reference = loaded.model.predict(images, verbose=0)
+    for kind in ("fp32", "fp16"):
+        entry = report["artifacts"][f"tflite_{kind}"]
+        probabilities, _ = exporting.tflite_predict(Path(entry["path"]).read_bytes(), images)
+        assert entry["top1 agreement"] == np.mean(probabilities.argmax(1) == reference.argmax(1))
+        assert entry["max abs probability difference"] == pytest.approx(
+            np.max(np.abs(probabilities - reference)), abs=1e-6)
+        assert entry["top1 agreement"] >= exporting.MIN_TOP1_AGREEMENT
+        assert entry["file size bytes"] == Path(entry["path"]).stat().st_size
+    assert report["artifacts"]["tflite_fp32"]["max abs probability difference"] < 1e-4
+
+
+def test_tflite_matches_keras_on_real_dermoscopy_images(exported, trained_run, ham_200px):
+    output, _ = exported
+    loaded = inference.load_model(trained_run)
+    paths = sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:16]
+    images = np.stack([input_pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
+    reference = loaded.model.predict(images, verbose=0)
+    tolerances = {"fp32": 1e-4, "fp16": 5e-3, "dynamic": 0.1}
+    for kind, tolerance in tolerances.items():
+        content = (output / f"tflite_{kind}" / f"skin_{kind}.tflite").read_bytes()
+        probabilities, _ = exporting.tflite_predict(content, images)
+        np.testing.assert_allclose(probabilities, reference, atol=tolerance, err_msg=kind)
+    assert isic.CLASS_NAMES  # The real images exercise decoding of 200x150 ISIC JPEGs.
+
+
+def test_predict_and_evaluate_accept_the_exported_models(exported, trained_run, tiny_dataset,
+                                                        tmp_path):
+    output, _ = exported
+    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]
+    keras_probabilities, _ = inference.predict_files(inference.load_model(trained_run), paths,
+                                                     show_progress=False)
+    for model_path, tolerance in ((output / "saved_model" / "skin", 1e-5),
+                                  (output / "tflite_fp32" / "skin_fp32.tflite", 1e-4)):
+        loaded = inference.load_model(model_path)
+        assert loaded.model is None and loaded.img_size == 64
+        probabilities, errors = inference.predict_files(loaded, paths, show_progress=False)
+        assert errors == [None] * len(paths)
+        np.testing.assert_allclose(probabilities, keras_probabilities, atol=tolerance)
+    report = evaluation.evaluate(loaded, tiny_dataset / "val", tmp_path / "eval")
+    assert report["images"] == 15
+    with pytest.raises(UserError, match="Grad-CAM \\(--explain\\) needs the Keras model"):
+        inference.predict_to_folder(output / "tflite_int8" / "skin_int8.tflite", paths[:1],
+                                    tmp_path / "out", explain=True)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(formats=("onnx",)), "unknown format\\(s\\) onnx"),
+    (dict(name="a b"), "--name=a b"),
+])
+def test_bad_export_options_are_user_errors(tmp_path, overrides, message):
+    values = dict(model_path=str(tmp_path), output=str(tmp_path / "out"), data_val=str(tmp_path))
+    with pytest.raises(UserError, match=message):
+        exporting.ExportConfig(**{**values, **overrides})
+
+
+def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
+    (tmp_path / "notes.txt").write_text("not a model")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "export.py"), f"--model_path={tmp_path / 'notes.txt'}",
+         f"--output={tmp_path / 'out'}", f"--data_val={tiny_dataset / 'val'}"],
+        capture_output=True, text=True, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"export.py: error: {tmp_path / 'notes.txt'} is not a model: give a run folder, a .keras "
+        "or .tflite file or a SavedModel folder")
+    assert shutil.which(sys.executable)
