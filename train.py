@@ -57,6 +57,16 @@ _MONITOR = flags.DEFINE_string(
     "Validation metric that picks weights/best.keras: val_balanced_accuracy (ISIC's metric), "
     "val_accuracy, val_mean_f1, val_mean_recall, val_mean_precision, val_mean_specificity or "
     "val_loss.")
+_CLASS_WEIGHT = flags.DEFINE_enum(
+    "class_weight", _DEFAULTS.class_weight, list(config_lib.CLASS_WEIGHTS),
+    "Loss weight per class from the training counts: none, balanced (N / (C * n_c)) or sqrt "
+    "(its square root); logged in train_params.json.")
+_SAMPLING = flags.DEFINE_enum(
+    "sampling", _DEFAULTS.sampling, list(config_lib.SAMPLINGS),
+    "natural: each image once per epoch; balanced: draw every class with the same probability.")
+_PATIENCE = flags.DEFINE_integer(
+    "patience", _DEFAULTS.patience,
+    "Stop when --monitor has not improved for this many epochs (0: never stop early).")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
 
 

@@ -13,6 +13,8 @@ from skin_keras.metrics import SUMMARY_KEYS
 from skin_keras.models import BACKBONES
 
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
+CLASS_WEIGHTS = ("none", "balanced", "sqrt")
+SAMPLINGS = ("natural", "balanced")
 MONITORS = ("val_loss",) + tuple(f"val_{key}" for key in SUMMARY_KEYS)
 # Fields that hold file system paths: flags.cfg stores them absolute so it replays from anywhere.
 _PATH_FIELDS = ("data_train", "data_val", "save_ret")
@@ -39,6 +41,9 @@ class TrainConfig:
     weight_decay: float = 5e-5
     label_smoothing: float = 0.0
     monitor: str = "val_balanced_accuracy"
+    class_weight: str = "none"
+    sampling: str = "natural"
+    patience: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -49,6 +54,13 @@ class TrainConfig:
         if self.monitor not in MONITORS:
             raise UserError(f"--monitor={self.monitor} is not a validation metric; choose one of "
                             f"{', '.join(MONITORS)}")
+        if self.class_weight not in CLASS_WEIGHTS:
+            raise UserError(f"unknown --class_weight={self.class_weight}; choose one of "
+                            f"{', '.join(CLASS_WEIGHTS)}")
+        if self.sampling not in SAMPLINGS:
+            raise UserError(f"unknown --sampling={self.sampling}; choose one of "
+                            f"{', '.join(SAMPLINGS)}")
+        _check_range("patience", self.patience, 0, 100000)
         _check_range("img_size", self.img_size, 32, 2048)
         _check_range("batch_size", self.batch_size, 1, 65536)
         _check_range("epochs", self.epochs, 1, 100000)

@@ -37,19 +37,49 @@ def light_augment(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rot90(image, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
 
 
+SAMPLINGS = ("natural", "balanced")
+
+
+def balanced_file_stream(paths: Sequence[str], labels: np.ndarray, num_classes: int,
+                         seed: int | None = None) -> tf.data.Dataset:
+    """(path, label) pairs drawn with equal probability per class, len(paths) per epoch.
+
+    Each class's files are shuffled and repeated on their own, so a rare class is seen as often
+    as a common one (its images repeat; augmentation makes the repeats differ).
+    """
+    labels = np.asarray(labels, np.int64)
+    present = [c for c in range(num_classes) if np.any(labels == c)]
+    streams = []
+    for c in present:
+        class_paths = [p for p, label in zip(paths, labels) if label == c]
+        stream = tf.data.Dataset.from_tensor_slices(
+            (class_paths, np.full(len(class_paths), c, np.int64)))
+        streams.append(stream.shuffle(len(class_paths), seed=seed,
+                                      reshuffle_each_iteration=True).repeat())
+    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[1 / len(present)] * len(present),
+                                                 seed=seed)
+    return mixed.take(len(paths))
+
+
 def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: int, img_size: int,
-                 batch_size: int, training: bool = False, seed: int | None = None) -> tf.data.Dataset:
+                 batch_size: int, training: bool = False, seed: int | None = None,
+                 sampling: str = "natural") -> tf.data.Dataset:
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
 
-    Training data is shuffled every epoch and lightly augmented; evaluation data keeps the order
-    of `paths`. Files that fail to decode despite the listing check are dropped with a warning
-    rather than stopping a run of hours.
+    Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
+    shares) and lightly augmented; evaluation data keeps the order of `paths`. Files that fail to
+    decode despite the listing check are dropped with a warning rather than stopping a run of
+    hours.
     """
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling={sampling!r}: choose one of {', '.join(SAMPLINGS)}")
     if labels is None:
         dataset = tf.data.Dataset.from_tensor_slices(list(paths))
+    elif training and sampling == "balanced":
+        dataset = balanced_file_stream(paths, labels, num_classes, seed)
     else:
         dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int64)))
-    if training:
+    if training and sampling == "natural":
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
     if labels is None:

@@ -9,7 +9,6 @@
       confusion_matrix_train.png, confusion_matrix_val.png, curves.png, tensorboard/
 """
 
-import json
 import math
 import re
 import warnings
@@ -54,6 +53,24 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
         return keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=config.weight_decay)
     optimizer_class = keras.optimizers.Adam if name == "Adam" else keras.optimizers.AdamW
     return optimizer_class(schedule, weight_decay=config.weight_decay)
+
+
+def class_weights(counts: np.ndarray, mode: str) -> dict[int, float] | None:
+    """Loss weight per class from the training counts, or None for mode "none".
+
+    "balanced" is N / (C * n_c) (scikit-learn's formula): every class carries the same total
+    weight. "sqrt" is its square root, a milder correction. Both are scaled so that the mean
+    weight over the training images is 1, which keeps the loss (and the learning rate) on the
+    scale of an unweighted run.
+    """
+    if mode == "none":
+        return None
+    counts = np.asarray(counts, np.float64)
+    weights = np.where(counts > 0, counts.sum() / (len(counts) * np.maximum(counts, 1)), 0.0)
+    if mode == "sqrt":
+        weights = np.sqrt(weights)
+    weights *= counts.sum() / np.sum(counts * weights)
+    return {index: float(weight) for index, weight in enumerate(weights)}
 
 
 def current_learning_rate(optimizer: keras.optimizers.Optimizer) -> float:
@@ -113,7 +130,9 @@ class RunRecorder(keras.callbacks.Callback):
         save_model_atomic(self.model, self.run_dir / "weights" / "last.keras")
 
         value = float(logs.get(self.monitor, math.nan))
-        if not math.isnan(value) and (
+        # An epoch whose loss diverged is never "best", whatever its metrics say.
+        diverged = not math.isfinite(float(logs.get("loss", math.nan)))
+        if not diverged and not math.isnan(value) and (
                 self.best_value is None
                 or (value < self.best_value if self.minimize else value > self.best_value)):
             self.best_value, self.best_epoch = value, number
@@ -122,7 +141,8 @@ class RunRecorder(keras.callbacks.Callback):
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFolder,
-                     val: folders.ImageFolder, model: keras.Model) -> None:
+                     val: folders.ImageFolder, model: keras.Model,
+                     weights: dict[int, float] | None) -> None:
     (run_dir / "weights").mkdir()
     atomic.write_json_atomic(run_dir / "class_indices.json",
                               {str(i): name for i, name in enumerate(train.class_names)})
@@ -137,6 +157,8 @@ def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFol
             "valset per class": dict(zip(val.class_names, map(int, val.class_counts()))),
             "bad files": [f"{path}: {reason}" for path, reason in train.bad_files + val.bad_files],
             "skipped non-image files": len(train.skipped) + len(val.skipped),
+            "class weights": None if weights is None else {
+                name: round(weights[i], 6) for i, name in enumerate(train.class_names)},
         },
         "model": {
             "total parameters": model.count_params(),
@@ -168,7 +190,8 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path
     print(folders.describe(val, "val"))
     train_dataset = input_pipeline.make_dataset(
         train.paths, train.labels, train.num_classes, config.img_size, config.batch_size,
-        training=True, seed=config.seed)
+        training=True, seed=config.seed, sampling=config.sampling)
+    weights = class_weights(train.class_counts(), config.class_weight)
     val_dataset = input_pipeline.make_dataset(
         val.paths, val.labels, val.num_classes, config.img_size, config.batch_size)
     steps_per_epoch = math.ceil(len(train.paths) / config.batch_size)
@@ -186,20 +209,25 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path
 
     # --- Run folder ---
     run_dir = new_run_dir(config.save_ret)
-    _write_run_files(run_dir, config, train, val, model)
+    _write_run_files(run_dir, config, train, val, model, weights)
     print(f"run folder: {run_dir}")
 
     # --- Train ---
     recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
-    tensorboard = keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
-                                              profile_batch=0)
+    callbacks = [recorder, keras.callbacks.TerminateOnNaN(),
+                 keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
+                                             profile_batch=0)]
+    if config.patience:
+        callbacks.append(keras.callbacks.EarlyStopping(
+            monitor=config.monitor, mode="min" if recorder.minimize else "max",
+            patience=config.patience, verbose=1))
     try:
         with warnings.catch_warnings():
             # The pipeline drops undecodable files, so Keras cannot know the epoch length in
             # advance and would warn about "running out of data" at the end of each epoch.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
-                      callbacks=[recorder, tensorboard], shuffle=False, verbose=verbose)
+                      callbacks=callbacks, shuffle=False, verbose=verbose, class_weight=weights)
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
         _write_reports(run_dir, recorder, train.class_names)
@@ -208,19 +236,25 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path
 
     # --- Report ---
     _write_reports(run_dir, recorder, train.class_names)
+    last_loss = recorder.log[f"epoch:{len(recorder.log)}"]["train info"]["loss"]
+    if not math.isfinite(last_loss):
+        kept = (f"weights/best.keras holds epoch {recorder.best_epoch}" if recorder.best_epoch
+                else "no epoch finished with a finite loss, so there is no weights/best.keras")
+        print(f"training stopped in epoch {len(recorder.log)}: the loss became {last_loss} "
+              f"(lower --lr?); {kept}")
+    elif len(recorder.log) < config.epochs:
+        print(f"early stopping after epoch {len(recorder.log)}: {config.monitor} did not improve "
+              f"for {config.patience} epochs")
     if recorder.best_epoch is None:
-        print(f"no epoch had a finite {config.monitor}; weights/last.keras holds the last epoch")
+        if math.isfinite(last_loss):
+            print(f"no epoch had a finite {config.monitor}; weights/last.keras holds the last one")
+        print(f"run folder: {run_dir}")
         return run_dir
     best = recorder.log[f"epoch:{recorder.best_epoch}"]["valid info"]
-    print(f"best epoch {recorder.best_epoch}/{config.epochs} by {config.monitor}: "
+    print(f"best epoch {recorder.best_epoch}/{len(recorder.log)} by {config.monitor}: "
           f"val accuracy {best['accuracy']:.4f}, balanced accuracy "
           f"{best['balanced accuracy']:.4f}, mean specificity {best['mean specificity']:.4f}, "
           f"mean F1 {best['mean f1 score']:.4f}")
     print(f"run folder: {run_dir}")
     return run_dir
 
-
-def load_class_names(run_dir: str | Path) -> list[str]:
-    """The class order of a run, from its class_indices.json."""
-    indices = json.loads((Path(run_dir) / "class_indices.json").read_text())
-    return [indices[str(i)] for i in range(len(indices))]

@@ -12,7 +12,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO, tiny_config
-from skin_keras import folders, input_pipeline, isic, metrics, models, reports, training
+from skin_keras import folders, inference, input_pipeline, isic, metrics, models, reports, training
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 
@@ -26,7 +26,7 @@ def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
     assert trained_run.name == "exp1"
     assert read_json(trained_run / "class_indices.json") == {
         "0": class_names[0], "1": class_names[1], "2": class_names[2]}
-    assert training.load_class_names(trained_run) == class_names
+    assert inference.read_class_indices(trained_run / "class_indices.json") == class_names
 
     params = read_json(trained_run / "train_params.json")
     assert params["train parameters"]["model"] == "b0"
@@ -190,7 +190,7 @@ def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     assert params["dataset"] == {**params["dataset"], "trainset number": 32, "valset number": 16,
                                  "number classes": 8}
     assert list(read_json(run / "log.json")) == ["epoch:1"]
-    assert training.load_class_names(run) == sorted(isic.CLASS_NAMES.values())
+    assert inference.read_class_indices(run / "class_indices.json") == sorted(isic.CLASS_NAMES.values())
 
 
 @pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l",
