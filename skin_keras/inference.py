@@ -1,8 +1,10 @@
 """Batch inference on files: load a trained model, predict folders, average TTA views.
 
-A model path can be a run folder (weights/best.keras + class_indices.json) or a `.keras` file
-(class names from the class_indices.json of its run folder). The image size comes from the model
-itself, the class names from the run: nothing the user must repeat on the command line.
+A model path can be a run folder (weights/best.keras + class_indices.json), a `.keras` file
+(class names from the class_indices.json of its run folder), or what export.py wrote: a
+SavedModel folder (or its TF Serving base folder) or a `.tflite` file, with the labels.txt beside
+it. The image size comes from the model itself and the class names from the run or the export:
+nothing the user must repeat on the command line.
 """
 
 import csv
