@@ -67,6 +67,10 @@ _SAMPLING = flags.DEFINE_enum(
 _PATIENCE = flags.DEFINE_integer(
     "patience", _DEFAULTS.patience,
     "Stop when --monitor has not improved for this many epochs (0: never stop early).")
+_PRECISION = flags.DEFINE_enum(
+    "precision", _DEFAULTS.precision, list(config_lib.PRECISIONS),
+    "Compute dtype: float32, or mixed precision (float16 on GPUs, bfloat16 on TPUs and recent "
+    "CPUs); weights and the softmax output stay float32.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
 
 

@@ -15,6 +15,7 @@ from skin_keras.models import BACKBONES
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SAMPLINGS = ("natural", "balanced")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MONITORS = ("val_loss",) + tuple(f"val_{key}" for key in SUMMARY_KEYS)
 # Fields that hold file system paths: flags.cfg stores them absolute so it replays from anywhere.
 _PATH_FIELDS = ("data_train", "data_val", "save_ret")
@@ -44,6 +45,7 @@ class TrainConfig:
     class_weight: str = "none"
     sampling: str = "natural"
     patience: int = 0
+    precision: str = "float32"
     seed: int = 0
 
     def __post_init__(self):
@@ -60,6 +62,9 @@ class TrainConfig:
         if self.sampling not in SAMPLINGS:
             raise UserError(f"unknown --sampling={self.sampling}; choose one of "
                             f"{', '.join(SAMPLINGS)}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"unknown --precision={self.precision}; choose one of "
+                            f"{', '.join(PRECISIONS)}")
         _check_range("patience", self.patience, 0, 100000)
         _check_range("img_size", self.img_size, 32, 2048)
         _check_range("batch_size", self.batch_size, 1, 65536)

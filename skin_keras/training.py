@@ -181,6 +181,15 @@ def _write_reports(run_dir: Path, recorder: RunRecorder, class_names) -> None:
 
 def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path:
     """Trains a classifier as `config` says and returns the run folder it wrote."""
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(config.precision)
+    try:
+        return _train_and_evaluate(config, verbose)
+    finally:  # The dtype policy is global: leave it as it was for whatever runs next.
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     keras.utils.set_random_seed(config.seed)
 
     # --- Data ---

@@ -1,4 +1,4 @@
-"""Class weights, balanced sampling, early stopping and the NaN stop."""
+"""Class weights, balanced sampling, early stopping, the NaN stop and mixed precision."""
 
 import json
 
@@ -7,7 +7,7 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from conftest import tiny_config
-from skin_keras import input_pipeline, synthetic, training
+from skin_keras import input_pipeline, models, synthetic, training
 from skin_keras.errors import UserError
 
 
@@ -57,6 +57,7 @@ def test_balanced_sampling_pipeline_yields_decoded_batches(tmp_path):
     (dict(class_weight="inverse"), "unknown --class_weight=inverse"),
     (dict(sampling="oversample"), "unknown --sampling=oversample"),
     (dict(patience=-1), "--patience=-1 is out of range"),
+    (dict(precision="float8"), "unknown --precision=float8"),
 ])
 def test_bad_imbalance_options_are_rejected(tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
@@ -89,3 +90,21 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_best_weights(tmp_path, tiny_data
     # Only an epoch that ended with a finite loss may be the best one.
     finite = [key for key, entry in log.items() if np.isfinite(entry["train info"]["loss"])]
     assert (run / "weights" / "best.keras").exists() == bool(finite)
+
+
+def test_mixed_precision_run_keeps_float32_weights_and_output(tmp_path, tiny_dataset):
+    import keras  # pylint: disable=g-import-not-at-top
+
+    config = tiny_config(tmp_path, tiny_dataset, precision="mixed_bfloat16", epochs=1,
+                         freeze_layers=True)
+    run = training.train_and_evaluate(config, verbose=0)
+    assert keras.mixed_precision.global_policy().name == "float32"  # Restored afterwards.
+    model = keras.models.load_model(run / "weights" / "best.keras")
+    assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
+    stem = models.backbone_of(model).get_layer("stem_conv")
+    assert stem.dtype_policy.name == "mixed_bfloat16"  # The backbone computes in bfloat16.
+    assert all(w.dtype == "float32" for w in model.weights)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
