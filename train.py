@@ -72,6 +72,10 @@ _PRECISION = flags.DEFINE_enum(
     "Compute dtype: float32, or mixed precision (float16 on GPUs, bfloat16 on TPUs and recent "
     "CPUs); weights and the softmax output stay float32.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
+_RESUME = flags.DEFINE_string(
+    "resume", _DEFAULTS.resume,
+    "Continue an interrupted run folder from its last completed epoch, with the run's own flags: "
+    "train.py --flagfile=runs/expN/flags.cfg --resume=runs/expN")
 
 
 def main(argv):

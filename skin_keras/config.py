@@ -47,6 +47,7 @@ class TrainConfig:
     patience: int = 0
     precision: str = "float32"
     seed: int = 0
+    resume: str = ""
 
     def __post_init__(self):
         if self.model not in BACKBONES:

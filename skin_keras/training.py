@@ -9,7 +9,9 @@
       confusion_matrix_train.png, confusion_matrix_val.png, curves.png, tensorboard/
 """
 
+import json
 import math
+import os
 import re
 import warnings
 from pathlib import Path
@@ -55,6 +57,17 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return optimizer_class(schedule, weight_decay=config.weight_decay)
 
 
+MATRICES_FILE = "confusion_matrices.json"
+_LOG_KEYS = {"loss": "loss", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy",
+             "mean_precision": "mean precision", "mean_recall": "mean recall",
+             "mean_specificity": "mean specificity", "mean_f1": "mean f1 score"}
+
+
+def monitor_log_key(monitor: str) -> tuple[str, str]:
+    """Where a Keras log name (val_balanced_accuracy) lives in log.json (valid info, ...)."""
+    return "valid info", _LOG_KEYS[monitor.removeprefix("val_")]
+
+
 def class_weights(counts: np.ndarray, mode: str) -> dict[int, float] | None:
     """Loss weight per class from the training counts, or None for mode "none".
 
@@ -97,11 +110,29 @@ class RunRecorder(keras.callbacks.Callback):
         self.monitor = monitor
         self.minimize = monitor.endswith("loss")
         self.log = {}
+        self.matrices = {}
         self.best_epoch = None
         self.best_value = None
         self.best_matrices = None
         self._train_matrix = None
         self._lr = None
+
+    def restore(self) -> int:
+        """Takes up the log of an interrupted run; returns the number of completed epochs."""
+        self.log = json.loads((self.run_dir / "log.json").read_text())
+        self.matrices = json.loads((self.run_dir / MATRICES_FILE).read_text())
+        split, key = monitor_log_key(self.monitor)
+        for name, entry in self.log.items():
+            value = entry[split][key]
+            if not math.isfinite(entry["train info"]["loss"]) or math.isnan(value):
+                continue
+            if self.best_value is None or (
+                    value < self.best_value if self.minimize else value > self.best_value):
+                self.best_value, self.best_epoch = value, int(name.split(":")[1])
+        if self.best_epoch is not None:
+            best = self.matrices[f"epoch:{self.best_epoch}"]
+            self.best_matrices = (np.array(best["train"]), np.array(best["val"]))
+        return len(self.log)
 
     def _matrix(self) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.metric.matrix).astype(np.int64)
@@ -126,9 +157,10 @@ class RunRecorder(keras.callbacks.Callback):
                            "loss": float(logs.get("val_loss", math.nan))},
             "lr": self._lr,
         }
-        atomic.write_json_atomic(self.run_dir / "log.json", self.log)
+        self.matrices[f"epoch:{number}"] = {"train": train_matrix.tolist(),
+                                              "val": val_matrix.tolist()}
+        atomic.write_json_atomic(self.run_dir / MATRICES_FILE, self.matrices)
         save_model_atomic(self.model, self.run_dir / "weights" / "last.keras")
-
         value = float(logs.get(self.monitor, math.nan))
         # An epoch whose loss diverged is never "best", whatever its metrics say.
         diverged = not math.isfinite(float(logs.get("loss", math.nan)))
@@ -138,6 +170,8 @@ class RunRecorder(keras.callbacks.Callback):
             self.best_value, self.best_epoch = value, number
             self.best_matrices = (train_matrix, val_matrix)
             save_model_atomic(self.model, self.run_dir / "weights" / "best.keras")
+        # log.json last: an epoch it lists always has its weights on disk.
+        atomic.write_json_atomic(self.run_dir / "log.json", self.log)
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFolder,
@@ -189,7 +223,38 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def check_resumable(config: TrainConfig) -> None:
+    """UserError unless config.resume is an interrupted run of the same config."""
+    run_dir = Path(config.resume)
+    needed = [run_dir / name for name in ("train_params.json", "log.json", MATRICES_FILE,
+                                          "weights/last.keras")]
+    missing = [str(path.relative_to(run_dir)) for path in needed if not path.exists()]
+    if missing:
+        raise UserError(f"--resume={run_dir} is not a run folder with a completed epoch "
+                        f"(missing {', '.join(missing)})")
+    saved = json.loads((run_dir / "train_params.json").read_text())["train parameters"]
+    current = config.to_dict()
+    differing = [f"{name} ({saved.get(name)!r} there, {current[name]!r} now)"
+                 for name in current if name != "resume" and saved.get(name, current[name])
+                 != current[name] and not (name in ("data_train", "data_val", "save_ret")
+                                           and os.path.abspath(saved.get(name))
+                                           == os.path.abspath(current[name]))]
+    if differing:
+        raise UserError(f"--resume needs the run's own flags; these differ: {'; '.join(differing)}"
+                        f" (use --flagfile={run_dir / 'flags.cfg'} --resume={run_dir})")
+
+
+def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
+    """Copies weights and optimizer state (its step count drives the schedule) from a .keras."""
+    saved = keras.models.load_model(checkpoint)
+    model.set_weights(saved.get_weights())
+    for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
+        variable.assign(value)
+
+
 def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
+    if config.resume:
+        check_resumable(config)
     keras.utils.set_random_seed(config.seed)
 
     # --- Data ---
@@ -217,12 +282,20 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     model.optimizer.build(model.trainable_variables)
 
     # --- Run folder ---
-    run_dir = new_run_dir(config.save_ret)
-    _write_run_files(run_dir, config, train, val, model, weights)
-    print(f"run folder: {run_dir}")
+    if config.resume:
+        run_dir = Path(config.resume)
+        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
+        initial_epoch = recorder.restore()
+        restore_training_state(model, run_dir / "weights" / "last.keras")
+        print(f"resuming {run_dir} after epoch {initial_epoch}")
+    else:
+        run_dir = new_run_dir(config.save_ret)
+        _write_run_files(run_dir, config, train, val, model, weights)
+        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
+        initial_epoch = 0
+        print(f"run folder: {run_dir}")
 
     # --- Train ---
-    recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
     callbacks = [recorder, keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                              profile_batch=0)]
@@ -236,7 +309,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
             # advance and would warn about "running out of data" at the end of each epoch.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             model.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
-                      callbacks=callbacks, shuffle=False, verbose=verbose, class_weight=weights)
+                      initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
+                      verbose=verbose, class_weight=weights)
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
         _write_reports(run_dir, recorder, train.class_names)
