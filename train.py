@@ -71,6 +71,23 @@ _PRECISION = flags.DEFINE_enum(
     "precision", _DEFAULTS.precision, list(config_lib.PRECISIONS),
     "Compute dtype: float32, or mixed precision (float16 on GPUs, bfloat16 on TPUs and recent "
     "CPUs); weights and the softmax output stay float32.")
+# --- Augmentation (training only, in the input pipeline; all off by default) ---
+_CROP_SCALE = flags.DEFINE_float(
+    "crop_scale", _DEFAULTS.crop_scale,
+    "Random resized crop keeping at least this fraction of the area (1.0 = off).")
+_ROTATION = flags.DEFINE_boolean(
+    "rotation", _DEFAULTS.rotation, "Random rotation by any angle (borders reflected).")
+_COLOR_JITTER = flags.DEFINE_float(
+    "color_jitter", _DEFAULTS.color_jitter,
+    "Strength of random brightness/contrast/saturation/hue changes (0 = off).")
+_RANDAUGMENT_MAGNITUDE = flags.DEFINE_float(
+    "randaugment_magnitude", _DEFAULTS.randaugment_magnitude,
+    "keras.layers.RandAugment factor in (0, 1] (0 = off).")
+_MIXUP_ALPHA = flags.DEFINE_float(
+    "mixup_alpha", _DEFAULTS.mixup_alpha, "MixUp alpha (0 = off); labels become soft.")
+_CUTMIX_ALPHA = flags.DEFINE_float(
+    "cutmix_alpha", _DEFAULTS.cutmix_alpha,
+    "CutMix factor (0 = off); with MixUp too, each batch gets one of the two.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
 _RESUME = flags.DEFINE_string(
     "resume", _DEFAULTS.resume,

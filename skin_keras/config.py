@@ -46,6 +46,12 @@ class TrainConfig:
     sampling: str = "natural"
     patience: int = 0
     precision: str = "float32"
+    crop_scale: float = 1.0
+    rotation: bool = False
+    color_jitter: float = 0.0
+    randaugment_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
     seed: int = 0
     resume: str = ""
 
@@ -67,6 +73,11 @@ class TrainConfig:
             raise UserError(f"unknown --precision={self.precision}; choose one of "
                             f"{', '.join(PRECISIONS)}")
         _check_range("patience", self.patience, 0, 100000)
+        _check_range("crop_scale", self.crop_scale, 0.05, 1.0)
+        _check_range("color_jitter", self.color_jitter, 0.0, 0.9)
+        _check_range("randaugment_magnitude", self.randaugment_magnitude, 0.0, 1.0)
+        _check_range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
+        _check_range("cutmix_alpha", self.cutmix_alpha, 0.0, 10.0)
         _check_range("img_size", self.img_size, 32, 2048)
         _check_range("batch_size", self.batch_size, 1, 65536)
         _check_range("epochs", self.epochs, 1, 100000)
@@ -77,6 +88,15 @@ class TrainConfig:
         _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
         if not self.lr > 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+
+    @property
+    def augmentation(self):
+        from skin_keras.input_pipeline import Augmentation  # pylint: disable=g-import-not-at-top
+
+        return Augmentation(
+            crop_scale=self.crop_scale, rotation=self.rotation, color_jitter=self.color_jitter,
+            randaugment_magnitude=self.randaugment_magnitude, mixup_alpha=self.mixup_alpha,
+            cutmix_alpha=self.cutmix_alpha)
 
     @property
     def optimizer_name(self) -> str:

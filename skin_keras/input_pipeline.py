@@ -6,6 +6,7 @@ interpolation or value range. Values stay in [0, 255]: the EfficientNetV2 models
 own rescaling (`include_preprocessing=True`).
 """
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,6 +29,85 @@ def decode_and_resize(contents: tf.Tensor, img_size: int) -> tf.Tensor:
 
 def load_image(path: tf.Tensor, img_size: int) -> tf.Tensor:
     return decode_and_resize(tf.io.read_file(path), img_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Augmentation:
+    """Training-only augmentation beyond the flips and 90-degree rotations that always apply.
+
+    All default to off. They run in the tf.data pipeline, never inside the model, so evaluation,
+    prediction and exported models do not see them.
+
+    Attributes:
+      crop_scale: Random resized crop keeping at least this fraction of the image area (aspect
+        3:4 to 4:3) before resizing; 1.0 = off.
+      rotation: Random rotation by any angle (reflected borders).
+      color_jitter: Strength s of random brightness (±s·255), contrast and saturation (×[1-s,
+        1+s]) and hue (±s/4); 0 = off.
+      randaugment_magnitude: `keras.layers.RandAugment` factor in (0, 1] (2 ops per image); 0 = off.
+      mixup_alpha, cutmix_alpha: `keras.layers.MixUp` alpha / `keras.layers.CutMix` factor; the
+        labels become soft. With both set, each batch gets one of the two at random. 0 = off.
+    """
+
+    crop_scale: float = 1.0
+    rotation: bool = False
+    color_jitter: float = 0.0
+    randaugment_magnitude: float = 0.0
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
+
+
+def load_training_image(path: tf.Tensor, img_size: int, crop_scale: float) -> tf.Tensor:
+    """`load_image`, after a random crop of at least `crop_scale` of the area (when < 1)."""
+    if crop_scale >= 1.0:
+        return load_image(path, img_size)
+    image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
+                               expand_animations=False)
+    begin, size, _ = tf.image.sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(crop_scale, 1.0),
+        use_image_if_no_bounding_boxes=True)
+    image = tf.image.resize(tf.slice(image, begin, size), (img_size, img_size),
+                            method="bilinear", antialias=True)
+    return tf.ensure_shape(image, (img_size, img_size, 3))
+
+
+def color_jitter(image: tf.Tensor, strength: float) -> tf.Tensor:
+    image = image / 255.0
+    image = tf.image.random_brightness(image, strength)
+    image = tf.image.random_contrast(image, 1 - strength, 1 + strength)
+    image = tf.image.random_saturation(image, 1 - strength, 1 + strength)
+    image = tf.image.random_hue(image, strength / 4)
+    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
+
+
+def batch_mixer(augmentation: Augmentation, seed: int | None):
+    """A (images, labels) -> (images, labels) function for RandAugment, MixUp and CutMix."""
+    import keras  # pylint: disable=g-import-not-at-top
+
+    rand_augment = keras.layers.RandAugment(
+        value_range=(0, 255), factor=augmentation.randaugment_magnitude, seed=seed) if (
+            augmentation.randaugment_magnitude) else None
+    mixers = []
+    if augmentation.mixup_alpha:
+        mixers.append(keras.layers.MixUp(alpha=augmentation.mixup_alpha, seed=seed))
+    if augmentation.cutmix_alpha:
+        mixers.append(keras.layers.CutMix(factor=augmentation.cutmix_alpha, seed=seed))
+
+    def mix(images, labels):
+        if rand_augment is not None:
+            images = rand_augment(images)
+        if not mixers:
+            return images, labels
+        branches = [lambda m=m: tuple(m({"images": images, "labels": labels}).values())
+                    for m in mixers]
+        if len(branches) == 1:
+            images, labels = branches[0]()
+        else:
+            images, labels = tf.cond(tf.random.uniform(()) < 0.5, branches[0], branches[1])
+        return images, labels
+
+    return mix
 
 
 def light_augment(image: tf.Tensor) -> tf.Tensor:
@@ -63,7 +143,8 @@ def balanced_file_stream(paths: Sequence[str], labels: np.ndarray, num_classes: 
 
 def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: int, img_size: int,
                  batch_size: int, training: bool = False, seed: int | None = None,
-                 sampling: str = "natural") -> tf.data.Dataset:
+                 sampling: str = "natural",
+                 augmentation: Augmentation | None = None) -> tf.data.Dataset:
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
 
     Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
@@ -82,15 +163,50 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
     if training and sampling == "natural":
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
+    augmentation = (augmentation or Augmentation()) if training else None
     if labels is None:
         def load(path):
             return load_image(path, img_size)
+    elif training:
+        def load(path, label):
+            image = load_training_image(path, img_size, augmentation.crop_scale)
+            return image, tf.one_hot(label, num_classes)
     else:
         def load(path, label):
             return load_image(path, img_size), tf.one_hot(label, num_classes)
     dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not training)
     dataset = dataset.ignore_errors(log_warning=True)
     if training:
-        dataset = dataset.map(lambda image, label: (light_augment(image), label),
+        dataset = dataset.map(lambda image, label: (augment(image, augmentation), label),
                               num_parallel_calls=AUTOTUNE)
-    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+    dataset = dataset.batch(batch_size)
+    if training and (augmentation.randaugment_magnitude or augmentation.mixup_alpha
+                     or augmentation.cutmix_alpha):
+        dataset = dataset.map(batch_mixer(augmentation, seed), num_parallel_calls=AUTOTUNE)
+    return dataset.prefetch(AUTOTUNE)
+
+
+def augment(image: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
+    """Per-image training augmentation: flips, 90-degree turns, then the optional extras."""
+    image = light_augment(image)
+    if augmentation.rotation:
+        angle = tf.random.uniform((), 0.0, 2 * np.pi)
+        image = _rotate(image, angle)
+    if augmentation.color_jitter:
+        image = color_jitter(image, augmentation.color_jitter)
+    return image
+
+
+def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
+    """Rotates about the centre by `angle` radians, reflecting the borders."""
+    import keras  # pylint: disable=g-import-not-at-top
+
+    size = tf.cast(tf.shape(image)[0], tf.float32)
+    cos, sin = tf.cos(angle), tf.sin(angle)
+    centre = (size - 1) / 2
+    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    transform = tf.stack([cos, -sin, centre - cos * centre + sin * centre,
+                          sin, cos, centre - sin * centre - cos * centre, 0.0, 0.0])
+    rotated = keras.ops.image.affine_transform(image[None], transform[None],
+                                               interpolation="bilinear", fill_mode="reflect")
+    return rotated[0]

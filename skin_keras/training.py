@@ -264,7 +264,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     print(folders.describe(val, "val"))
     train_dataset = input_pipeline.make_dataset(
         train.paths, train.labels, train.num_classes, config.img_size, config.batch_size,
-        training=True, seed=config.seed, sampling=config.sampling)
+        training=True, seed=config.seed, sampling=config.sampling,
+        augmentation=config.augmentation)
     weights = class_weights(train.class_counts(), config.class_weight)
     val_dataset = input_pipeline.make_dataset(
         val.paths, val.labels, val.num_classes, config.img_size, config.batch_size)

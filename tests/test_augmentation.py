@@ -1,0 +1,75 @@
+"""Training augmentation in the input pipeline: crops, rotation, colour, RandAugment, MixUp, CutMix."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from skin_keras import input_pipeline, synthetic, training
+from skin_keras.errors import UserError
+
+
+@pytest.fixture
+def files(tmp_path):
+    paths = synthetic.write_class_folders(tmp_path, 8, ("a", "b", "c"), size=(40, 30))
+    return [str(p) for p in paths], np.repeat(np.arange(3), 8)
+
+
+@pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
+def test_mixup_and_cutmix_labels_are_soft_and_sum_to_one(files, mixup, cutmix):
+    paths, labels = files
+    augmentation = input_pipeline.Augmentation(mixup_alpha=mixup, cutmix_alpha=cutmix,
+                                               randaugment_magnitude=0.5)
+    dataset = input_pipeline.make_dataset(paths, labels, 3, img_size=24, batch_size=8,
+                                          training=True, seed=0, augmentation=augmentation)
+    soft = 0
+    for images, mixed in dataset:
+        np.testing.assert_allclose(mixed.numpy().sum(axis=1), 1.0, atol=1e-5)
+        assert images.shape[1:] == (24, 24, 3)
+        assert float(images.numpy().min()) >= 0.0 and float(images.numpy().max()) <= 255.0
+        soft += int(np.sum((mixed.numpy() > 1e-3) & (mixed.numpy() < 1 - 1e-3)))
+    assert soft > 0  # Some labels were actually mixed.
+
+
+def test_per_image_augmentation_changes_pixels_but_not_shape_or_range(files):
+    paths, labels = files
+    plain = next(iter(input_pipeline.make_dataset(paths[:1], labels[:1], 3, 24, 1)))[0].numpy()
+    augmentation = input_pipeline.Augmentation(crop_scale=0.5, rotation=True, color_jitter=0.3)
+    dataset = input_pipeline.make_dataset(paths[:1] * 16, labels[:1].repeat(16), 3, 24, 16,
+                                          training=True, seed=0, augmentation=augmentation)
+    images = next(iter(dataset))[0].numpy()
+    assert images.shape == (16, 24, 24, 3)
+    assert images.min() >= 0.0 and images.max() <= 255.0
+    # Not just one of the 8 flips/turns of the plain image: something else happened too.
+    variants = [np.rot90(f, k) for f in (plain[0], plain[0][:, ::-1]) for k in range(4)]
+    assert all(min(np.abs(image - v).mean() for v in variants) > 1.0 for image in images[:4])
+
+
+def test_rotation_by_a_quarter_turn_equals_rot90():
+    image = np.random.default_rng(0).uniform(0, 255, (9, 9, 3)).astype("float32")
+    rotated = input_pipeline._rotate(image, np.float32(np.pi / 2)).numpy()  # pylint: disable=protected-access
+    turned = [np.rot90(image, k) for k in (1, 3)]
+    assert min(np.abs(rotated - t).max() for t in turned) < 1e-3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(crop_scale=0.0), "--crop_scale=0.0 is out of range"),
+    (dict(randaugment_magnitude=2.0), "--randaugment_magnitude=2.0 is out of range"),
+    (dict(mixup_alpha=-1.0), "--mixup_alpha=-1.0 is out of range"),
+])
+def test_bad_augmentation_options_are_rejected(tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        tiny_config(tmp_path, tmp_path, **overrides)
+
+
+def test_training_with_every_augmentation_still_counts_hard_labels(tmp_path, tiny_dataset):
+    config = tiny_config(tmp_path, tiny_dataset, epochs=1, freeze_layers=True, crop_scale=0.6,
+                         rotation=True, color_jitter=0.2, randaugment_magnitude=0.3,
+                         mixup_alpha=0.3, cutmix_alpha=1.0)
+    run = training.train_and_evaluate(config, verbose=0)
+    matrices = json.loads((run / "confusion_matrices.json").read_text())["epoch:1"]
+    assert np.sum(matrices["train"]) == 36  # Every training image counted once, by arg-max.
+    assert np.sum(matrices["val"]) == 15
+    flagfile = (run / "flags.cfg").read_text()
+    assert "--rotation" in flagfile.splitlines() and "--mixup_alpha=0.3" in flagfile
