@@ -88,6 +88,29 @@ _MIXUP_ALPHA = flags.DEFINE_float(
 _CUTMIX_ALPHA = flags.DEFINE_float(
     "cutmix_alpha", _DEFAULTS.cutmix_alpha,
     "CutMix factor (0 = off); with MixUp too, each batch gets one of the two.")
+# --- Progressive learning (EfficientNetV2): small images, weak regularisation first ---
+_PROGRESSIVE_STAGES = flags.DEFINE_integer(
+    "progressive_stages", _DEFAULTS.progressive_stages,
+    "Split training into N stages whose image size and regularisation grow linearly (1 = off).")
+_MIN_IMG_SIZE = flags.DEFINE_integer(
+    "min_img_size", _DEFAULTS.min_img_size, "Image size of the first stage (0: half --img_size).")
+_MIN_DROPOUT = flags.DEFINE_float(
+    "min_dropout", _DEFAULTS.min_dropout, "Dropout of the first stage (grows to --dropout).")
+_MIN_RANDAUGMENT_MAGNITUDE = flags.DEFINE_float(
+    "min_randaugment_magnitude", _DEFAULTS.min_randaugment_magnitude,
+    "RandAugment factor of the first stage (grows to --randaugment_magnitude).")
+_MIN_MIXUP_ALPHA = flags.DEFINE_float(
+    "min_mixup_alpha", _DEFAULTS.min_mixup_alpha,
+    "MixUp alpha of the first stage (grows to --mixup_alpha).")
+# --- Staged fine-tuning: after --epochs with a frozen backbone ---
+_FINETUNE_EPOCHS = flags.DEFINE_integer(
+    "finetune_epochs", _DEFAULTS.finetune_epochs,
+    "Epochs of fine-tuning after the frozen-head epochs (0 = none); needs --freeze_layers.")
+_UNFREEZE_BLOCKS = flags.DEFINE_integer(
+    "unfreeze_blocks", _DEFAULTS.unfreeze_blocks,
+    "How many of the backbone's top blocks fine-tuning trains (0 = all); BatchNorm stays frozen.")
+_FINETUNE_LR = flags.DEFINE_float(
+    "finetune_lr", _DEFAULTS.finetune_lr, "Peak learning rate of the fine-tuning phase.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
 _RESUME = flags.DEFINE_string(
     "resume", _DEFAULTS.resume,

@@ -52,10 +52,19 @@ class TrainConfig:
     randaugment_magnitude: float = 0.0
     mixup_alpha: float = 0.0
     cutmix_alpha: float = 0.0
+    progressive_stages: int = 1
+    min_img_size: int = 0
+    min_dropout: float = 0.1
+    min_randaugment_magnitude: float = 0.0
+    min_mixup_alpha: float = 0.0
+    finetune_epochs: int = 0
+    unfreeze_blocks: int = 0
+    finetune_lr: float = 0.001
     seed: int = 0
     resume: str = ""
 
     def __post_init__(self):
+        _check_range("epochs", self.epochs, 1, 100000)  # Other checks depend on it.
         if self.model not in BACKBONES:
             raise UserError(f"unknown --model={self.model}; choose one of {', '.join(BACKBONES)}")
         if self.optim.lower() not in {name.lower() for name in OPTIMIZERS}:
@@ -78,9 +87,25 @@ class TrainConfig:
         _check_range("randaugment_magnitude", self.randaugment_magnitude, 0.0, 1.0)
         _check_range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
         _check_range("cutmix_alpha", self.cutmix_alpha, 0.0, 10.0)
+        _check_range("progressive_stages", self.progressive_stages, 1, self.epochs)
+        _check_range("finetune_epochs", self.finetune_epochs, 0, 100000)
+        _check_range("unfreeze_blocks", self.unfreeze_blocks, 0, 7)
+        if self.finetune_epochs and not self.freeze_layers:
+            raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
+                            "--freeze_layers (use --nofreeze_layers alone to train everything)")
+        if not self.finetune_lr > 0:
+            raise UserError(f"--finetune_lr must be positive, got {self.finetune_lr}")
+        if self.progressive_stages > 1:
+            _check_range("min_img_size", self.min_img_size, 0, self.img_size)
+            if 0 < self.min_img_size < 32:
+                raise UserError(f"--min_img_size={self.min_img_size}: at least 32 (0: half of "
+                                "--img_size)")
+            _check_range("min_dropout", self.min_dropout, 0.0, self.dropout)
+            _check_range("min_randaugment_magnitude", self.min_randaugment_magnitude, 0.0,
+                         self.randaugment_magnitude)
+            _check_range("min_mixup_alpha", self.min_mixup_alpha, 0.0, self.mixup_alpha)
         _check_range("img_size", self.img_size, 32, 2048)
         _check_range("batch_size", self.batch_size, 1, 65536)
-        _check_range("epochs", self.epochs, 1, 100000)
         _check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
         _check_range("dropout", self.dropout, 0.0, 0.99)
         _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)

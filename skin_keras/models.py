@@ -88,21 +88,39 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
     """
     if num_classes < 2:
         raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
-    pretrained = is_pretrained(weights)
-    if freeze_backbone and not pretrained:
+    if freeze_backbone and not is_pretrained(weights):
         logging.warning("Freezing a backbone that was not pretrained (--weights=none): only the "
                         "head will learn, on random features. Use --nofreeze_layers to train all.")
     backbone = build_backbone(model_name, weights)
     backbone.trainable = not freeze_backbone
 
-    inputs = keras.Input((img_size, img_size, 3), name="image")
-    features = backbone(inputs, training=False if (freeze_backbone or pretrained) else None)
-    features = keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0])(features)
-    features = keras.layers.Dropout(dropout_rate, name=HEAD_LAYERS[1])(features)
-    # float32 output keeps the softmax stable under mixed precision.
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                 name=HEAD_LAYERS[2])(features)
-    return keras.Model(inputs, outputs, name=f"efficientnetv2_{model_name}")
+    head = [keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0]),
+            keras.layers.Dropout(dropout_rate, name=HEAD_LAYERS[1]),
+            # float32 output keeps the softmax stable under mixed precision.
+            keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
+                               name=HEAD_LAYERS[2])]
+    return _connect(keras.Input((img_size, img_size, 3), name="image"), backbone, head,
+                    backbone_training_mode(freeze_backbone, weights),
+                    f"efficientnetv2_{model_name}")
+
+
+def backbone_training_mode(freeze_backbone: bool, weights: str) -> bool | None:
+    """False (inference mode) for a frozen or pretrained backbone; None (follow fit) otherwise."""
+    return False if (freeze_backbone or is_pretrained(weights)) else None
+
+
+def _connect(inputs, backbone, head, backbone_training, name) -> keras.Model:
+    features = backbone(inputs, training=backbone_training)
+    for layer in head:
+        features = layer(features)
+    return keras.Model(inputs, features, name=name)
+
+
+def any_size_twin(model: keras.Model, backbone_training: bool | None) -> keras.Model:
+    """The same layers (shared weights) behind an input of any size, for progressive resizing."""
+    return _connect(keras.Input((None, None, 3), name="image"), backbone_of(model),
+                    [model.get_layer(name) for name in HEAD_LAYERS], backbone_training,
+                    f"{model.name}_any_size")
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

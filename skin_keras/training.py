@@ -9,6 +9,7 @@
       confusion_matrix_train.png, confusion_matrix_val.png, curves.png, tensorboard/
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -63,6 +64,46 @@ _LOG_KEYS = {"loss": "loss", "accuracy": "accuracy", "balanced_accuracy": "balan
              "mean_specificity": "mean specificity", "mean_f1": "mean f1 score"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """Epochs [first_epoch, last_epoch) trained at one image size and regularisation."""
+
+    first_epoch: int
+    last_epoch: int
+    img_size: int
+    dropout: float
+    randaugment_magnitude: float
+    mixup_alpha: float
+
+
+def stage_plan(config: TrainConfig) -> list[Stage]:
+    """Progressive learning (EfficientNetV2, Tan & Le 2021, Algorithm 1).
+
+    The epochs are split into `progressive_stages` equal stages; image size grows linearly from
+    `min_img_size` (default half of `img_size`, rounded to a multiple of 8) to `img_size`, and
+    dropout, RandAugment magnitude and MixUp alpha from their minimum to their maximum. One stage
+    is plain training at the maximum values.
+    """
+    count = config.progressive_stages
+    bounds = np.linspace(0, config.epochs, count + 1).round().astype(int)
+    if count == 1:
+        return [Stage(0, config.epochs, config.img_size, config.dropout,
+                      config.randaugment_magnitude, config.mixup_alpha)]
+    smallest = config.min_img_size or max(32, 8 * round(config.img_size / 16))
+    stages = []
+    for index in range(count):
+        t = index / (count - 1)
+        size = config.img_size if index == count - 1 else max(
+            32, 8 * round((smallest + t * (config.img_size - smallest)) / 8))
+        stages.append(Stage(
+            int(bounds[index]), int(bounds[index + 1]), size,
+            config.min_dropout + t * (config.dropout - config.min_dropout),
+            config.min_randaugment_magnitude
+            + t * (config.randaugment_magnitude - config.min_randaugment_magnitude),
+            config.min_mixup_alpha + t * (config.mixup_alpha - config.min_mixup_alpha)))
+    return stages
+
+
 def monitor_log_key(monitor: str) -> tuple[str, str]:
     """Where a Keras log name (val_balanced_accuracy) lives in log.json (valid info, ...)."""
     return "valid info", _LOG_KEYS[monitor.removeprefix("val_")]
@@ -102,9 +143,12 @@ class RunRecorder(keras.callbacks.Callback):
     (`on_test_begin`) and the validation one at the end of the epoch.
     """
 
-    def __init__(self, run_dir: Path, class_names, metric: ConfusionMatrixMetric, monitor: str):
+    def __init__(self, run_dir: Path, class_names, metric: ConfusionMatrixMetric, monitor: str,
+                 model_to_save: keras.Model):
         super().__init__()
         self.run_dir = run_dir
+        self.model_to_save = model_to_save  # The fixed-size model, whatever size fit() sees.
+        self.stage = None  # Size and regularisation of the current stage, when progressive.
         self.class_names = list(class_names)
         self.metric = metric
         self.monitor = monitor
@@ -157,10 +201,12 @@ class RunRecorder(keras.callbacks.Callback):
                            "loss": float(logs.get("val_loss", math.nan))},
             "lr": self._lr,
         }
+        if self.stage is not None:
+            self.log[f"epoch:{number}"]["stage"] = self.stage
         self.matrices[f"epoch:{number}"] = {"train": train_matrix.tolist(),
                                               "val": val_matrix.tolist()}
         atomic.write_json_atomic(self.run_dir / MATRICES_FILE, self.matrices)
-        save_model_atomic(self.model, self.run_dir / "weights" / "last.keras")
+        save_model_atomic(self.model_to_save, self.run_dir / "weights" / "last.keras")
         value = float(logs.get(self.monitor, math.nan))
         # An epoch whose loss diverged is never "best", whatever its metrics say.
         diverged = not math.isfinite(float(logs.get("loss", math.nan)))
@@ -169,7 +215,7 @@ class RunRecorder(keras.callbacks.Callback):
                 or (value < self.best_value if self.minimize else value > self.best_value)):
             self.best_value, self.best_epoch = value, number
             self.best_matrices = (train_matrix, val_matrix)
-            save_model_atomic(self.model, self.run_dir / "weights" / "best.keras")
+            save_model_atomic(self.model_to_save, self.run_dir / "weights" / "best.keras")
         # log.json last: an epoch it lists always has its weights on disk.
         atomic.write_json_atomic(self.run_dir / "log.json", self.log)
 
@@ -223,6 +269,47 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+def compile_models(models_to_compile, optimizer, loss, metric) -> None:
+    """Compiles the model(s) with one optimizer, loss and metric, and builds the optimizer.
+
+    Creating the optimizer's slots here, outside tf.function, saves tracing the training step
+    twice (about half a minute for B0 on a 2-core CPU).
+    """
+    unique = {id(m): m for m in models_to_compile}.values()
+    for model in unique:
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+    optimizer.build(list(unique)[-1].trainable_variables)
+
+
+def _block_number(layer_name: str) -> int | None:
+    """EfficientNetV2 layers are named block<stage><letter>_...; None for stem and top."""
+    match = re.match(r"block(\d+)[a-z]_", layer_name)
+    return int(match.group(1)) if match else None
+
+
+def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> None:
+    """Makes the top `blocks` stages of the backbone (0: all of it) trainable.
+
+    BatchNormalization layers stay frozen, so they keep running in inference mode with the
+    statistics they have (the Keras fine-tuning recipe).
+    """
+    numbers = [n for n in (_block_number(layer.name) for layer in backbone.layers) if n]
+    first = max(numbers) - blocks + 1 if blocks else 0
+    backbone.trainable = True
+    for layer in backbone.layers:
+        number = _block_number(layer.name)
+        in_top = blocks == 0 or (number is not None and number >= first) or (
+            number is None and layer.name.startswith("top_"))
+        layer.trainable = in_top and not isinstance(layer, keras.layers.BatchNormalization)
+
+
+def finetune_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """The fine-tuning phase's optimizer: cosine from finetune_lr to finetune_lr * lrf."""
+    return make_optimizer(dataclasses.replace(
+        config, lr=config.finetune_lr, epochs=config.finetune_epochs, warmup_epochs=0),
+        steps_per_epoch)
+
+
 def check_resumable(config: TrainConfig) -> None:
     """UserError unless config.resume is an interrupted run of the same config."""
     run_dir = Path(config.resume)
@@ -262,10 +349,6 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     val = folders.scan_image_folder(config.data_val, class_names=train.class_names)
     print(folders.describe(train, "train"))
     print(folders.describe(val, "val"))
-    train_dataset = input_pipeline.make_dataset(
-        train.paths, train.labels, train.num_classes, config.img_size, config.batch_size,
-        training=True, seed=config.seed, sampling=config.sampling,
-        augmentation=config.augmentation)
     weights = class_weights(train.class_counts(), config.class_weight)
     val_dataset = input_pipeline.make_dataset(
         val.paths, val.labels, val.num_classes, config.img_size, config.batch_size)
@@ -274,25 +357,31 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     # --- Model ---
     model = models.build_model(config.model, train.num_classes, config.img_size, config.weights,
                                freeze_backbone=config.freeze_layers, dropout_rate=config.dropout)
+    stages = stage_plan(config)
+    # Progressive stages train the same layers at other sizes through a twin with a free input
+    # size; the fixed-size model is what gets saved. Both share one optimizer, so the saved file
+    # carries the optimizer state that --resume needs.
+    train_model = model if len(stages) == 1 else models.any_size_twin(
+        model, models.backbone_training_mode(config.freeze_layers, config.weights))
     metric = ConfusionMatrixMetric(train.num_classes)
-    model.compile(optimizer=make_optimizer(config, steps_per_epoch),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
-                  metrics=[metric])
-    # Creating the optimizer's slots now, outside tf.function, saves tracing the training step
-    # twice (about half a minute for B0 on a 2-core CPU).
-    model.optimizer.build(model.trainable_variables)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    compile_models((model, train_model), make_optimizer(config, steps_per_epoch), loss, metric)
 
     # --- Run folder ---
     if config.resume:
         run_dir = Path(config.resume)
-        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
+        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor, model)
         initial_epoch = recorder.restore()
+        if initial_epoch > config.epochs and config.finetune_epochs:  # Mid fine-tuning.
+            unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
+            compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
+                           loss, metric)
         restore_training_state(model, run_dir / "weights" / "last.keras")
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:
         run_dir = new_run_dir(config.save_ret)
         _write_run_files(run_dir, config, train, val, model, weights)
-        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor)
+        recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor, model)
         initial_epoch = 0
         print(f"run folder: {run_dir}")
 
@@ -305,13 +394,55 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
             monitor=config.monitor, mode="min" if recorder.minimize else "max",
             patience=config.patience, verbose=1))
     try:
-        with warnings.catch_warnings():
-            # The pipeline drops undecodable files, so Keras cannot know the epoch length in
-            # advance and would warn about "running out of data" at the end of each epoch.
-            warnings.filterwarnings("ignore", message="Your input ran out of data")
-            model.fit(train_dataset, validation_data=val_dataset, epochs=config.epochs,
-                      initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                      verbose=verbose, class_weight=weights)
+        for stage in stages:
+            if stage.last_epoch <= initial_epoch:
+                continue
+            if len(stages) > 1:
+                recorder.stage = {"img_size": stage.img_size, "dropout": round(stage.dropout, 4),
+                                  "randaugment_magnitude": round(stage.randaugment_magnitude, 4),
+                                  "mixup_alpha": round(stage.mixup_alpha, 4)}
+                print(f"stage: epochs {stage.first_epoch + 1}-{stage.last_epoch}, "
+                      f"{recorder.stage}")
+                model.get_layer(models.HEAD_LAYERS[1]).rate = stage.dropout
+                train_model.train_function = None  # Retrace: the dropout rate is traced in.
+            augmentation = dataclasses.replace(
+                config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
+                mixup_alpha=stage.mixup_alpha)
+            train_dataset = input_pipeline.make_dataset(
+                train.paths, train.labels, train.num_classes, stage.img_size, config.batch_size,
+                training=True, seed=config.seed, sampling=config.sampling,
+                augmentation=augmentation)
+            with warnings.catch_warnings():
+                # The pipeline drops undecodable files, so Keras cannot know the epoch length in
+                # advance and would warn about "running out of data" at the end of each epoch.
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                train_model.fit(train_dataset, validation_data=val_dataset,
+                                epochs=stage.last_epoch,
+                                initial_epoch=max(stage.first_epoch, initial_epoch),
+                                callbacks=callbacks, shuffle=False, verbose=verbose,
+                                class_weight=weights)
+            if train_model.stop_training:  # Early stopping or a NaN loss.
+                break
+        total_epochs = config.epochs + config.finetune_epochs
+        if config.finetune_epochs and not train_model.stop_training and (
+                initial_epoch < total_epochs):
+            if initial_epoch <= config.epochs:  # Else the resume set this phase up already.
+                unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
+                compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
+                               loss, metric)
+            print(f"fine-tuning: epochs {config.epochs + 1}-{total_epochs}, "
+                  f"{models.count_params(model.trainable_weights):,} trainable parameters, "
+                  f"lr {config.finetune_lr}")
+            train_dataset = input_pipeline.make_dataset(
+                train.paths, train.labels, train.num_classes, config.img_size, config.batch_size,
+                training=True, seed=config.seed, sampling=config.sampling,
+                augmentation=config.augmentation)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Your input ran out of data")
+                train_model.fit(train_dataset, validation_data=val_dataset, epochs=total_epochs,
+                                initial_epoch=max(config.epochs, initial_epoch),
+                                callbacks=callbacks, shuffle=False, verbose=verbose,
+                                class_weight=weights)
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
         _write_reports(run_dir, recorder, train.class_names)
@@ -326,7 +457,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 else "no epoch finished with a finite loss, so there is no weights/best.keras")
         print(f"training stopped in epoch {len(recorder.log)}: the loss became {last_loss} "
               f"(lower --lr?); {kept}")
-    elif len(recorder.log) < config.epochs:
+    elif len(recorder.log) < config.epochs + config.finetune_epochs:
         print(f"early stopping after epoch {len(recorder.log)}: {config.monitor} did not improve "
               f"for {config.patience} epochs")
     if recorder.best_epoch is None:
