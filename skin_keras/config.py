@@ -118,10 +118,9 @@ class TrainConfig:
     def augmentation(self):
         from skin_keras.input_pipeline import Augmentation  # pylint: disable=g-import-not-at-top
 
-        return Augmentation(
-            crop_scale=self.crop_scale, rotation=self.rotation, color_jitter=self.color_jitter,
-            randaugment_magnitude=self.randaugment_magnitude, mixup_alpha=self.mixup_alpha,
-            cutmix_alpha=self.cutmix_alpha)
+        # Its fields are flags of the same names.
+        return Augmentation(**{field.name: getattr(self, field.name)
+                               for field in dataclasses.fields(Augmentation)})
 
     @property
     def optimizer_name(self) -> str:

@@ -74,21 +74,27 @@ class Stage:
     dropout: float
     randaugment_magnitude: float
     mixup_alpha: float
+    finetune: bool = False  # The backbone's top blocks train too (after the frozen-head stages).
 
 
 def stage_plan(config: TrainConfig) -> list[Stage]:
     """Progressive learning (EfficientNetV2, Tan & Le 2021, Algorithm 1).
 
-    The epochs are split into `progressive_stages` equal stages; image size grows linearly from
+    The --epochs are split into `progressive_stages` equal stages; image size grows linearly from
     `min_img_size` (default half of `img_size`, rounded to a multiple of 8) to `img_size`, and
     dropout, RandAugment magnitude and MixUp alpha from their minimum to their maximum. One stage
-    is plain training at the maximum values.
+    is plain training at the maximum values. Fine-tuning epochs, if any, form a last stage at the
+    maximum values.
     """
+    final = Stage(0, config.epochs, config.img_size, config.dropout,
+                  config.randaugment_magnitude, config.mixup_alpha)
+    finetune = [dataclasses.replace(final, first_epoch=config.epochs, finetune=True,
+                                    last_epoch=config.epochs + config.finetune_epochs)
+                ] if config.finetune_epochs else []
     count = config.progressive_stages
     bounds = np.linspace(0, config.epochs, count + 1).round().astype(int)
     if count == 1:
-        return [Stage(0, config.epochs, config.img_size, config.dropout,
-                      config.randaugment_magnitude, config.mixup_alpha)]
+        return [final] + finetune
     smallest = config.min_img_size or max(32, 8 * round(config.img_size / 16))
     stages = []
     for index in range(count):
@@ -101,7 +107,7 @@ def stage_plan(config: TrainConfig) -> list[Stage]:
             config.min_randaugment_magnitude
             + t * (config.randaugment_magnitude - config.min_randaugment_magnitude),
             config.min_mixup_alpha + t * (config.mixup_alpha - config.min_mixup_alpha)))
-    return stages
+    return stages + finetune
 
 
 def monitor_log_key(monitor: str) -> tuple[str, str]:
@@ -361,7 +367,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     # Progressive stages train the same layers at other sizes through a twin with a free input
     # size; the fixed-size model is what gets saved. Both share one optimizer, so the saved file
     # carries the optimizer state that --resume needs.
-    train_model = model if len(stages) == 1 else models.any_size_twin(
+    train_model = model if config.progressive_stages == 1 else models.any_size_twin(
         model, models.backbone_training_mode(config.freeze_layers, config.weights))
     metric = ConfusionMatrixMetric(train.num_classes)
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
@@ -397,7 +403,15 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         for stage in stages:
             if stage.last_epoch <= initial_epoch:
                 continue
-            if len(stages) > 1:
+            if stage.finetune:
+                if initial_epoch <= config.epochs:  # Else the resume set this phase up already.
+                    unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
+                    compile_models((model, train_model),
+                                   finetune_optimizer(config, steps_per_epoch), loss, metric)
+                print(f"fine-tuning: epochs {stage.first_epoch + 1}-{stage.last_epoch}, "
+                      f"{models.count_params(model.trainable_weights):,} trainable parameters, "
+                      f"lr {config.finetune_lr}")
+            elif config.progressive_stages > 1:
                 recorder.stage = {"img_size": stage.img_size, "dropout": round(stage.dropout, 4),
                                   "randaugment_magnitude": round(stage.randaugment_magnitude, 4),
                                   "mixup_alpha": round(stage.mixup_alpha, 4)}
@@ -405,13 +419,12 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                       f"{recorder.stage}")
                 model.get_layer(models.HEAD_LAYERS[1]).rate = stage.dropout
                 train_model.train_function = None  # Retrace: the dropout rate is traced in.
-            augmentation = dataclasses.replace(
-                config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
-                mixup_alpha=stage.mixup_alpha)
             train_dataset = input_pipeline.make_dataset(
                 train.paths, train.labels, train.num_classes, stage.img_size, config.batch_size,
                 training=True, seed=config.seed, sampling=config.sampling,
-                augmentation=augmentation)
+                augmentation=dataclasses.replace(
+                    config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
+                    mixup_alpha=stage.mixup_alpha))
             with warnings.catch_warnings():
                 # The pipeline drops undecodable files, so Keras cannot know the epoch length in
                 # advance and would warn about "running out of data" at the end of each epoch.
@@ -423,26 +436,6 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                                 class_weight=weights)
             if train_model.stop_training:  # Early stopping or a NaN loss.
                 break
-        total_epochs = config.epochs + config.finetune_epochs
-        if config.finetune_epochs and not train_model.stop_training and (
-                initial_epoch < total_epochs):
-            if initial_epoch <= config.epochs:  # Else the resume set this phase up already.
-                unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
-                compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
-                               loss, metric)
-            print(f"fine-tuning: epochs {config.epochs + 1}-{total_epochs}, "
-                  f"{models.count_params(model.trainable_weights):,} trainable parameters, "
-                  f"lr {config.finetune_lr}")
-            train_dataset = input_pipeline.make_dataset(
-                train.paths, train.labels, train.num_classes, config.img_size, config.batch_size,
-                training=True, seed=config.seed, sampling=config.sampling,
-                augmentation=config.augmentation)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message="Your input ran out of data")
-                train_model.fit(train_dataset, validation_data=val_dataset, epochs=total_epochs,
-                                initial_epoch=max(config.epochs, initial_epoch),
-                                callbacks=callbacks, shuffle=False, verbose=verbose,
-                                class_weight=weights)
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
         _write_reports(run_dir, recorder, train.class_names)

@@ -24,6 +24,10 @@ def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
     single = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, dropout=0.3))
     assert [(s.first_epoch, s.last_epoch, s.img_size, s.dropout) for s in single] == [
         (0, 4, 32, 0.3)]
+    tuned = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, freeze_layers=True,
+                                            finetune_epochs=3))
+    assert [(s.first_epoch, s.last_epoch, s.finetune) for s in tuned] == [(0, 4, False),
+                                                                        (4, 7, True)]
     halves = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, img_size=224,
                                              progressive_stages=2))
     assert [s.img_size for s in halves] == [112, 224]  # Default start: half the size.
