@@ -203,7 +203,8 @@ def parity(reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray)
 
 
 def sample_images(folder: folders.ImageFolder, count: int, seed: int = 0) -> list[int]:
-    """Up to `count` indices spread over the classes in proportion, fixed for a seed."""
+    """Up to `count` indices drawn uniformly at random (so classes in about their shares), fixed
+    for a seed."""
     order = np.random.default_rng(seed).permutation(len(folder.paths))
     return sorted(order[:count].tolist())
 

@@ -85,11 +85,6 @@ def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]
     return dimensions, None
 
 
-def check_image(path: str | Path) -> str | None:
-    """Why `path` cannot be decoded by the input pipeline, or None if it looks fine."""
-    return inspect_image(path)[1]
-
-
 def inspect_images(paths: list[str], max_workers: int = 8) -> list[tuple]:
     """`inspect_image` over many files; threads because the work is mostly file I/O."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
@@ -119,7 +114,7 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
       root: Folder with one sub-folder per class. Images may sit in nested folders inside a class.
       class_names: Expected classes (e.g. the training set's); a different set is a UserError.
         Labels are indices into this list.
-      check: Whether to set aside files that fail `check_image`.
+      check: Whether to set aside files that fail `inspect_image`.
       allow_missing_classes: Accept a subset of `class_names` (a test set without a rare class).
 
     Raises:
