@@ -71,6 +71,12 @@ _PRECISION = flags.DEFINE_enum(
     "precision", _DEFAULTS.precision, list(config_lib.PRECISIONS),
     "Compute dtype: float32, or mixed precision (float16 on GPUs, bfloat16 on TPUs and recent "
     "CPUs); weights and the softmax output stay float32.")
+_STRATEGY = flags.DEFINE_enum(
+    "strategy", _DEFAULTS.strategy, list(config_lib.STRATEGIES),
+    "tf.distribute strategy: auto (several GPUs: mirrored; else one device), one_device, "
+    "mirrored (all GPUs, else all logical CPUs) or tpu (TPU_NAME); multi_worker is refused "
+    "(Keras 3 fit() fails under it, see README). --batch_size is the global batch, split evenly "
+    "over the replicas.")
 # --- Augmentation (training only, in the input pipeline; all off by default) ---
 _CROP_SCALE = flags.DEFINE_float(
     "crop_scale", _DEFAULTS.crop_scale,
@@ -112,6 +118,10 @@ _UNFREEZE_BLOCKS = flags.DEFINE_integer(
 _FINETUNE_LR = flags.DEFINE_float(
     "finetune_lr", _DEFAULTS.finetune_lr, "Peak learning rate of the fine-tuning phase.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
+_DETERMINISTIC = flags.DEFINE_boolean(
+    "deterministic", _DEFAULTS.deterministic,
+    "Same flags and data give the same batches and augmentations (slower input pipeline). For "
+    "bit-identical runs on GPUs, also set TF_DETERMINISTIC_OPS=1.")
 _RESUME = flags.DEFINE_string(
     "resume", _DEFAULTS.resume,
     "Continue an interrupted run folder from its last completed epoch, with the run's own flags: "

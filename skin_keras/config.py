@@ -8,6 +8,7 @@ written into every run folder are one and the same thing.
 import dataclasses
 import os
 
+from skin_keras.distribute import STRATEGIES
 from skin_keras.errors import UserError
 from skin_keras.metrics import SUMMARY_KEYS
 from skin_keras.models import BACKBONES
@@ -46,6 +47,7 @@ class TrainConfig:
     sampling: str = "natural"
     patience: int = 0
     precision: str = "float32"
+    strategy: str = "auto"
     crop_scale: float = 1.0
     rotation: bool = False
     color_jitter: float = 0.0
@@ -61,6 +63,7 @@ class TrainConfig:
     unfreeze_blocks: int = 0
     finetune_lr: float = 0.001
     seed: int = 0
+    deterministic: bool = False
     resume: str = ""
 
     def __post_init__(self):
@@ -81,6 +84,9 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown --precision={self.precision}; choose one of "
                             f"{', '.join(PRECISIONS)}")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"unknown --strategy={self.strategy}; choose one of "
+                            f"{', '.join(STRATEGIES)}")
         _check_range("patience", self.patience, 0, 100000)
         _check_range("crop_scale", self.crop_scale, 0.05, 1.0)
         _check_range("color_jitter", self.color_jitter, 0.0, 0.9)

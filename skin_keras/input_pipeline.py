@@ -143,14 +143,18 @@ def balanced_file_stream(paths: Sequence[str], labels: np.ndarray, num_classes: 
 
 def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: int, img_size: int,
                  batch_size: int, training: bool = False, seed: int | None = None,
-                 sampling: str = "natural",
-                 augmentation: Augmentation | None = None) -> tf.data.Dataset:
+                 sampling: str = "natural", augmentation: Augmentation | None = None,
+                 deterministic: bool = False) -> tf.data.Dataset:
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
 
     Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
     shares) and lightly augmented; evaluation data keeps the order of `paths`. Files that fail to
     decode despite the listing check are dropped with a warning rather than stopping a run of
     hours.
+
+    Training batches come in whatever order the parallel decoders finish, and random
+    augmentation draws go to whichever image asks first; `deterministic=True` fixes both (same
+    seed, same batches), at some cost in speed.
     """
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling={sampling!r}: choose one of {', '.join(SAMPLINGS)}")
@@ -174,15 +178,18 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
     else:
         def load(path, label):
             return load_image(path, img_size), tf.one_hot(label, num_classes)
-    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=not training)
+    dataset = dataset.map(load, num_parallel_calls=AUTOTUNE,
+                          deterministic=deterministic or not training)
     dataset = dataset.ignore_errors(log_warning=True)
+    # Random ops drawing in parallel hand out their numbers in no fixed order: one at a time.
+    random_calls = None if deterministic else AUTOTUNE
     if training:
         dataset = dataset.map(lambda image, label: (augment(image, augmentation), label),
-                              num_parallel_calls=AUTOTUNE)
+                              num_parallel_calls=random_calls)
     dataset = dataset.batch(batch_size)
     if training and (augmentation.randaugment_magnitude or augmentation.mixup_alpha
                      or augmentation.cutmix_alpha):
-        dataset = dataset.map(batch_mixer(augmentation, seed), num_parallel_calls=AUTOTUNE)
+        dataset = dataset.map(batch_mixer(augmentation, seed), num_parallel_calls=random_calls)
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -93,6 +93,8 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
                         "head will learn, on random features. Use --nofreeze_layers to train all.")
     backbone = build_backbone(model_name, weights)
     backbone.trainable = not freeze_backbone
+    if backbone_training_mode(freeze_backbone, weights) is False:
+        hold_inference_mode(backbone)
 
     head = [keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0]),
             keras.layers.Dropout(dropout_rate, name=HEAD_LAYERS[1]),
@@ -102,6 +104,22 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
     return _connect(keras.Input((img_size, img_size, 3), name="image"), backbone, head,
                     backbone_training_mode(freeze_backbone, weights),
                     f"efficientnetv2_{model_name}")
+
+
+def hold_inference_mode(backbone: keras.Model) -> None:
+    """Makes the backbone compute in fit() what it computes in predict().
+
+    Keras 3 functional models pass the outer call's `training` to nested models, overriding the
+    `training=False` given when the model was built, so a frozen backbone would still apply
+    EfficientNetV2's stochastic depth (its Dropout layers) while the head trains. Dropout at rate
+    0 and frozen BatchNormalization (which then normalises with its moving statistics) make both
+    modes the same function; both settings are saved with the model.
+    """
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            layer.rate = 0.0
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
 
 
 def backbone_training_mode(freeze_backbone: bool, weights: str) -> bool | None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from skin_keras import atomic, folders, input_pipeline, models, reports
+from skin_keras import atomic, distribute, folders, input_pipeline, models, reports
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 from skin_keras.metrics import ConfusionMatrixMetric
@@ -348,6 +348,8 @@ def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
 def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     if config.resume:
         check_resumable(config)
+    strategy = distribute.make_strategy(config.strategy)
+    distribute.check_batch_size(strategy, config.batch_size)
     keras.utils.set_random_seed(config.seed)
 
     # --- Data ---
@@ -360,29 +362,33 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         val.paths, val.labels, val.num_classes, config.img_size, config.batch_size)
     steps_per_epoch = math.ceil(len(train.paths) / config.batch_size)
 
-    # --- Model ---
-    model = models.build_model(config.model, train.num_classes, config.img_size, config.weights,
-                               freeze_backbone=config.freeze_layers, dropout_rate=config.dropout)
+    # --- Model --- (variables of the model, the optimizer and the metric live on every replica)
+    with strategy.scope():
+        model = models.build_model(config.model, train.num_classes, config.img_size,
+                                   config.weights, freeze_backbone=config.freeze_layers,
+                                   dropout_rate=config.dropout)
+        # Progressive stages train the same layers at other sizes through a twin with a free
+        # input size; the fixed-size model is what gets saved. Both share one optimizer, so the
+        # saved file carries the optimizer state that --resume needs.
+        train_model = model if config.progressive_stages == 1 else models.any_size_twin(
+            model, models.backbone_training_mode(config.freeze_layers, config.weights))
+        metric = ConfusionMatrixMetric(train.num_classes)
+        loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+        compile_models((model, train_model), make_optimizer(config, steps_per_epoch), loss,
+                       metric)
     stages = stage_plan(config)
-    # Progressive stages train the same layers at other sizes through a twin with a free input
-    # size; the fixed-size model is what gets saved. Both share one optimizer, so the saved file
-    # carries the optimizer state that --resume needs.
-    train_model = model if config.progressive_stages == 1 else models.any_size_twin(
-        model, models.backbone_training_mode(config.freeze_layers, config.weights))
-    metric = ConfusionMatrixMetric(train.num_classes)
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-    compile_models((model, train_model), make_optimizer(config, steps_per_epoch), loss, metric)
 
     # --- Run folder ---
     if config.resume:
         run_dir = Path(config.resume)
         recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor, model)
         initial_epoch = recorder.restore()
-        if initial_epoch > config.epochs and config.finetune_epochs:  # Mid fine-tuning.
-            unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
-            compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
-                           loss, metric)
-        restore_training_state(model, run_dir / "weights" / "last.keras")
+        with strategy.scope():
+            if initial_epoch > config.epochs and config.finetune_epochs:  # Mid fine-tuning.
+                unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
+                compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
+                               loss, metric)
+            restore_training_state(model, run_dir / "weights" / "last.keras")
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:
         run_dir = new_run_dir(config.save_ret)
@@ -390,6 +396,9 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         recorder = RunRecorder(run_dir, train.class_names, metric, config.monitor, model)
         initial_epoch = 0
         print(f"run folder: {run_dir}")
+    if strategy.num_replicas_in_sync > 1:
+        print(f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replicas, "
+              f"{config.batch_size // strategy.num_replicas_in_sync} images per replica and step")
 
     # --- Train ---
     callbacks = [recorder, keras.callbacks.TerminateOnNaN(),
@@ -405,9 +414,10 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 continue
             if stage.finetune:
                 if initial_epoch <= config.epochs:  # Else the resume set this phase up already.
-                    unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
-                    compile_models((model, train_model),
-                                   finetune_optimizer(config, steps_per_epoch), loss, metric)
+                    with strategy.scope():
+                        unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
+                        compile_models((model, train_model),
+                                       finetune_optimizer(config, steps_per_epoch), loss, metric)
                 print(f"fine-tuning: epochs {stage.first_epoch + 1}-{stage.last_epoch}, "
                       f"{models.count_params(model.trainable_weights):,} trainable parameters, "
                       f"lr {config.finetune_lr}")
@@ -424,7 +434,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 training=True, seed=config.seed, sampling=config.sampling,
                 augmentation=dataclasses.replace(
                     config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
-                    mixup_alpha=stage.mixup_alpha))
+                    mixup_alpha=stage.mixup_alpha), deterministic=config.deterministic)
             with warnings.catch_warnings():
                 # The pipeline drops undecodable files, so Keras cannot know the epoch length in
                 # advance and would warn about "running out of data" at the end of each epoch.

@@ -1,5 +1,6 @@
 """Model building for every --model, frozen-backbone semantics, local weights and FLOPs."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -35,6 +36,17 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics_when_training():
     for old, new in zip(before, backbone.get_weights()):
         np.testing.assert_array_equal(old, new)
     assert not np.array_equal(head_before, model.get_layer("predictions").get_weights()[0])
+
+
+def test_a_frozen_backbone_computes_in_training_what_it_computes_in_inference(tmp_path):
+    # Keras passes fit()'s training=True into nested models; stochastic depth must not apply.
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True, dropout_rate=0)
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    inference = model(images, training=False).numpy()
+    np.testing.assert_array_equal(model(images, training=True).numpy(), inference)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded(images, training=True).numpy(), inference)
 
 
 def test_unfrozen_backbone_from_scratch_trains():

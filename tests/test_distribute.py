@@ -1,0 +1,63 @@
+"""tf.distribute: the same data gives the same run on two mirrored replicas as on one device."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from skin_keras import distribute, training
+from skin_keras.errors import UserError
+
+
+def test_mirrored_uses_the_two_logical_cpus():
+    assert distribute.make_strategy("mirrored").num_replicas_in_sync == 2
+    assert distribute.make_strategy("auto").num_replicas_in_sync == 1  # No GPU, no TF_CONFIG.
+
+
+def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
+    # Frozen backbone (BatchNorm in inference mode) and no dropout: the replicas' halves of a
+    # batch then give exactly the gradient of the whole batch, so only float rounding differs.
+    runs = {}
+    for strategy in ("one_device", "mirrored"):
+        config = tiny_config(tmp_path / strategy, tiny_dataset, strategy=strategy,
+                             freeze_layers=True, dropout=0.0, batch_size=8, lr=0.01,
+                             deterministic=True)
+        runs[strategy] = training.train_and_evaluate(config, verbose=0)
+    logs = {name: json.loads((run / "log.json").read_text()) for name, run in runs.items()}
+    matrices = {name: json.loads((run / training.MATRICES_FILE).read_text())
+                for name, run in runs.items()}
+    assert matrices["mirrored"] == matrices["one_device"]
+    for epoch in logs["one_device"]:
+        for split in ("train info", "valid info"):
+            single, mirrored = logs["one_device"][epoch][split], logs["mirrored"][epoch][split]
+            assert mirrored["balanced accuracy"] == single["balanced accuracy"]
+            assert mirrored["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    weights = {name: keras.models.load_model(run / "weights" / "last.keras").get_weights()[-2:]
+               for name, run in runs.items()}
+    for single, mirrored in zip(weights["one_device"], weights["mirrored"]):
+        np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(weights["one_device"][0], 0)  # The head did train.
+
+
+def test_batch_must_split_evenly_over_replicas():
+    with pytest.raises(UserError, match="multiple of the 2 replicas"):
+        distribute.check_batch_size(distribute.make_strategy("mirrored"), 7)
+
+
+def test_multi_worker_is_refused_with_the_reason(monkeypatch):
+    with pytest.raises(UserError, match="keras-team/keras#20585"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    with pytest.raises(UserError, match="multi-worker training"):
+        distribute.make_strategy("auto")
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
+        distribute.make_strategy("auto")
+
+
+def test_unknown_strategy_is_refused(tmp_path, tiny_dataset):
+    with pytest.raises(UserError, match="unknown --strategy=gpu"):
+        tiny_config(tmp_path, tiny_dataset, strategy="gpu")
