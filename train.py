@@ -117,6 +117,16 @@ _UNFREEZE_BLOCKS = flags.DEFINE_integer(
     "How many of the backbone's top blocks fine-tuning trains (0 = all); BatchNorm stays frozen.")
 _FINETUNE_LR = flags.DEFINE_float(
     "finetune_lr", _DEFAULTS.finetune_lr, "Peak learning rate of the fine-tuning phase.")
+# --- Frozen-backbone feature cache ---
+_FEATURE_CACHE = flags.DEFINE_string(
+    "feature_cache", _DEFAULTS.feature_cache,
+    "With a frozen backbone and no augmentation beyond flips/rotations, compute each image's "
+    "pooled backbone features once, keep them in this folder (keyed by file content, model, "
+    "weights, size, precision) and train the head on them. none = off.")
+_CACHE_VIEWS = flags.DEFINE_integer(
+    "cache_views", _DEFAULTS.cache_views,
+    "Flips/rotations cached per training image (1-8); each epoch draws one of them. 1 = the "
+    "image as it is (fastest), 8 = all that the uncached pipeline draws from.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Random seed (shuffling, init, augmentation).")
 _DETERMINISTIC = flags.DEFINE_boolean(
     "deterministic", _DEFAULTS.deterministic,

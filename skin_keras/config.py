@@ -62,6 +62,8 @@ class TrainConfig:
     finetune_epochs: int = 0
     unfreeze_blocks: int = 0
     finetune_lr: float = 0.001
+    feature_cache: str = "~/.cache/skin_keras/features"
+    cache_views: int = 1
     seed: int = 0
     deterministic: bool = False
     resume: str = ""
@@ -88,6 +90,7 @@ class TrainConfig:
             raise UserError(f"unknown --strategy={self.strategy}; choose one of "
                             f"{', '.join(STRATEGIES)}")
         _check_range("patience", self.patience, 0, 100000)
+        _check_range("cache_views", self.cache_views, 1, 8)
         _check_range("crop_scale", self.crop_scale, 0.05, 1.0)
         _check_range("color_jitter", self.color_jitter, 0.0, 0.9)
         _check_range("randaugment_magnitude", self.randaugment_magnitude, 0.0, 1.0)
@@ -129,6 +132,26 @@ class TrainConfig:
                                for field in dataclasses.fields(Augmentation)})
 
     @property
+    def feature_cache_blocker(self) -> str | None:
+        """Why cached backbone features cannot stand in for the backbone, or None if they can.
+
+        They can when the backbone is frozen and every epoch sees the same images up to a flip
+        or 90-degree rotation (the views the cache stores).
+        """
+        if self.feature_cache == "none":
+            return "--feature_cache=none"
+        if not self.freeze_layers:
+            return "the backbone trains (--nofreeze_layers)"
+        if self.progressive_stages > 1:
+            return "progressive stages change the image size"
+        for name, off in (("crop_scale", 1.0), ("rotation", False), ("color_jitter", 0.0),
+                          ("randaugment_magnitude", 0.0), ("mixup_alpha", 0.0),
+                          ("cutmix_alpha", 0.0)):
+            if getattr(self, name) != off:
+                return f"--{name} changes the images every epoch"
+        return None
+
+    @property
     def optimizer_name(self) -> str:
         """The canonical spelling of `optim` (the flag accepts any letter case)."""
         return next(name for name in OPTIMIZERS if name.lower() == self.optim.lower())
@@ -143,8 +166,9 @@ class TrainConfig:
             if isinstance(value, bool):
                 lines.append(f"--{name}" if value else f"--no{name}")
                 continue
-            if name in _PATH_FIELDS or (name == "weights" and os.path.isfile(value)):
-                value = os.path.abspath(value)
+            if name in _PATH_FIELDS or (name == "weights" and os.path.isfile(value)) or (
+                    name == "feature_cache" and value != "none"):
+                value = os.path.abspath(os.path.expanduser(value))
             lines.append(f"--{name}={value}")
         return "\n".join(lines) + "\n"
 

@@ -23,8 +23,7 @@ from skin_keras import atomic, folders, gradcam, input_pipeline, models
 from skin_keras.errors import UserError
 from skin_keras.progress import progress
 
-# The eight symmetries of a square (flips and 90-degree rotations), identity first.
-MAX_TTA_VIEWS = 8
+MAX_TTA_VIEWS = 8  # The symmetries of a square: input_pipeline.dihedral_views.
 
 
 class TFLiteRunner:
@@ -199,11 +198,7 @@ def tta_views(images: tf.Tensor, count: int) -> list[tf.Tensor]:
     """The first `count` of the eight flips/rotations of a batch [B, H, W, C]; identity first."""
     if not 1 <= count <= MAX_TTA_VIEWS:
         raise UserError(f"--tta={count}: choose 1 to {MAX_TTA_VIEWS} views")
-    transposed = tf.transpose(images, (0, 2, 1, 3))
-    views = [images, tf.reverse(images, [2]), tf.reverse(images, [1]), tf.reverse(images, [1, 2]),
-             transposed, tf.reverse(transposed, [2]), tf.reverse(transposed, [1]),
-             tf.reverse(transposed, [1, 2])]
-    return views[:count]
+    return input_pipeline.dihedral_views(images)[:count]
 
 
 def file_errors(paths: Sequence[Path]) -> list[str | None]:

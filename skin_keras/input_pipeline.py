@@ -117,6 +117,15 @@ def light_augment(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rot90(image, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
 
 
+def dihedral_views(images: tf.Tensor) -> list[tf.Tensor]:
+    """The eight flips/rotations of a batch [B, H, W, C], identity first: the views
+    `light_augment` draws from, test-time augmentation averages and the feature cache stores."""
+    transposed = tf.transpose(images, (0, 2, 1, 3))
+    return [images, tf.reverse(images, [2]), tf.reverse(images, [1]), tf.reverse(images, [1, 2]),
+            transposed, tf.reverse(transposed, [2]), tf.reverse(transposed, [1]),
+            tf.reverse(transposed, [1, 2])]
+
+
 SAMPLINGS = ("natural", "balanced")
 
 

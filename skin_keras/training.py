@@ -20,7 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from skin_keras import atomic, distribute, folders, input_pipeline, models, reports
+from skin_keras import (atomic, distribute, feature_cache, folders, input_pipeline, models,
+                        reports)
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 from skin_keras.metrics import ConfusionMatrixMetric
@@ -345,6 +346,21 @@ def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
         variable.assign(value)
 
 
+def cached_datasets(config: TrainConfig, model: keras.Model, train: folders.ImageFolder,
+                    val: folders.ImageFolder) -> tuple:
+    """(train, validation) datasets of cached backbone features for the head (computed where
+    missing)."""
+    cache = feature_cache.FeatureCache(config.feature_cache, model, config.precision)
+    print(f"frozen backbone: the head trains on cached features ({cache.folder})")
+    train_features, train_ok = cache.features(train.paths, config.cache_views, "train features")
+    val_features, val_ok = cache.features(val.paths, 1, "val features")
+    return (feature_cache.feature_dataset(
+                train_features[train_ok], train.labels[train_ok], train.num_classes,
+                config.batch_size, training=True, seed=config.seed, sampling=config.sampling),
+            feature_cache.feature_dataset(val_features[val_ok], val.labels[val_ok],
+                                          val.num_classes, config.batch_size))
+
+
 def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     if config.resume:
         check_resumable(config)
@@ -372,10 +388,12 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         # saved file carries the optimizer state that --resume needs.
         train_model = model if config.progressive_stages == 1 else models.any_size_twin(
             model, models.backbone_training_mode(config.freeze_layers, config.weights))
+        # With a frozen backbone, the head can train on cached backbone features instead.
+        head = feature_cache.head_model(model) if config.feature_cache_blocker is None else None
         metric = ConfusionMatrixMetric(train.num_classes)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
-        compile_models((model, train_model), make_optimizer(config, steps_per_epoch), loss,
-                       metric)
+        compile_models((model, train_model) + ((head,) if head else ()),
+                       make_optimizer(config, steps_per_epoch), loss, metric)
     stages = stage_plan(config)
 
     # --- Run folder ---
@@ -408,6 +426,10 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitor, mode="min" if recorder.minimize else "max",
             patience=config.patience, verbose=1))
+    if head is not None and initial_epoch < config.epochs:
+        cached = cached_datasets(config, model, train, val)
+    elif config.freeze_layers and config.feature_cache != "none":
+        print(f"feature cache not used: {config.feature_cache_blocker}")
     try:
         for stage in stages:
             if stage.last_epoch <= initial_epoch:
@@ -429,22 +451,26 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                       f"{recorder.stage}")
                 model.get_layer(models.HEAD_LAYERS[1]).rate = stage.dropout
                 train_model.train_function = None  # Retrace: the dropout rate is traced in.
-            train_dataset = input_pipeline.make_dataset(
-                train.paths, train.labels, train.num_classes, stage.img_size, config.batch_size,
-                training=True, seed=config.seed, sampling=config.sampling,
-                augmentation=dataclasses.replace(
-                    config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
-                    mixup_alpha=stage.mixup_alpha), deterministic=config.deterministic)
+            if head is not None and not stage.finetune:
+                fit_model, (train_dataset, validation) = head, cached
+            else:
+                fit_model, validation = train_model, val_dataset
+                train_dataset = input_pipeline.make_dataset(
+                    train.paths, train.labels, train.num_classes, stage.img_size,
+                    config.batch_size, training=True, seed=config.seed, sampling=config.sampling,
+                    augmentation=dataclasses.replace(
+                        config.augmentation, randaugment_magnitude=stage.randaugment_magnitude,
+                        mixup_alpha=stage.mixup_alpha), deterministic=config.deterministic)
             with warnings.catch_warnings():
                 # The pipeline drops undecodable files, so Keras cannot know the epoch length in
                 # advance and would warn about "running out of data" at the end of each epoch.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-                train_model.fit(train_dataset, validation_data=val_dataset,
-                                epochs=stage.last_epoch,
-                                initial_epoch=max(stage.first_epoch, initial_epoch),
-                                callbacks=callbacks, shuffle=False, verbose=verbose,
-                                class_weight=weights)
-            if train_model.stop_training:  # Early stopping or a NaN loss.
+                fit_model.fit(train_dataset, validation_data=validation,
+                              epochs=stage.last_epoch,
+                              initial_epoch=max(stage.first_epoch, initial_epoch),
+                              callbacks=callbacks, shuffle=False, verbose=verbose,
+                              class_weight=weights)
+            if fit_model.stop_training:  # Early stopping or a NaN loss.
                 break
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.

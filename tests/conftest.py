@@ -32,7 +32,8 @@ CLASSES = ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma")
 def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
     """A config that trains in seconds: B0, 32 px, random weights, two epochs."""
     values = dict(data_train=str(data / "train"), data_val=str(data / "val"),
-                  save_ret=str(tmp_path / "runs"), model="b0", weights="none",
+                  save_ret=str(tmp_path / "runs"), feature_cache=str(tmp_path / "features"),
+                  model="b0", weights="none",
                   freeze_layers=False, img_size=32, batch_size=8, epochs=2, optim="Adam",
                   lr=1e-3)
     values.update(overrides)

@@ -1,0 +1,157 @@
+"""Pooled features of a frozen backbone, computed once per image and view and kept on disk.
+
+With the backbone frozen (the seed's recipe), every epoch would push every image through the same
+backbone again. Instead, the pooled backbone features of each image are computed once and the head
+trains on them; the run folder is the same as without the cache (the full model with the trained
+head is saved).
+
+    <cache root>/<backbone>_<size>px_<precision>_<weights fingerprint>/<file sha1>.npy
+
+Each .npy holds [views, D] float32 features of one file's content: view v is
+`input_pipeline.dihedral_views`' v-th flip/rotation of the image resized to `size`. The folder
+name covers what changes the features besides the file (architecture, every weight value, input
+size, compute precision), so a cache is never stale: another run on the same files starts
+without computing anything, whatever its head hyper-parameters.
+"""
+
+import hashlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from skin_keras import atomic, input_pipeline, models
+from skin_keras.progress import progress
+
+MAX_VIEWS = 8
+
+
+def weights_fingerprint(model: keras.Model) -> str:
+    digest = hashlib.sha1()
+    for weight in model.weights:
+        digest.update(weight.path.encode())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()[:16]
+
+
+def file_sha1(path: str | Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """Images -> pooled backbone features (the input of the head's dropout layer)."""
+    return keras.Model(model.input, model.get_layer(models.HEAD_LAYERS[0]).output)
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """Pooled features -> probabilities, through the same (shared) head layers as `model`."""
+    pooled = model.get_layer(models.HEAD_LAYERS[0]).output
+    features = keras.Input(pooled.shape[1:], name="features")
+    outputs = features
+    for name in models.HEAD_LAYERS[1:]:
+        outputs = model.get_layer(name)(outputs)
+    return keras.Model(features, outputs, name=f"{model.name}_head")
+
+
+class FeatureCache:
+    """Pooled features of a built model's backbone for files, computed where missing."""
+
+    def __init__(self, root: str | Path, model: keras.Model, precision: str,
+                 batch_size: int = 16):
+        backbone = models.backbone_of(model)
+        self.img_size = models.image_size(model)
+        self.folder = Path(root).expanduser() / (
+            f"{backbone.name}_{self.img_size}px_{precision}_{weights_fingerprint(backbone)}")
+        self.batch_size = batch_size
+        extractor = feature_model(model)
+        self._forward = tf.function(lambda images: extractor(images, training=False),
+                                    reduce_retracing=True)
+        self.dim = int(extractor.output_shape[-1])
+
+    def features(self, paths: Sequence[str], views: int, label: str = "features"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        """([N, views, D] features, [N] bool: False where the file could not be decoded)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        digests = [file_sha1(path) for path in paths]
+        stored = {}
+        for digest in set(digests):
+            file = self.folder / f"{digest}.npy"
+            if file.exists():
+                try:
+                    stored[digest] = np.load(file)
+                except (ValueError, OSError, EOFError):  # Damaged: computed again.
+                    pass
+        missing = {}  # digest -> path, for files with fewer views stored than asked for.
+        for path, digest in zip(paths, digests):
+            have = stored.get(digest)
+            if have is None or have.shape[0] < views or have.shape[1] != self.dim:
+                missing.setdefault(digest, path)
+        if missing:
+            stored.update(self._compute(missing, views, label))
+        features = np.zeros((len(paths), views, self.dim), np.float32)
+        ok = np.zeros(len(paths), bool)
+        for i, digest in enumerate(digests):
+            if digest in stored:
+                features[i], ok[i] = stored[digest][:views], True
+        if not ok.all():
+            logging.warning("%d file(s) could not be decoded and are left out: %s",
+                            int((~ok).sum()), ", ".join(str(paths[i]) for i in np.where(~ok)[0]))
+        return features, ok
+
+    def _compute(self, missing: dict[str, str], views: int, label: str) -> dict[str, np.ndarray]:
+        digests = list(missing)
+        dataset = tf.data.Dataset.from_tensor_slices(
+            (np.arange(len(digests)), [missing[d] for d in digests]))
+        dataset = dataset.map(
+            lambda index, path: (index, input_pipeline.load_image(path, self.img_size)),
+            num_parallel_calls=input_pipeline.AUTOTUNE).ignore_errors()
+        dataset = dataset.batch(self.batch_size).prefetch(input_pipeline.AUTOTUNE)
+        computed = {}
+        total = -(-len(digests) // self.batch_size)
+        for indices, images in progress(dataset, f"{label}: {len(digests)} images x {views} "
+                                        "view(s)", total=total):
+            batch = np.stack([self._forward(view).numpy()
+                              for view in input_pipeline.dihedral_views(images)[:views]], axis=1)
+            for index, rows in zip(indices.numpy(), batch):
+                digest = digests[index]
+                computed[digest] = rows.astype(np.float32)
+                atomic.write_atomic(self.folder / f"{digest}.npy",
+                                    lambda tmp, rows=rows: np.save(tmp, rows), suffix=".npy")
+        return computed
+
+
+def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
+                    batch_size: int, training: bool = False, seed: int | None = None,
+                    sampling: str = "natural") -> tf.data.Dataset:
+    """Batches of (features, one-hot labels) for the head.
+
+    Training draws one of the cached views of each image at random (the cached counterpart of the
+    random flips and rotations) and shuffles, or resamples classes, as `make_dataset` does.
+    Evaluation uses view 0, the image as it is.
+    """
+    table = tf.constant(features)
+    labels = np.asarray(labels, np.int64)
+    indices = np.arange(len(labels), dtype=np.int64)
+    if not training:
+        dataset = tf.data.Dataset.from_tensor_slices((features[:, 0], tf.one_hot(labels,
+                                                                                 num_classes)))
+        return dataset.batch(batch_size).prefetch(input_pipeline.AUTOTUNE)
+    if sampling == "balanced":
+        dataset = input_pipeline.balanced_file_stream(indices, labels, num_classes, seed)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices((indices, labels)).shuffle(
+            len(labels), seed=seed, reshuffle_each_iteration=True)
+    views = features.shape[1]
+
+    def pick(index, label):
+        view = tf.random.uniform((), 0, views, dtype=tf.int64, seed=seed)
+        return table[index, view], tf.one_hot(label, num_classes)
+
+    return dataset.map(pick).batch(batch_size).prefetch(input_pipeline.AUTOTUNE)

@@ -1,0 +1,94 @@
+"""The frozen-backbone feature cache: same features, same predictions, same run folder."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from skin_keras import feature_cache, folders, input_pipeline, models, training
+
+
+@pytest.fixture(scope="module")
+def cached_run(tmp_path_factory, tiny_dataset):
+    tmp_path = tmp_path_factory.mktemp("cached")
+    config = tiny_config(tmp_path, tiny_dataset, freeze_layers=True, cache_views=2, lr=0.01)
+    return config, training.train_and_evaluate(config, verbose=0)
+
+
+def images_of(paths, size):
+    return np.stack([input_pipeline.load_image(path, size).numpy() for path in paths])
+
+
+def test_cached_features_are_the_backbone_features_of_each_view(tmp_path, tiny_dataset):
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    paths = folders.scan_image_folder(tiny_dataset / "val").paths[:4]
+    cache = feature_cache.FeatureCache(tmp_path, model, "float32")
+    features, ok = cache.features(paths, views=3)
+    assert ok.all() and features.shape == (4, 3, 1280)
+    extractor = feature_cache.feature_model(model)
+    for view, images in enumerate(input_pipeline.dihedral_views(images_of(paths, 32))[:3]):
+        np.testing.assert_allclose(features[:, view], extractor.predict(images, verbose=0),
+                                   rtol=1e-5, atol=1e-5)
+    assert not np.allclose(features[:, 0], features[:, 1])  # The views differ.
+
+
+def test_the_cache_is_keyed_by_content_and_computes_nothing_twice(tmp_path, tiny_dataset,
+                                                                  monkeypatch):
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    paths = folders.scan_image_folder(tiny_dataset / "val").paths[:3]
+    cache = feature_cache.FeatureCache(tmp_path, model, "float32")
+    first, _ = cache.features(paths, views=1)
+    copy = tmp_path / "copy.jpg"  # Same content under another name: found in the cache.
+    copy.write_bytes(open(paths[0], "rb").read())
+
+    def fail(*args):
+        raise AssertionError("computed again")
+
+    monkeypatch.setattr(cache, "_compute", fail)
+    again, _ = cache.features(list(paths) + [str(copy)], views=1)
+    np.testing.assert_array_equal(again[:3], first)
+    np.testing.assert_array_equal(again[3], first[0])
+    with pytest.raises(AssertionError, match="computed again"):  # A view not cached yet.
+        cache.features(paths, views=2)
+    # Other weights or another size: another folder.
+    other = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    assert feature_cache.FeatureCache(tmp_path, other, "float32").folder != cache.folder
+    bigger = models.build_model("b0", 3, 48, weights="none", freeze_backbone=True)
+    bigger.set_weights(model.get_weights())
+    assert feature_cache.FeatureCache(tmp_path, bigger, "float32").folder != cache.folder
+
+
+def test_a_cached_run_writes_the_same_run_folder(cached_run, trained_run):
+    config, run = cached_run
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.iterdir())
+    log, plain_log = (json.loads((r / "log.json").read_text()) for r in (run, trained_run))
+    assert list(log) == list(plain_log)
+    for entry, plain in zip(log.values(), plain_log.values()):
+        assert entry.keys() == plain.keys()
+        assert entry["valid info"].keys() == plain["valid info"].keys()
+    assert (run / "weights" / "best.keras").exists() and (run / "weights" / "last.keras").exists()
+
+
+def test_the_saved_model_predicts_on_images_what_the_head_learned_on_features(cached_run):
+    config, run = cached_run
+    model = keras.models.load_model(run / "weights" / "last.keras")
+    assert models.count_params(models.backbone_of(model).weights) > 5_000_000  # Whole model.
+    val = folders.scan_image_folder(config.data_val)
+    on_images = model.predict(images_of(val.paths, config.img_size), verbose=0)
+    cache = feature_cache.FeatureCache(config.feature_cache, model, "float32")
+    features, _ = cache.features(val.paths, views=1)
+    on_features = feature_cache.head_model(model).predict(features[:, 0], verbose=0)
+    np.testing.assert_allclose(on_images, on_features, rtol=1e-5, atol=1e-6)
+    # The logged validation loss of the last epoch is the loss of the saved model on the images.
+    last = json.loads((run / "log.json").read_text())[f"epoch:{config.epochs}"]
+    loss = keras.losses.categorical_crossentropy(np.eye(3)[val.labels], on_images)
+    assert last["valid info"]["loss"] == pytest.approx(float(np.mean(loss)), rel=1e-4)
+
+
+def test_augmentation_that_changes_images_turns_the_cache_off(tmp_path, tiny_dataset):
+    assert tiny_config(tmp_path, tiny_dataset, freeze_layers=True).feature_cache_blocker is None
+    assert "crop_scale" in tiny_config(tmp_path, tiny_dataset, freeze_layers=True,
+                                       crop_scale=0.5).feature_cache_blocker
+    assert "trains" in tiny_config(tmp_path, tiny_dataset).feature_cache_blocker
