@@ -88,13 +88,15 @@ def write_misclassified(paths, labels, probabilities, class_names, path: Path) -
 
 
 def evaluate(loaded: inference.LoadedModel, data: str | Path, output: str | Path,
-             batch_size: int = 32, tta: int = 1, explain: bool = False) -> dict:
+             batch_size: int = 32, tta: int = 1, explain: bool = False,
+             backend: str = "auto") -> dict:
     """Scores `loaded` on the class folders in `data`; writes the report files to `output`."""
     output = Path(output)
     folder = folders.scan_image_folder(data, class_names=loaded.class_names,
                                        allow_missing_classes=True)
     print(folders.describe(folder, "evaluating"))
     paths = [Path(p) for p in folder.paths]
+    loaded = inference.select_backend(loaded, backend, len(paths) * tta)
     probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta)
     ok = np.array([error is None for error in errors], dtype=bool)
     if not ok.any():
@@ -139,7 +141,8 @@ def describe(report: dict, class_names) -> str:
 
 
 def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | Path | None = None,
-                        batch_size: int = 32, tta: int = 1, explain: bool = False) -> dict:
+                        batch_size: int = 32, tta: int = 1, explain: bool = False,
+                        backend: str = "auto") -> dict:
     """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report.
 
     Without `output`, the report goes to <run folder>/eval_<name of the data folder>.
@@ -149,7 +152,7 @@ def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | 
         run_dir = loaded.source.parent.parent if loaded.source.parent.name == "weights" else (
             loaded.source.parent)
         output = run_dir / f"eval_{Path(data).resolve().name}"
-    report = evaluate(loaded, data, output, batch_size, tta, explain)
+    report = evaluate(loaded, data, output, batch_size, tta, explain, backend)
     print(describe(report, loaded.class_names))
     print(f"report written to {output}")
     return report

@@ -174,6 +174,53 @@ def load_model(model_path: str | Path) -> LoadedModel:
     return LoadedModel(class_names, models.image_size(model), keras_file, model=model)
 
 
+BACKENDS = ("auto", "keras", "tflite")
+# "auto" converts a .keras model to TFLite for a job of at least this many images (views
+# included); a conversion done once is reused by every later job.
+AUTO_TFLITE_MIN_IMAGES = 500
+
+
+def cache_root() -> Path:
+    """Where converted models (and, by default, backbone features) are cached."""
+    return Path(os.environ.get("SKIN_KERAS_CACHE", "~/.cache/skin_keras")).expanduser()
+
+
+def tflite_twin(loaded: LoadedModel, convert: bool = True) -> LoadedModel | None:
+    """`loaded` predicting through a float32 TFLite copy run by LiteRT (XNNPACK).
+
+    The copy is converted once per .keras file content and cached; None when it is not cached and
+    `convert` is False. The Keras model stays attached (Grad-CAM still uses it).
+    """
+    from skin_keras import exporting, feature_cache  # pylint: disable=g-import-not-at-top
+
+    path = cache_root() / "tflite" / f"{feature_cache.file_sha1(loaded.source)}.tflite"
+    if not path.exists():
+        if not convert:
+            return None
+        print(f"converting {loaded.source} to TFLite (once; cached in {path.parent})")
+        content = exporting.convert_tflite(loaded, "fp32", [])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+    return dataclasses.replace(loaded, forward=TFLiteRunner(path.read_bytes()))
+
+
+def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedModel:
+    """The model ready to run on `backend`; "auto" picks TFLite on a CPU-only machine when a
+    converted copy is cached or the job is large enough to pay for converting."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend={backend}; choose one of {', '.join(BACKENDS)}")
+    if loaded.model is None or backend == "keras":  # Exported models run as they are.
+        if backend == "tflite" and loaded.source.suffix != ".tflite":
+            raise UserError(f"--backend=tflite needs a run folder, .keras or .tflite file, not "
+                            f"the SavedModel {loaded.source}")
+        return loaded
+    if backend == "tflite":
+        return tflite_twin(loaded)
+    if tf.config.list_physical_devices("GPU"):
+        return loaded
+    return tflite_twin(loaded, convert=images >= AUTO_TFLITE_MIN_IMAGES) or loaded
+
+
 def list_sources(sources: Sequence[str | Path]) -> list[Path]:
     """Every file named in `sources` (files, or folders searched recursively), in order.
 
@@ -350,7 +397,8 @@ def explain_files(loaded: LoadedModel, rows: list[dict], folder: Path,
 
 def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], output: str | Path,
                       batch_size: int = 32, tta: int = 1, topk: int = 0,
-                      save_images: bool = False, explain: bool = False) -> list[dict]:
+                      save_images: bool = False, explain: bool = False,
+                      backend: str = "auto") -> list[dict]:
     """predict.py's job: predicts every source file and writes the results to `output`."""
     loaded = load_model(model_path)
     if explain:
@@ -360,6 +408,7 @@ def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], out
     paths = list_sources(sources)
     if not paths:
         raise UserError(f"no files found in {', '.join(map(str, sources))}")
+    loaded = select_backend(loaded, backend, len(paths) * tta)
     probabilities, errors = predict_files(loaded, paths, batch_size, tta)
     rows = prediction_rows(paths, probabilities, errors, loaded.class_names, topk)
     output = Path(output)

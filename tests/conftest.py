@@ -8,7 +8,11 @@ import os
 import sys
 from pathlib import Path
 
+import tempfile
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Converted TFLite models are cached here, never in the home folder (subprocesses inherit it).
+os.environ["SKIN_KERAS_CACHE"] = tempfile.mkdtemp(prefix="skin_keras_cache_")
 
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top

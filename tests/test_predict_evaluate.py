@@ -68,6 +68,28 @@ def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mi
     assert [row["path"] for row in saved] == [row["path"] for row in rows]
 
 
+def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_conversion(
+        loaded, mixed_source, tmp_path, capsys):
+    auto = inference.select_backend(loaded, "auto", images=10)  # Small job, nothing cached.
+    assert auto.forward is loaded.forward
+    keras_rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "keras",
+                                             backend="keras")
+    tflite_rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "tflite",
+                                              backend="tflite", tta=2)
+    assert "converting" in capsys.readouterr().out
+    assert [row["error"] for row in tflite_rows] == [row["error"] for row in keras_rows]
+    good = [i for i, row in enumerate(keras_rows) if not row["error"]]
+    tta_keras = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "k2",
+                                            backend="keras", tta=2)
+    for i in good:
+        np.testing.assert_allclose(list(tflite_rows[i]["probabilities"].values()),
+                                   list(tta_keras[i]["probabilities"].values()), atol=1e-5)
+    auto = inference.select_backend(loaded, "auto", images=10)  # Now cached: TFLite.
+    assert isinstance(auto.forward, inference.TFLiteRunner)
+    assert auto.model is loaded.model  # Grad-CAM still has the Keras model.
+    assert "converting" not in capsys.readouterr().out
+
+
 def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_source,
                                                              tmp_path):
     from_run = inference.predict_to_folder(trained_run, [mixed_source], tmp_path / "a")
