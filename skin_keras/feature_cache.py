@@ -152,6 +152,6 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
     def pick(index, label):
         view = tf.random.uniform((), 0, views, dtype=tf.int64, seed=seed)
-        return table[index, view], tf.one_hot(label, num_classes)
+        return table[tf.cast(index, tf.int64), view], tf.one_hot(label, num_classes)
 
     return dataset.map(pick).batch(batch_size).prefetch(input_pipeline.AUTOTUNE)

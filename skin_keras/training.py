@@ -328,11 +328,14 @@ def check_resumable(config: TrainConfig) -> None:
                         f"(missing {', '.join(missing)})")
     saved = json.loads((run_dir / "train_params.json").read_text())["train parameters"]
     current = config.to_dict()
+    def same(name):
+        there, now = saved.get(name, current[name]), current[name]
+        if name in ("data_train", "data_val", "save_ret", "feature_cache"):  # Paths.
+            there, now = (os.path.abspath(os.path.expanduser(p)) for p in (there, now))
+        return there == now
+
     differing = [f"{name} ({saved.get(name)!r} there, {current[name]!r} now)"
-                 for name in current if name != "resume" and saved.get(name, current[name])
-                 != current[name] and not (name in ("data_train", "data_val", "save_ret")
-                                           and os.path.abspath(saved.get(name))
-                                           == os.path.abspath(current[name]))]
+                 for name in current if name != "resume" and not same(name)]
     if differing:
         raise UserError(f"--resume needs the run's own flags; these differ: {'; '.join(differing)}"
                         f" (use --flagfile={run_dir / 'flags.cfg'} --resume={run_dir})")

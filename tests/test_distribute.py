@@ -23,7 +23,7 @@ def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
     for strategy in ("one_device", "mirrored"):
         config = tiny_config(tmp_path / strategy, tiny_dataset, strategy=strategy,
                              freeze_layers=True, dropout=0.0, batch_size=8, lr=0.01,
-                             deterministic=True, feature_cache="none")
+                             deterministic=True, feature_cache="none", epochs=1)
         runs[strategy] = training.train_and_evaluate(config, verbose=0)
     logs = {name: json.loads((run / "log.json").read_text()) for name, run in runs.items()}
     matrices = {name: json.loads((run / training.MATRICES_FILE).read_text())

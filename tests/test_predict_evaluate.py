@@ -69,21 +69,17 @@ def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mi
 
 
 def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_conversion(
-        loaded, mixed_source, tmp_path, capsys):
-    auto = inference.select_backend(loaded, "auto", images=10)  # Small job, nothing cached.
-    assert auto.forward is loaded.forward
-    keras_rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "keras",
-                                             backend="keras")
-    tflite_rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "tflite",
-                                              backend="tflite", tta=2)
+        loaded, mixed_source, capsys):
+    assert inference.select_backend(loaded, "auto", images=10) is loaded  # Small, not cached.
+    tflite = inference.select_backend(loaded, "tflite", images=10)
     assert "converting" in capsys.readouterr().out
-    assert [row["error"] for row in tflite_rows] == [row["error"] for row in keras_rows]
-    good = [i for i, row in enumerate(keras_rows) if not row["error"]]
-    tta_keras = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "k2",
-                                            backend="keras", tta=2)
-    for i in good:
-        np.testing.assert_allclose(list(tflite_rows[i]["probabilities"].values()),
-                                   list(tta_keras[i]["probabilities"].values()), atol=1e-5)
+    assert isinstance(tflite.forward, inference.TFLiteRunner)
+    paths = inference.list_sources([mixed_source])
+    for tta in (1, 2):
+        by_keras, keras_errors = inference.predict_files(loaded, paths, 4, tta, False)
+        by_tflite, tflite_errors = inference.predict_files(tflite, paths, 4, tta, False)
+        assert tflite_errors == keras_errors and sum(e is None for e in keras_errors) == 6
+        np.testing.assert_allclose(by_tflite, by_keras, atol=1e-5)  # NaN rows match too.
     auto = inference.select_backend(loaded, "auto", images=10)  # Now cached: TFLite.
     assert isinstance(auto.forward, inference.TFLiteRunner)
     assert auto.model is loaded.model  # Grad-CAM still has the Keras model.

@@ -1,0 +1,100 @@
+"""One skin_keras measurement for benchmarks/run.py; prints one JSON line (run by run.py)."""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure_train(args) -> dict:
+    """Full fine-tune steps (every layer trains) on one random batch, after the first step."""
+    import keras  # pylint: disable=g-import-not-at-top
+    import numpy as np  # pylint: disable=g-import-not-at-top
+
+    from skin_keras import metrics, models, training  # pylint: disable=g-import-not-at-top
+
+    model = models.build_model(args.model, args.classes, args.img_size, "none",
+                               freeze_backbone=False)
+    training.compile_models((model,), keras.optimizers.SGD(0.01, momentum=0.9),
+                            keras.losses.CategoricalCrossentropy(),
+                            metrics.ConfusionMatrixMetric(args.classes))
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3))
+    labels = np.eye(args.classes)[rng.integers(0, args.classes, args.batch_size)]
+    start = time.perf_counter()
+    model.train_on_batch(images.astype("float32"), labels)
+    first = time.perf_counter() - start
+    steps = []
+    for _ in range(args.steps):
+        start = time.perf_counter()
+        model.train_on_batch(images.astype("float32"), labels)
+        steps.append(time.perf_counter() - start)
+    return {"img_s": args.batch_size / statistics.median(steps), "first_step_s": first}
+
+
+def measure_predict(args) -> dict:
+    """inference.predict_files on the folder (decode, resize, model), median of repeats."""
+    from skin_keras import inference  # pylint: disable=g-import-not-at-top
+
+    paths = inference.list_sources([args.data])
+    loaded = inference.load_model(args.model_path)
+    start = time.perf_counter()
+    loaded = inference.select_backend(loaded, args.backend, len(paths))
+    convert = time.perf_counter() - start
+    inference.predict_files(loaded, paths[:args.batch_size], args.batch_size,
+                            show_progress=False)  # Warm-up: tracing, thread pools.
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        inference.predict_files(loaded, paths, args.batch_size, show_progress=False)
+        times.append(time.perf_counter() - start)
+    return {"img_s": len(paths) / statistics.median(times), "images": len(paths),
+            "backend": type(loaded.forward).__name__, "select_backend_s": convert}
+
+
+def measure_pipeline(args) -> dict:
+    """The training input pipeline alone (decode, resize, flips), median of passes."""
+    from skin_keras import folders, input_pipeline  # pylint: disable=g-import-not-at-top
+
+    folder = folders.scan_image_folder(args.data)
+    dataset = input_pipeline.make_dataset(folder.paths, folder.labels, folder.num_classes,
+                                          args.img_size, args.batch_size, training=True)
+    times = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        count = sum(int(images.shape[0]) for images, _ in dataset)
+        times.append(time.perf_counter() - start)
+    return {"img_s": count / statistics.median(times), "images": count}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("what", choices=["train", "predict", "pipeline"])
+    parser.add_argument("--model", default="s")
+    parser.add_argument("--model_path")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--data")
+    parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--img_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    result = {"train": measure_train, "predict": measure_predict,
+              "pipeline": measure_pipeline}[args.what](args)
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+r"""Speed benchmarks of skin_keras, optionally side by side with the PyTorch/torchvision peer.
+
+    python benchmarks/run.py                          # skin_keras only
+    python benchmarks/run.py --peer --peer_python=/path/to/peer-venv/bin/python
+
+Run by hand (not in CI), on an otherwise idle machine. Prints one table and writes
+benchmarks/results.json. Each measurement runs in its own process (its peak memory is its own):
+
+  train img/s         full fine-tune steps (every layer trains), random batch, median of --steps
+  frozen recipe s     `train.py` with the seed's frozen-backbone recipe for --epochs epochs, end to
+                      end (process start to run folder), on real JPEGs; skin_keras cold (empty
+                      feature cache) and warm (second run, other head hyper-parameters would do)
+  predict img/s       prediction on a folder of real JPEGs, decode included, median of --repeats
+  pipeline img/s      the training input pipeline alone at full resolution
+
+The data: ../shared/datasets/ham10000_600px (600x450 JPEGs, ISIC layout) split by lesion with the
+project's own prepare_isic; classes absent on one side are left out. The peer's requirements are in
+benchmarks/requirements-peer.txt (make a separate virtual environment).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+DATASET = REPO.parent / "shared" / "datasets" / "ham10000_600px"
+
+
+def run_json(command: list[str]) -> dict:
+    """Runs a measurement process; returns the JSON of its last output line."""
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode:
+        raise SystemExit(f"failed: {' '.join(command)}\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def timed_process(command: list[str]) -> dict:
+    """Wall time and peak memory of a whole process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    output = process.stdout.read()
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status:
+        raise SystemExit(f"failed: {' '.join(command)}\n{output[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "output": output}
+
+
+def prepare_data(workdir: Path) -> tuple[Path, list[str]]:
+    """Lesion split of the 600 px HAM10000 images, with the classes present on both sides."""
+    from skin_keras import isic  # pylint: disable=g-import-not-at-top
+
+    data = workdir / "data"
+    if not (data / "train").exists():
+        isic.prepare(isic.PrepareConfig(
+            images=str(DATASET / "ISIC_2019_Training_Input"),
+            ground_truth=str(DATASET / "ISIC_2019_Training_GroundTruth.csv"),
+            metadata=str(DATASET / "ISIC_2019_Training_Metadata.csv"), out_dir=str(data)))
+    names = [p.name for p in sorted((data / "train").iterdir()) if p.is_dir()]
+    for name in names:
+        if not any((data / "val" / name).glob("*")) or not any((data / "train" / name).glob("*")):
+            for split in ("train", "val"):
+                shutil.rmtree(data / split / name, ignore_errors=True)
+    return data, [p.name for p in sorted((data / "train").iterdir()) if p.is_dir()]
+
+
+def make_model(workdir: Path, model: str, classes: list[str], img_size: int) -> Path:
+    """A run-folder-shaped model with random weights (no ImageNet weights offline)."""
+    from skin_keras import atomic, models  # pylint: disable=g-import-not-at-top
+
+    folder = workdir / f"model_{model}_{img_size}"
+    if not (folder / "weights" / "best.keras").exists():
+        (folder / "weights").mkdir(parents=True, exist_ok=True)
+        models.build_model(model, len(classes), img_size, "none").save(
+            folder / "weights" / "best.keras")
+        atomic.write_json_atomic(folder / "class_indices.json",
+                                 {str(i): name for i, name in enumerate(classes)})
+    return folder
+
+
+def frozen_command(args, data: Path, workdir: Path, lr: float) -> list[str]:
+    return [sys.executable, str(REPO / "train.py"), f"--model={args.model}", "--weights=none",
+            "--freeze_layers", f"--img_size={args.img_size}", f"--batch_size={args.batch_size}",
+            f"--epochs={args.epochs}", "--optim=SGD", f"--lr={lr}", "--lrf=0.001",
+            f"--data_train={data / 'train'}", f"--data_val={data / 'val'}",
+            f"--save_ret={workdir / 'runs'}", f"--feature_cache={workdir / 'features'}"]
+
+
+def val_balanced_accuracy(output: str) -> float | None:
+    for line in output.splitlines():
+        if line.startswith("best epoch") and "balanced accuracy" in line:
+            return float(line.split("balanced accuracy ")[1].split(",")[0])
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="s", help="s, m, l or b0-b3")
+    parser.add_argument("--img_size", type=int, default=224)
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of the frozen recipe")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes over a folder")
+    parser.add_argument("--workdir", default="/tmp/skin_keras_bench")
+    parser.add_argument("--peer", action="store_true", help="also measure PyTorch/torchvision")
+    parser.add_argument("--peer_python", default="benchmarks/.peer-venv/bin/python",
+                        help="interpreter of the environment made from requirements-peer.txt")
+    parser.add_argument("--only", default="train,frozen,predict,pipeline",
+                        help="comma-separated subset of the measurements")
+    args = parser.parse_args()
+    if not DATASET.exists():
+        raise SystemExit(f"{DATASET} is absent: the benchmark needs the real 600 px images")
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    data, classes = prepare_data(workdir)
+    only = set(args.only.split(","))
+    common = [f"--model={args.model}", f"--img_size={args.img_size}",
+              f"--batch_size={args.batch_size}", f"--classes={len(classes)}"]
+    ours = [sys.executable, str(REPO / "benchmarks" / "measure_keras.py")]
+    peer = [args.peer_python, str(REPO / "benchmarks" / "measure_torch.py")]
+    results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                           "platform": platform.platform()},
+               "settings": vars(args) | {"classes": classes,
+                                         "train_images": sum(1 for _ in (data / "train").rglob("*.jpg")),
+                                         "val_images": sum(1 for _ in (data / "val").rglob("*.jpg"))},
+               "skin_keras": {}, "peer": {}}
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    results["machine"]["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
+
+    def record(side, name, value):
+        results[side][name] = value
+        print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
+
+    if "train" in only:
+        record("skin_keras", "train", run_json(ours + ["train", f"--steps={args.steps}"] + common))
+        if args.peer:
+            record("peer", "train", run_json(peer + ["train", f"--steps={args.steps}"] + common))
+    if "frozen" in only:
+        shutil.rmtree(workdir / "features", ignore_errors=True)
+        for label, lr in (("frozen_cold", 0.01), ("frozen_warm", 0.02)):
+            timed = timed_process(frozen_command(args, data, workdir, lr))
+            record("skin_keras", label, {"seconds": timed["seconds"],
+                                         "peak_rss_mb": timed["peak_rss_mb"],
+                                         "val_balanced_accuracy":
+                                             val_balanced_accuracy(timed["output"])})
+        if args.peer:
+            timed = timed_process(peer + ["frozen", f"--epochs={args.epochs}",
+                                          f"--data={data}"] + common)
+            peer_result = json.loads(timed["output"].strip().splitlines()[-1])
+            record("peer", "frozen", {"seconds": timed["seconds"],
+                                      "peak_rss_mb": timed["peak_rss_mb"],
+                                      "val_accuracy": peer_result["val_accuracy"]})
+            results["machine"]["peer_versions"] = peer_result["versions"]
+    if "predict" in only:
+        model = make_model(workdir, args.model, classes, args.img_size)
+        for backend in ("tflite", "keras"):
+            record("skin_keras", f"predict_{backend}", run_json(
+                ours + ["predict", f"--model_path={model}", f"--data={data}",
+                        f"--backend={backend}", f"--repeats={args.repeats}"] + common))
+        if args.peer:
+            record("peer", "predict", run_json(peer + ["predict", f"--data={data}",
+                                                       f"--repeats={args.repeats}"] + common))
+    if "pipeline" in only:
+        record("skin_keras", "pipeline", run_json(
+            ours + ["pipeline", f"--data={data / 'train'}", f"--repeats={args.repeats}"]
+            + common))
+        if args.peer:
+            record("peer", "pipeline", run_json(
+                peer + ["pipeline", f"--data={data / 'train'}", f"--repeats={args.repeats}"]
+                + common))
+    out = REPO / "benchmarks" / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"wrote {out}")
+
+
+def print_table(results: dict) -> None:
+    ours, peer = results["skin_keras"], results["peer"]
+    rows = []
+
+    def add(name, our, their, higher_is_better=True, unit=""):
+        ratio = ""
+        if our is not None and their is not None:
+            ratio = f"{(our / their if higher_is_better else their / our):.2f}x"
+        fmt = (lambda v: "—" if v is None else f"{v:.2f}{unit}")
+        rows.append((name, fmt(our), fmt(their), ratio))
+
+    get = lambda side, name, key: side.get(name, {}).get(key)  # noqa: E731
+    add("train img/s (full fine-tune)", get(ours, "train", "img_s"), get(peer, "train", "img_s"))
+    add("frozen recipe s, cold cache", get(ours, "frozen_cold", "seconds"),
+        get(peer, "frozen", "seconds"), higher_is_better=False)
+    add("frozen recipe s, warm cache", get(ours, "frozen_warm", "seconds"),
+        get(peer, "frozen", "seconds"), higher_is_better=False)
+    add("predict img/s (TFLite backend)", get(ours, "predict_tflite", "img_s"),
+        get(peer, "predict", "img_s"))
+    add("predict img/s (Keras backend)", get(ours, "predict_keras", "img_s"),
+        get(peer, "predict", "img_s"))
+    add("input pipeline img/s", get(ours, "pipeline", "img_s"), get(peer, "pipeline", "img_s"))
+    for name in ("train", "frozen_cold", "predict_tflite", "pipeline"):
+        peer_name = {"frozen_cold": "frozen", "predict_tflite": "predict"}.get(name, name)
+        add(f"peak memory MB ({name})", get(ours, name, "peak_rss_mb"),
+            get(peer, peer_name, "peak_rss_mb"), higher_is_better=False)
+    width = max(len(row[0]) for row in rows)
+    print(f"\n{'':{width}}  {'skin_keras':>10}  {'peer':>10}  {'ratio':>7}")
+    for name, our, their, ratio in rows:
+        print(f"{name:{width}}  {our:>10}  {their:>10}  {ratio:>7}")
+
+
+if __name__ == "__main__":
+    main()
