@@ -47,7 +47,7 @@ def measure_predict(args) -> dict:
     """inference.predict_files on the folder (decode, resize, model), median of repeats."""
     from skin_keras import inference  # pylint: disable=g-import-not-at-top
 
-    paths = inference.list_sources([args.data])
+    paths = inference.list_sources(args.data.split(","))
     loaded = inference.load_model(args.model_path)
     start = time.perf_counter()
     loaded = inference.select_backend(loaded, args.backend, len(paths))
@@ -93,7 +93,12 @@ def main():
     args = parser.parse_args()
     result = {"train": measure_train, "predict": measure_predict,
               "pipeline": measure_pipeline}[args.what](args)
-    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(),
+                      "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                                   "python": sys.version.split()[0]}}))
 
 
 if __name__ == "__main__":

@@ -122,7 +122,8 @@ def measure_frozen(args) -> dict:
 
 def measure_predict(args) -> dict:
     """Folder inference: PIL decode + resize + normalise in a DataLoader, no_grad forward."""
-    paths = sorted(p for p in Path(args.data).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for folder in args.data.split(",") for p in Path(folder).rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES)
 
     class Files(Dataset):
         transform = eval_transform(args.img_size)

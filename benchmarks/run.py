@@ -74,15 +74,16 @@ def prepare_data(workdir: Path) -> tuple[Path, list[str]]:
 
 def make_model(workdir: Path, model: str, classes: list[str], img_size: int) -> Path:
     """A run-folder-shaped model with random weights (no ImageNet weights offline)."""
-    from skin_keras import atomic, models  # pylint: disable=g-import-not-at-top
-
     folder = workdir / f"model_{model}_{img_size}"
-    if not (folder / "weights" / "best.keras").exists():
+    if not (folder / "weights" / "best.keras").exists():  # In a child: no TensorFlow here.
         (folder / "weights").mkdir(parents=True, exist_ok=True)
-        models.build_model(model, len(classes), img_size, "none").save(
-            folder / "weights" / "best.keras")
-        atomic.write_json_atomic(folder / "class_indices.json",
-                                 {str(i): name for i, name in enumerate(classes)})
+        subprocess.run([sys.executable, "-c", (
+            "import sys; sys.path.insert(0, sys.argv[1]); from skin_keras import models; "
+            "models.build_model(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 'none')"
+            ".save(sys.argv[5])"), str(REPO), model, str(len(classes)), str(img_size),
+            str(folder / "weights" / "best.keras")], check=True, capture_output=True)
+        (folder / "class_indices.json").write_text(
+            json.dumps({str(i): name for i, name in enumerate(classes)}))
     return folder
 
 
@@ -132,11 +133,11 @@ def main():
                                          "train_images": sum(1 for _ in (data / "train").rglob("*.jpg")),
                                          "val_images": sum(1 for _ in (data / "val").rglob("*.jpg"))},
                "skin_keras": {}, "peer": {}}
-    import keras  # pylint: disable=g-import-not-at-top
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    results["machine"]["versions"] = {"tensorflow": tf.__version__, "keras": keras.__version__}
-
+    # This process never imports TensorFlow: a child's peak memory (ru_maxrss) starts from its
+    # parent's at fork.
     def record(side, name, value):
+        if "versions" in value:
+            results["machine"][f"{side} versions"] = value.pop("versions")
         results[side][name] = value
         print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
 
@@ -159,15 +160,14 @@ def main():
             record("peer", "frozen", {"seconds": timed["seconds"],
                                       "peak_rss_mb": timed["peak_rss_mb"],
                                       "val_accuracy": peer_result["val_accuracy"]})
-            results["machine"]["peer_versions"] = peer_result["versions"]
     if "predict" in only:
         model = make_model(workdir, args.model, classes, args.img_size)
         for backend in ("tflite", "keras"):
             record("skin_keras", f"predict_{backend}", run_json(
-                ours + ["predict", f"--model_path={model}", f"--data={data}",
+                ours + ["predict", f"--model_path={model}", f"--data={data / 'train'},{data / 'val'}",
                         f"--backend={backend}", f"--repeats={args.repeats}"] + common))
         if args.peer:
-            record("peer", "predict", run_json(peer + ["predict", f"--data={data}",
+            record("peer", "predict", run_json(peer + ["predict", f"--data={data / 'train'},{data / 'val'}",
                                                        f"--repeats={args.repeats}"] + common))
     if "pipeline" in only:
         record("skin_keras", "pipeline", run_json(

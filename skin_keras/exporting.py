@@ -115,31 +115,43 @@ def write_saved_model(loaded: inference.LoadedModel, model_base: Path, version: 
 
 # --- TFLite for phones ---
 
-def convert_tflite(loaded: inference.LoadedModel, kind: str, calibration_paths: list[str]) -> bytes:
-    """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32)."""
+def tflite_source(loaded: inference.LoadedModel, folder: str) -> str:
+    """Writes the Keras model with a fixed [1, H, W, 3] float32 input as a SavedModel for the
+    TFLite converter (tracing it once serves every kind of conversion); returns `folder`."""
     size, model = loaded.img_size, loaded.require_keras("Export")
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
                          input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32,
                                                         name="image")])
-    with tempfile.TemporaryDirectory() as saved_model_dir:
-        archive.write_out(saved_model_dir, verbose=False)
-        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if kind != "fp32":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if kind == "fp16":
-            converter.target_spec.supported_types = [tf.float16]
-        if kind == "int8":
-            def representative_images():
-                for path in calibration_paths:
-                    yield [input_pipeline.load_image(tf.constant(path), size)[None]]
+    archive.write_out(folder, verbose=False)
+    return folder
 
-            converter.representative_dataset = representative_images
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-            converter.inference_input_type = tf.uint8
-        return converter.convert()
+
+def convert_tflite(loaded: inference.LoadedModel, kind: str, calibration_paths: list[str],
+                   source: str | None = None) -> bytes:
+    """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32).
+
+    `source` is a folder written by `tflite_source` (one is made when it is None).
+    """
+    if source is None:
+        with tempfile.TemporaryDirectory() as folder:
+            return convert_tflite(loaded, kind, calibration_paths, tflite_source(loaded, folder))
+    converter = tf.lite.TFLiteConverter.from_saved_model(source)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if kind != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind == "int8":
+        def representative_images():
+            for path in calibration_paths:
+                yield [input_pipeline.load_image(tf.constant(path), loaded.img_size)[None]]
+
+        converter.representative_dataset = representative_images
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    return converter.convert()
 
 
 def op_names(model_content: bytes) -> set[str]:
@@ -237,6 +249,8 @@ def export(config: ExportConfig) -> dict:
 
     # --- Export and check ---
     failures = []
+    scratch = tempfile.TemporaryDirectory()  # The traced model every TFLite kind converts from.
+    source = None
     for fmt in config.formats:
         print(f"exporting {fmt} ...", flush=True)
         if fmt == "saved_model":
@@ -244,7 +258,8 @@ def export(config: ExportConfig) -> dict:
         else:
             kind = fmt.removeprefix("tflite_")
             calibration = [val.paths[i] for i in sample_images(val, config.calibration_images, 1)]
-            content = convert_tflite(loaded, kind, calibration)
+            source = source or tflite_source(loaded, scratch.name)
+            content = convert_tflite(loaded, kind, calibration, source)
             check_builtin_ops(content, kind)
             path = write_tflite(loaded, kind, content, output / fmt, config.name)
             probabilities, latency = tflite_predict(content, images)
@@ -263,6 +278,7 @@ def export(config: ExportConfig) -> dict:
             else:
                 failures.append(f"{fmt} agrees with the Keras model on only "
                                 f"{100 * entry['top1 agreement']:.1f}% of top-1 labels")
+    scratch.cleanup()
     output.mkdir(parents=True, exist_ok=True)
     atomic.write_json_atomic(output / "report.json", report)
     print(describe(report))

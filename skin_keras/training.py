@@ -14,14 +14,16 @@ import json
 import math
 import os
 import re
+import shutil
 import warnings
 from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from skin_keras import (atomic, distribute, feature_cache, folders, input_pipeline, models,
-                        reports)
+from skin_keras import (atomic, cache, distribute, feature_cache, folders, input_pipeline,
+                        models, reports)
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 from skin_keras.metrics import ConfusionMatrixMetric
@@ -222,7 +224,10 @@ class RunRecorder(keras.callbacks.Callback):
                 or (value < self.best_value if self.minimize else value > self.best_value)):
             self.best_value, self.best_epoch = value, number
             self.best_matrices = (train_matrix, val_matrix)
-            save_model_atomic(self.model_to_save, self.run_dir / "weights" / "best.keras")
+            # A copy of the file just written: far faster than serialising the model again.
+            atomic.write_atomic(self.run_dir / "weights" / "best.keras",
+                                lambda tmp: shutil.copyfile(self.run_dir / "weights" / "last.keras",
+                                                            tmp), suffix=".keras")
         # log.json last: an epoch it lists always has its weights on disk.
         atomic.write_json_atomic(self.run_dir / "log.json", self.log)
 
@@ -250,7 +255,10 @@ def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFol
         "model": {
             "total parameters": model.count_params(),
             "train parameters": models.count_params(model.trainable_weights),
-            "flops": models.count_flops(model),
+            # Counting takes seconds for the large models: once per architecture and size.
+            "flops": cache.memoized("flops", f"{model.name}/{model.input_shape}/"
+                                    f"{model.output_shape}/tf{tf.__version__}",
+                                    lambda: models.count_flops(model)),
         },
     })
 
