@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is impor
 
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from skin_keras import UserError, cli, evaluation  # pylint: disable=g-import-not-at-top
+from skin_keras import UserError, cli, evaluation, inference  # pylint: disable=g-import-not-at-top
 
 _MODEL_PATH = flags.DEFINE_string(
     "model_path", None, "Run folder (uses weights/best.keras) or a .keras file.", required=True)
@@ -28,12 +28,8 @@ _TTA = flags.DEFINE_integer(
 _EXPLAIN = flags.DEFINE_boolean(
     "explain", False, "Write a Grad-CAM heat map of the predicted class for every image.")
 
-_BACKEND = flags.DEFINE_enum(
-    "backend", "auto", ["auto", "keras", "tflite"],
-    "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, cached in "
-    "~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with XNNPACK, about "
-    "twice as fast on CPUs. auto: tflite on a CPU-only machine when the copy is cached or the "
-    "job has at least 500 images (views included), else keras.")
+_BACKEND = flags.DEFINE_enum("backend", "auto", list(inference.BACKENDS),
+                             inference.BACKEND_HELP)
 
 
 def main(argv):

@@ -30,12 +30,8 @@ _SAVE_IMAGES = flags.DEFINE_boolean(
 _EXPLAIN = flags.DEFINE_boolean(
     "explain", False, "Write a Grad-CAM heat map of the predicted class beside each image.")
 
-_BACKEND = flags.DEFINE_enum(
-    "backend", "auto", ["auto", "keras", "tflite"],
-    "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, cached in "
-    "~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with XNNPACK, about "
-    "twice as fast on CPUs. auto: tflite on a CPU-only machine when the copy is cached or the "
-    "job has at least 500 images (views included), else keras.")
+_BACKEND = flags.DEFINE_enum("backend", "auto", list(inference.BACKENDS),
+                             inference.BACKEND_HELP)
 
 
 def main(argv):

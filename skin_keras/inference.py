@@ -180,6 +180,11 @@ BACKENDS = ("auto", "keras", "tflite")
 # "auto" converts a .keras model to TFLite for a job of at least this many images (views
 # included); a conversion done once is reused by every later job.
 AUTO_TFLITE_MIN_IMAGES = 500
+BACKEND_HELP = (  # predict.py's and evaluate.py's --backend.
+    "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, cached in "
+    "~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with XNNPACK, about "
+    "twice as fast on CPUs. auto: tflite on a CPU-only machine when the copy is cached or the "
+    f"job has at least {AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.")
 
 
 def tflite_twin(loaded: LoadedModel, convert: bool = True) -> LoadedModel | None:
