@@ -182,8 +182,8 @@ BACKENDS = ("auto", "keras", "tflite")
 AUTO_TFLITE_MIN_IMAGES = 500
 BACKEND_HELP = (  # predict.py's and evaluate.py's --backend.
     "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, cached in "
-    "~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with XNNPACK, about "
-    "twice as fast on CPUs. auto: tflite on a CPU-only machine when the copy is cached or the "
+    "~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with XNNPACK, 1.3-1.7x "
+    "Keras' speed on a CPU (README, Benchmarks). auto: tflite on a CPU-only machine when the copy is cached or the "
     f"job has at least {AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.")
 
 
