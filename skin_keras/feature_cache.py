@@ -26,9 +26,6 @@ import tensorflow as tf
 from skin_keras import atomic, input_pipeline, models
 from skin_keras.progress import progress
 
-MAX_VIEWS = 8
-
-
 def weights_fingerprint(model: keras.Model) -> str:
     digest = hashlib.sha1()
     for weight in model.weights:
