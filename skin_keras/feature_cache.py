@@ -26,6 +26,7 @@ import tensorflow as tf
 from skin_keras import atomic, input_pipeline, models
 from skin_keras.progress import progress
 
+
 def weights_fingerprint(model: keras.Model) -> str:
     digest = hashlib.sha1()
     for weight in model.weights:
