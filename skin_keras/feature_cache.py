@@ -69,8 +69,10 @@ class FeatureCache:
             f"{backbone.name}_{self.img_size}px_{precision}_{weights_fingerprint(backbone)}")
         self.batch_size = batch_size
         extractor = feature_model(model)
-        self._forward = tf.function(lambda images: extractor(images, training=False),
-                                    reduce_retracing=True)
+        # One trace for every batch size (a last, smaller batch would trace again: seconds).
+        self._forward = tf.function(
+            lambda images: extractor(images, training=False),
+            input_signature=[tf.TensorSpec([None, self.img_size, self.img_size, 3], tf.float32)])
         self.dim = int(extractor.output_shape[-1])
 
     def features(self, paths: Sequence[str], views: int, label: str = "features"

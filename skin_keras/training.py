@@ -144,20 +144,73 @@ def save_model_atomic(model: keras.Model, path: Path) -> None:
     atomic.write_atomic(path, model.save, suffix=".keras")
 
 
+HEAD_CHECKPOINT = "head_checkpoint.npz"
+
+
+@dataclasses.dataclass
+class HeadState:
+    """What changes from epoch to epoch while the head trains on cached features."""
+    epoch: int
+    head: list[np.ndarray]  # The head's weights.
+    optimizer: list[np.ndarray]  # The optimizer's variables (step count, momenta).
+    best_epoch: int | None
+    best_head: list[np.ndarray] | None  # The head's weights at best_epoch.
+
+
+def write_head_checkpoint(path: Path, states: dict[int, HeadState]) -> None:
+    arrays = {}
+    for epoch, state in states.items():
+        arrays[f"{epoch}/best_epoch"] = np.array(state.best_epoch or 0)
+        for kind in ("head", "optimizer", "best_head"):
+            for index, value in enumerate(getattr(state, kind) or ()):
+                arrays[f"{epoch}/{kind}/{index}"] = value
+    atomic.write_atomic(path, lambda tmp: np.savez(tmp, **arrays), suffix=".npz")
+
+
+def read_head_checkpoint(path: Path) -> dict[int, HeadState]:
+    parts = {}
+    with np.load(path) as data:
+        for key in data.files:
+            epoch, _, rest = key.partition("/")
+            entry = parts.setdefault(int(epoch), {"head": {}, "optimizer": {}, "best_head": {}})
+            if rest == "best_epoch":
+                entry["best_epoch"] = int(data[key]) or None
+            else:
+                kind, index = rest.rsplit("/", 1)
+                entry[kind][int(index)] = data[key]
+    return {epoch: HeadState(epoch, *[[v for _, v in sorted(entry[kind].items())]
+                                      for kind in ("head", "optimizer")],
+                             entry["best_epoch"],
+                             [v for _, v in sorted(entry["best_head"].items())] or None)
+            for epoch, entry in parts.items()}
+
+
 class RunRecorder(keras.callbacks.Callback):
     """Writes log.json and the weights after every epoch; tracks the best epoch on validation.
 
     Keras uses one set of metric objects for training and validation and resets them when
     validation starts, so the training confusion matrix is read just before that reset
     (`on_test_begin`) and the validation one at the end of the epoch.
+
+    While the head trains on cached features (`head` is set), an epoch takes far less time than
+    serialising the full model, so each epoch writes only the head's weights and the optimizer
+    state to weights/head_checkpoint.npz (the last two epochs: log.json may lag one behind);
+    `write_head_weights` turns the checkpoint into last.keras and best.keras when the phase ends
+    (or is interrupted, or resumed). The full model is saved once at the first epoch, so the
+    backbone is on disk from then on.
     """
 
     def __init__(self, run_dir: Path, class_names, metric: ConfusionMatrixMetric, monitor: str,
                  model_to_save: keras.Model):
         super().__init__()
         self.run_dir = run_dir
+        self.weights_dir = run_dir / "weights"
         self.model_to_save = model_to_save  # The fixed-size model, whatever size fit() sees.
         self.stage = None  # Size and regularisation of the current stage, when progressive.
+        self.head = None  # The head model, while it trains on cached features.
+        self.head_states: dict[int, HeadState] = {}
+        self.best_head = None
+        self._best_on_disk = None  # The epoch best.keras holds, when known.
         self.class_names = list(class_names)
         self.metric = metric
         self.monitor = monitor
@@ -182,10 +235,16 @@ class RunRecorder(keras.callbacks.Callback):
             if self.best_value is None or (
                     value < self.best_value if self.minimize else value > self.best_value):
                 self.best_value, self.best_epoch = value, int(name.split(":")[1])
-        if self.best_epoch is not None:
-            best = self.matrices[f"epoch:{self.best_epoch}"]
-            self.best_matrices = (np.array(best["train"]), np.array(best["val"]))
+        self._set_best(self.best_epoch)
         return len(self.log)
+
+    def _set_best(self, epoch: int | None) -> None:
+        self.best_epoch, self.best_value, self.best_matrices = epoch, None, None
+        if epoch is not None:
+            split, key = monitor_log_key(self.monitor)
+            self.best_value = self.log[f"epoch:{epoch}"][split][key]
+            best = self.matrices[f"epoch:{epoch}"]
+            self.best_matrices = (np.array(best["train"]), np.array(best["val"]))
 
     def _matrix(self) -> np.ndarray:
         return keras.ops.convert_to_numpy(self.metric.matrix).astype(np.int64)
@@ -215,21 +274,82 @@ class RunRecorder(keras.callbacks.Callback):
         self.matrices[f"epoch:{number}"] = {"train": train_matrix.tolist(),
                                               "val": val_matrix.tolist()}
         atomic.write_json_atomic(self.run_dir / MATRICES_FILE, self.matrices)
-        save_model_atomic(self.model_to_save, self.run_dir / "weights" / "last.keras")
         value = float(logs.get(self.monitor, math.nan))
         # An epoch whose loss diverged is never "best", whatever its metrics say.
         diverged = not math.isfinite(float(logs.get("loss", math.nan)))
-        if not diverged and not math.isnan(value) and (
-                self.best_value is None
-                or (value < self.best_value if self.minimize else value > self.best_value)):
+        new_best = not diverged and not math.isnan(value) and (
+            self.best_value is None
+            or (value < self.best_value if self.minimize else value > self.best_value))
+        if new_best:
             self.best_value, self.best_epoch = value, number
             self.best_matrices = (train_matrix, val_matrix)
-            # A copy of the file just written: far faster than serialising the model again.
-            atomic.write_atomic(self.run_dir / "weights" / "best.keras",
-                                lambda tmp: shutil.copyfile(self.run_dir / "weights" / "last.keras",
-                                                            tmp), suffix=".keras")
+        if self.head is not None:
+            self._checkpoint_head(number, new_best)
+        if self.head is None or not (self.weights_dir / "last.keras").exists():
+            self._save_model(new_best)
         # log.json last: an epoch it lists always has its weights on disk.
         atomic.write_json_atomic(self.run_dir / "log.json", self.log)
+
+    def _save_model(self, best: bool) -> None:
+        """last.keras from the model as it is; best.keras a copy of it when `best`."""
+        save_model_atomic(self.model_to_save, self.weights_dir / "last.keras")
+        if best:
+            # A copy of the file just written: far faster than serialising the model again.
+            atomic.write_atomic(self.weights_dir / "best.keras",
+                                lambda tmp: shutil.copyfile(self.weights_dir / "last.keras", tmp),
+                                suffix=".keras")
+            self._best_on_disk = self.best_epoch
+
+    def _checkpoint_head(self, epoch: int, new_best: bool) -> None:
+        head = [keras.ops.convert_to_numpy(w) for w in self.head.weights]
+        if new_best:
+            self.best_head = head
+        state = HeadState(epoch, head,
+                          [keras.ops.convert_to_numpy(v) for v in self.head.optimizer.variables],
+                          self.best_epoch, self.best_head)
+        self.head_states = {e: s for e, s in self.head_states.items() if e == epoch - 1}
+        self.head_states[epoch] = state
+        write_head_checkpoint(self.weights_dir / HEAD_CHECKPOINT, self.head_states)
+
+    def _set_head(self, weights: list[np.ndarray], optimizer: list[np.ndarray] | None = None):
+        for variable, value in zip(self.head.weights, weights, strict=True):
+            variable.assign(value)
+        if optimizer is not None:
+            for variable, value in zip(self.head.optimizer.variables, optimizer, strict=True):
+                variable.assign(value)
+
+    def resume_head_checkpoint(self, head: keras.Model, epoch: int) -> None:
+        """Takes up a head checkpoint left by an interrupted cached-head phase (if any) at
+        `epoch`, the last epoch log.json lists, and writes it out as last/best.keras."""
+        path = self.weights_dir / HEAD_CHECKPOINT
+        if not path.exists():
+            return
+        state = read_head_checkpoint(path).get(epoch)
+        if state is None:
+            raise UserError(f"{path} does not hold epoch {epoch}, the last one in log.json")
+        self.head = head
+        self._set_head(state.head, state.optimizer)
+        self.head_states, self.best_head = {epoch: state}, state.best_head
+        self._set_best(state.best_epoch)  # The epoch whose weights the checkpoint holds.
+        self.write_head_weights()
+        self.head = None
+
+    def write_head_weights(self) -> None:
+        """last.keras and best.keras from the head checkpoint; then the checkpoint goes."""
+        if self.head is None or not self.head_states:
+            return
+        last = self.head_states[max(self.head_states)]
+        self._set_head(last.head, last.optimizer)  # An interrupted epoch may have moved it.
+        if last.best_epoch in (None, last.epoch, self._best_on_disk):
+            self._save_model(best=last.best_epoch == last.epoch)
+        else:
+            self._set_head(last.best_head)
+            save_model_atomic(self.model_to_save, self.weights_dir / "best.keras")
+            self._best_on_disk = last.best_epoch
+            self._set_head(last.head)
+            save_model_atomic(self.model_to_save, self.weights_dir / "last.keras")
+        (self.weights_dir / HEAD_CHECKPOINT).unlink(missing_ok=True)
+        self.head_states = {}
 
 
 def _write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFolder,
@@ -418,6 +538,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
                                loss, metric)
             restore_training_state(model, run_dir / "weights" / "last.keras")
+            if head is not None:
+                recorder.resume_head_checkpoint(head, initial_epoch)
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:
         run_dir = new_run_dir(config.save_ret)
@@ -464,6 +586,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 train_model.train_function = None  # Retrace: the dropout rate is traced in.
             if head is not None and not stage.finetune:
                 fit_model, (train_dataset, validation) = head, cached
+                recorder.head = head
             else:
                 fit_model, validation = train_model, val_dataset
                 train_dataset = input_pipeline.make_dataset(
@@ -481,10 +604,13 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                               initial_epoch=max(stage.first_epoch, initial_epoch),
                               callbacks=callbacks, shuffle=False, verbose=verbose,
                               class_weight=weights)
+            recorder.write_head_weights()
+            recorder.head = None
             if fit_model.stop_training:  # Early stopping or a NaN loss.
                 break
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
+        recorder.write_head_weights()
         _write_reports(run_dir, recorder, train.class_names)
         print(f"\ninterrupted after {len(recorder.log)} complete epoch(s); run folder: {run_dir}")
         raise

@@ -1,5 +1,6 @@
 """The frozen-backbone feature cache: same features, same predictions, same run folder."""
 
+import dataclasses
 import json
 
 import keras
@@ -92,3 +93,64 @@ def test_augmentation_that_changes_images_turns_the_cache_off(tmp_path, tiny_dat
     assert "crop_scale" in tiny_config(tmp_path, tiny_dataset, freeze_layers=True,
                                        crop_scale=0.5).feature_cache_blocker
     assert "trains" in tiny_config(tmp_path, tiny_dataset).feature_cache_blocker
+
+
+class Killed(Exception):
+    """Stands in for a power cut: nothing after it runs, no handler tidies up."""
+
+
+def saved_val_loss(path, config):
+    """Validation loss of a saved model on the images (what log.json records)."""
+    model = keras.models.load_model(path)
+    val = folders.scan_image_folder(config.data_val)
+    probabilities = model.predict(images_of(val.paths, config.img_size), verbose=0)
+    return float(np.mean(keras.losses.categorical_crossentropy(np.eye(3)[val.labels],
+                                                               probabilities))), model
+
+
+def test_a_run_killed_in_the_cached_head_phase_resumes_from_the_head_checkpoint(
+        tmp_path, tiny_dataset, monkeypatch):
+    # The head trains on cached features and the full model is saved only when that phase
+    # ends; the epochs in between live in weights/head_checkpoint.npz. Kill the run between
+    # writing epoch 3's checkpoint and its log entry: the checkpoint is then one epoch ahead.
+    config = tiny_config(tmp_path, tiny_dataset, freeze_layers=True, epochs=6, lr=0.05)
+    # Uninterrupted first: best.keras and last.keras hold their epochs.
+    check_best_and_last(training.train_and_evaluate(config, verbose=0), config)
+    write_json = training.atomic.write_json_atomic
+
+    def dies_before_logging_epoch_3(path, data):
+        if path.name == "log.json" and len(data) == 3:
+            raise Killed
+        write_json(path, data)
+
+    monkeypatch.setattr(training.atomic, "write_json_atomic", dies_before_logging_epoch_3)
+    with pytest.raises(Killed):
+        training.train_and_evaluate(config, verbose=0)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "exp2"
+    checkpoint = run / "weights" / training.HEAD_CHECKPOINT
+    assert sorted(training.read_head_checkpoint(checkpoint)) == [2, 3]
+    assert len(json.loads((run / "log.json").read_text())) == 2
+
+    training.train_and_evaluate(dataclasses.replace(config, resume=str(run)), verbose=0)
+    log = json.loads((run / "log.json").read_text())
+    assert list(log) == [f"epoch:{n}" for n in range(1, 7)]
+    assert not checkpoint.exists()
+    # Epoch 3 was done again from epoch 2's state: 6 epochs of 5 steps, not 7.
+    assert int(check_best_and_last(run, config).optimizer.iterations) == 6 * 5
+
+
+def check_best_and_last(run, config) -> keras.Model:
+    """best.keras and last.keras give the logged validation loss of their epochs; returns the
+    last model."""
+    log = json.loads((run / "log.json").read_text())
+    assert not (run / "weights" / training.HEAD_CHECKPOINT).exists()
+    loss, last = saved_val_loss(run / "weights" / "last.keras", config)
+    assert loss == pytest.approx(log[f"epoch:{len(log)}"]["valid info"]["loss"], rel=1e-4)
+    # The best epoch by val balanced accuracy (the first of equals), here not the last one.
+    accuracies = [entry["valid info"]["balanced accuracy"] for entry in log.values()]
+    best = accuracies.index(max(accuracies)) + 1
+    assert best < len(log)
+    loss, _ = saved_val_loss(run / "weights" / "best.keras", config)
+    assert loss == pytest.approx(log[f"epoch:{best}"]["valid info"]["loss"], rel=1e-4)
+    return last

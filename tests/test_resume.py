@@ -1,6 +1,7 @@
 """A run killed at any moment continues with --resume and ends with a complete run folder."""
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -14,11 +15,15 @@ from skin_keras.errors import UserError
 
 
 def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
+    # train.py with the demo flagfile (the README's first command) and a frozen backbone, so the
+    # head trains on cached features: epochs take milliseconds, and between the full model saved
+    # at epoch 1 and the end of the run only weights/head_checkpoint.npz is written.
     runs = tmp_path / "runs"
+    epochs = 30
     command = [sys.executable, str(REPO / "train.py"), "--flagfile=configs/demo.cfg",
                f"--data_train={tiny_dataset / 'train'}", f"--data_val={tiny_dataset / 'val'}",
-               f"--save_ret={runs}", "--img_size=32", "--epochs=6", "--batch_size=4",
-               "--freeze_layers", "--warmup_epochs=0"]
+               f"--save_ret={runs}", "--img_size=32", f"--epochs={epochs}", "--batch_size=4",
+               "--freeze_layers", "--warmup_epochs=0", f"--feature_cache={tmp_path / 'features'}"]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     log_path = runs / "exp1" / "log.json"
@@ -30,16 +35,23 @@ def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
     process.send_signal(signal.SIGKILL)  # A power cut: no handler runs.
     process.wait()
     completed = len(json.loads(log_path.read_text()))
-    assert 1 <= completed < 6, "the run should have been killed part way"
-
+    assert 1 <= completed < epochs, "the run should have been killed part way"
     run = runs / "exp1"
+    assert (run / "weights" / "head_checkpoint.npz").exists()
+
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), f"--flagfile={run / 'flags.cfg'}",
          f"--resume={run}"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming {run} after epoch {completed}" in result.stdout
+    assert re.search(rf"best epoch \d+/{epochs} by val_balanced_accuracy: val accuracy",
+                     result.stdout)
+    assert result.stdout.rstrip().endswith(f"run folder: {run}")
+    flagfile = (run / "flags.cfg").read_text().splitlines()
+    assert "--model=b0" in flagfile and "--freeze_layers" in flagfile  # demo.cfg, then overrides.
+    assert f"--data_train={tiny_dataset / 'train'}" in flagfile
     log = json.loads(log_path.read_text())
-    assert list(log) == [f"epoch:{n}" for n in range(1, 7)]  # Every epoch exactly once.
+    assert list(log) == [f"epoch:{n}" for n in range(1, epochs + 1)]  # Each epoch once.
     lrs = [entry["lr"] for entry in log.values()]
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] < lrs[completed - 1]  # Schedule went on.
     for name in ("weights/best.keras", "weights/last.keras", "confusion_matrix_val.png",

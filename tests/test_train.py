@@ -131,21 +131,6 @@ def run_train_script(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
-def test_train_script_with_the_demo_flagfile(tmp_path, tiny_dataset):
-    result = run_train_script(
-        "--flagfile=configs/demo.cfg", f"--data_train={tiny_dataset / 'train'}",
-        f"--data_val={tiny_dataset / 'val'}", f"--save_ret={tmp_path / 'runs'}", "--img_size=32",
-        "--epochs=1", "--warmup_epochs=0", "--batch_size=12")
-    assert result.returncode == 0, result.stderr[-2000:]
-    run = tmp_path / "runs" / "exp1"
-    assert (run / "weights" / "best.keras").exists()
-    assert f"run folder: {run}" in result.stdout
-    assert "best epoch 1/1 by val_balanced_accuracy" in result.stdout
-    flagfile = (run / "flags.cfg").read_text().splitlines()
-    assert "--model=b0" in flagfile and "--nofreeze_layers" in flagfile
-    assert f"--data_train={tiny_dataset / 'train'}" in flagfile
-
-
 @pytest.mark.parametrize("make_args, message", [
     (lambda tmp, data: [f"--data_train={tmp / 'missing'}"], r"dataset folder .*missing does not exist"),
     (lambda tmp, data: [f"--data_train={data / 'train'}", f"--data_val={tmp / 'val'}"],
