@@ -118,7 +118,7 @@ class FeatureCache:
         for indices, images in progress(dataset, f"{label}: {len(digests)} images x {views} "
                                         "view(s)", total=total):
             batch = np.stack([self._forward(view).numpy()
-                              for view in input_pipeline.dihedral_views(images)[:views]], axis=1)
+                              for view in input_pipeline.dihedral_views(images, views)], axis=1)
             for index, rows in zip(indices.numpy(), batch):
                 digest = digests[index]
                 computed[digest] = rows.astype(np.float32)

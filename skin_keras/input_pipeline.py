@@ -132,13 +132,16 @@ def light_augment(image: tf.Tensor) -> tf.Tensor:
     return tf.image.rot90(image, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
 
 
-def dihedral_views(images: tf.Tensor) -> list[tf.Tensor]:
-    """The eight flips/rotations of a batch [B, H, W, C], identity first: the views
-    `light_augment` draws from, test-time augmentation averages and the feature cache stores."""
-    transposed = tf.transpose(images, (0, 2, 1, 3))
-    return [images, tf.reverse(images, [2]), tf.reverse(images, [1]), tf.reverse(images, [1, 2]),
-            transposed, tf.reverse(transposed, [2]), tf.reverse(transposed, [1]),
-            tf.reverse(transposed, [1, 2])]
+def dihedral_views(images: tf.Tensor, count: int = 8) -> list[tf.Tensor]:
+    """The first `count` of the eight flips/rotations of a batch [B, H, W, C], identity first:
+    the views `light_augment` draws from, test-time augmentation averages and the feature cache
+    stores. Only those asked for are computed."""
+    bases = [images] + ([tf.transpose(images, (0, 2, 1, 3))] if count > 4 else [])
+    views = []
+    for index in range(count):
+        base, axes = bases[index // 4], ([], [2], [1], [1, 2])[index % 4]
+        views.append(tf.reverse(base, axes) if axes else base)
+    return views
 
 
 SAMPLINGS = ("natural", "balanced")

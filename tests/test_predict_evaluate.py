@@ -80,6 +80,10 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
         by_tflite, tflite_errors = inference.predict_files(tflite, paths, 4, tta, False)
         assert tflite_errors == keras_errors and sum(e is None for e in keras_errors) == 6
         np.testing.assert_allclose(by_tflite, by_keras, atol=1e-5)  # NaN rows match too.
+    # Batches larger than TFLiteRunner.CHUNK run in several calls, the last one smaller.
+    images = np.random.default_rng(0).uniform(0, 255, (11, loaded.img_size, loaded.img_size, 3))
+    np.testing.assert_allclose(tflite.predict_images(images), loaded.predict_images(images),
+                               atol=1e-5)
     auto = inference.select_backend(loaded, "auto", images=10)  # Now cached: TFLite.
     assert isinstance(auto.forward, inference.TFLiteRunner)
     assert auto.model is loaded.model  # Grad-CAM still has the Keras model.
