@@ -2,6 +2,7 @@ r"""Speed benchmarks of skin_keras, optionally side by side with the PyTorch/tor
 
     python benchmarks/run.py                          # skin_keras only
     python benchmarks/run.py --peer --peer_python=/path/to/peer-venv/bin/python
+    python benchmarks/run.py --peer --rounds=3 --only=train,predict    # medians of 3 rounds
 
 Run by hand (not in CI), on an otherwise idle machine. Prints one table and writes
 benchmarks/results.json. Each measurement runs in its own process (its peak memory is its own):
@@ -23,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -116,6 +118,10 @@ def main():
                         help="interpreter of the environment made from requirements-peer.txt")
     parser.add_argument("--only", default="train,frozen,predict,pipeline",
                         help="comma-separated subset of the measurements")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="repeat every measurement this many times, the two sides taking "
+                             "turns, and report medians (this VM's speed drifts by 10-20%% "
+                             "from minute to minute)")
     args = parser.parse_args()
     if not DATASET.exists():
         raise SystemExit(f"{DATASET} is absent: the benchmark needs the real 600 px images")
@@ -123,10 +129,6 @@ def main():
     workdir.mkdir(parents=True, exist_ok=True)
     data, classes = prepare_data(workdir)
     only = set(args.only.split(","))
-    common = [f"--model={args.model}", f"--img_size={args.img_size}",
-              f"--batch_size={args.batch_size}", f"--classes={len(classes)}"]
-    ours = [sys.executable, str(REPO / "benchmarks" / "measure_keras.py")]
-    peer = [args.peer_python, str(REPO / "benchmarks" / "measure_torch.py")]
     results = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                            "platform": platform.platform()},
                "settings": vars(args) | {"classes": classes,
@@ -138,8 +140,38 @@ def main():
     def record(side, name, value):
         if "versions" in value:
             results["machine"][f"{side} versions"] = value.pop("versions")
-        results[side][name] = value
+        results[side].setdefault(name, []).append(value)
         print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
+
+    for _ in range(args.rounds):
+        measure(args, only, data, workdir, classes, record)
+    for side in ("skin_keras", "peer"):
+        results[side] = {name: median_of(runs) for name, runs in results[side].items()}
+    out = REPO / "benchmarks" / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"wrote {out}")
+
+
+def median_of(runs: list[dict]) -> dict:
+    """The first run's fields with every number replaced by its median over the runs (all
+    runs kept under "rounds" when there are several)."""
+    merged = {}
+    for key, value in runs[0].items():
+        values = [run[key] for run in runs]
+        numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+        merged[key] = statistics.median(values) if numeric else value
+    if len(runs) > 1:
+        merged["rounds"] = runs
+    return merged
+
+
+def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str], record):
+    """One round of the selected measurements; `record(side, name, result)` keeps each."""
+    common = [f"--model={args.model}", f"--img_size={args.img_size}",
+              f"--batch_size={args.batch_size}", f"--classes={len(classes)}"]
+    ours = [sys.executable, str(REPO / "benchmarks" / "measure_keras.py")]
+    peer = [args.peer_python, str(REPO / "benchmarks" / "measure_torch.py")]
 
     if "train" in only:
         record("skin_keras", "train", run_json(ours + ["train", f"--steps={args.steps}"] + common))
@@ -177,10 +209,6 @@ def main():
             record("peer", "pipeline", run_json(
                 peer + ["pipeline", f"--data={data / 'train'}", f"--repeats={args.repeats}"]
                 + common))
-    out = REPO / "benchmarks" / "results.json"
-    out.write_text(json.dumps(results, indent=2) + "\n")
-    print_table(results)
-    print(f"wrote {out}")
 
 
 def print_table(results: dict) -> None:
@@ -213,6 +241,17 @@ def print_table(results: dict) -> None:
     print(f"\n{'':{width}}  {'skin_keras':>10}  {'peer':>10}  {'ratio':>7}")
     for name, our, their, ratio in rows:
         print(f"{name:{width}}  {our:>10}  {their:>10}  {ratio:>7}")
+    # With --rounds, each round's own ratio (the two sides measured minutes apart).
+    for name, peer_name, key, higher in (("train", "train", "img_s", True),
+                                         ("frozen_cold", "frozen", "seconds", False),
+                                         ("frozen_warm", "frozen", "seconds", False),
+                                         ("predict_tflite", "predict", "img_s", True)):
+        our_rounds = ours.get(name, {}).get("rounds")
+        their_rounds = peer.get(peer_name, {}).get("rounds")
+        if our_rounds and their_rounds:
+            ratios = [(o[key] / t[key] if higher else t[key] / o[key])
+                      for o, t in zip(our_rounds, their_rounds)]
+            print(f"{name} ratio by round: {', '.join(f'{r:.2f}x' for r in ratios)}")
 
 
 if __name__ == "__main__":
