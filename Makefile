@@ -1,10 +1,11 @@
 # make demo   creates .venv, installs requirements, makes a synthetic demo dataset, trains on it
-# make test   creates .venv if needed, runs the test suite
+# make test   creates .venv if needed, runs the whole test suite (what CI runs)
+# make test-fast   the same without the end-to-end tests marked slow (about a minute)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test clean-demo
+.PHONY: venv demo test test-fast clean-demo
 
 venv: $(VENV)/.installed
 
@@ -21,6 +22,9 @@ demo: venv data/demo/train
 
 test: venv
 	$(PY) -m pytest -q tests
+
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow" tests
 
 clean-demo:
 	rm -rf data/demo

@@ -45,10 +45,10 @@ def measure_train(args) -> dict:
 
 def measure_predict(args) -> dict:
     """inference.predict_files on the folder (decode, resize, model), median of repeats."""
-    from skin_keras import inference  # pylint: disable=g-import-not-at-top
+    from skin_keras import artifacts, inference  # pylint: disable=g-import-not-at-top
 
     paths = inference.list_sources(args.data.split(","))
-    loaded = inference.load_model(args.model_path)
+    loaded = artifacts.load_model(args.model_path)
     start = time.perf_counter()
     loaded = inference.select_backend(loaded, args.backend, len(paths))
     convert = time.perf_counter() - start

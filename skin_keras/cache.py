@@ -1,5 +1,6 @@
 """Where skin_keras keeps what is costly to recompute: ~/.cache/skin_keras, or $SKIN_KERAS_CACHE."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,3 +27,12 @@ def memoized(name: str, key: str, compute):
         except OSError:  # A read-only home: nothing is cached, nothing breaks.
             pass
     return table[key]
+
+
+def file_sha1(path: str | Path) -> str:
+    """The SHA-1 of a file's content: what caches of per-file results are keyed by."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

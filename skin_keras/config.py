@@ -1,131 +1,190 @@
-"""The typed configuration of a training run.
+"""The typed configuration of a training run: the one declaration of every train.py flag.
 
-Field names are the command-line flag names of `train.py`, and the defaults here are the flags'
-defaults (train.py reads them from this class), so a config, its flags and the `flags.cfg`
-written into every run folder are one and the same thing.
+Each field's type, default, allowed values and help text are declared here with `option()`;
+train.py generates its flags from this class, `flags.cfg` and `train_params.json` are written
+from an instance of it, and `--resume` compares instances. Paths are made absolute when the
+config is built, so all three see the same value. No TensorFlow here: a config can be built,
+checked and printed without loading it.
 """
 
 import dataclasses
-import os
 
-from skin_keras.distribute import STRATEGIES
+from skin_keras import cache
 from skin_keras.errors import UserError
-from skin_keras.metrics import SUMMARY_KEYS
-from skin_keras.models import BACKBONES
+from skin_keras.log_schema import MONITORS
+from skin_keras.options import canonical_choice, check_options, check_range, option, \
+    resolve_paths, to_flagfile
 
+# --model value -> (keras.applications constructor name, the size it was designed for).
+BACKBONES = {
+    "s": ("EfficientNetV2S", 384),
+    "m": ("EfficientNetV2M", 480),
+    "l": ("EfficientNetV2L", 480),
+    "b0": ("EfficientNetV2B0", 224),
+    "b1": ("EfficientNetV2B1", 240),
+    "b2": ("EfficientNetV2B2", 260),
+    "b3": ("EfficientNetV2B3", 300),
+}
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SAMPLINGS = ("natural", "balanced")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
-MONITORS = ("val_loss",) + tuple(f"val_{key}" for key in SUMMARY_KEYS)
-# Fields that hold file system paths: flags.cfg stores them absolute so it replays from anywhere.
-_PATH_FIELDS = ("data_train", "data_val", "save_ret")
+STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+COLOR_CONSTANCY = ("none", "gray_world", "shades_of_gray")
+MAX_EPOCHS = 100000
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything that defines a training run (see train.py --help for each field)."""
+    """Everything that defines a training run; `python train.py --helpshort` shows each field."""
 
-    data_train: str = "data/train"
-    data_val: str = "data/val"
-    save_ret: str = "runs"
-    model: str = "s"
-    weights: str = "imagenet"
-    freeze_layers: bool = True
-    img_size: int = 224
-    dropout: float = 0.2
-    batch_size: int = 16
-    epochs: int = 50
-    optim: str = "SGD"
-    lr: float = 0.01
-    lrf: float = 0.001
-    warmup_epochs: int = 0
-    weight_decay: float = 5e-5
-    label_smoothing: float = 0.0
-    monitor: str = "val_balanced_accuracy"
-    class_weight: str = "none"
-    sampling: str = "natural"
-    patience: int = 0
-    precision: str = "float32"
-    strategy: str = "auto"
-    crop_scale: float = 1.0
-    rotation: bool = False
-    color_jitter: float = 0.0
-    randaugment_magnitude: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-    progressive_stages: int = 1
-    min_img_size: int = 0
-    min_dropout: float = 0.1
-    min_randaugment_magnitude: float = 0.0
-    min_mixup_alpha: float = 0.0
-    finetune_epochs: int = 0
-    unfreeze_blocks: int = 0
-    finetune_lr: float = 0.001
-    feature_cache: str = "~/.cache/skin_keras/features"
-    cache_views: int = 1
-    seed: int = 0
-    deterministic: bool = False
-    resume: str = ""
+    # --- Data ---
+    data_train: str = option("data/train", "Training set: a folder with one sub-folder per "
+                             "class.", path=True)
+    data_val: str = option("data/val", "Validation set, with the same class folders as "
+                           "--data_train.", path=True)
+    save_ret: str = option("runs", "Where run folders go: each run writes a new "
+                           "<save_ret>/expN.", path=True)
+    img_size: int = option(224, "Images are resized to img_size x img_size.", low=32, high=2048)
+    # --- Model ---
+    model: str = option("s", "EfficientNetV2 variant: s, m, l (the seed's three) or b0-b3 "
+                        "(small, for phones and quick runs).", choices=BACKBONES)
+    weights: str = option(
+        "imagenet", "imagenet (Keras downloads and caches them), none (random init) or a path "
+        "to a backbone weights file (.weights.h5, or Keras' efficientnetv2-*_notop.h5) for "
+        "machines offline.", path=True, keywords=("imagenet", "none"))
+    freeze_layers: bool = option(True, "Freeze the backbone (inference mode) and train only the "
+                                 "head, as the seed does.")
+    dropout: float = option(0.2, "Dropout rate before the last layer.", low=0.0, high=0.99)
+    color_constancy: str = option(
+        "none", "Colour constancy as the model's first layer (so prediction and exports apply it "
+        "too): none, gray_world or shades_of_gray (Minkowski norm --cc_power).",
+        choices=COLOR_CONSTANCY)
+    cc_power: float = option(6.0, "p of shades_of_gray (6 as in the ISIC literature).",
+                             low=1.0, high=64.0)
+    # --- Optimisation ---
+    batch_size: int = option(16, "Images per batch (the global batch under --strategy).",
+                             low=1, high=65536)
+    epochs: int = option(50, "Training epochs.", low=1, high=MAX_EPOCHS)
+    optim: str = option("SGD", "SGD (momentum 0.9), Adam or AdamW.", choices=OPTIMIZERS,
+                        case_sensitive=False)
+    lr: float = option(0.01, "Initial learning rate (peak, after warm-up).")
+    lrf: float = option(0.001, "Final learning rate = lr * lrf, reached by a cosine schedule.",
+                        low=0.0, high=1.0)
+    warmup_epochs: int = option(0, "Epochs of linear warm-up from 0 to lr (fewer than "
+                                "--epochs).", low=0)
+    weight_decay: float = option(5e-5, "Decoupled weight decay of the optimizer.", low=0.0,
+                                 high=1.0)
+    label_smoothing: float = option(0.0, "Label smoothing of the cross-entropy loss.", low=0.0,
+                                    high=0.99)
+    monitor: str = option("val_balanced_accuracy", "Validation metric that picks "
+                          "weights/best.keras (val_balanced_accuracy is ISIC's metric).",
+                          choices=MONITORS, kind="a validation metric")
+    class_weight: str = option("none", "Loss weight per class from the training counts: none, "
+                               "balanced (N / (C * n_c)) or sqrt (its square root); logged in "
+                               "train_params.json.", choices=CLASS_WEIGHTS)
+    sampling: str = option("natural", "natural: each image once per epoch; balanced: draw every "
+                           "class with the same probability.", choices=SAMPLINGS)
+    patience: int = option(0, "Stop when --monitor has not improved for this many epochs (0: "
+                           "never stop early).", low=0, high=MAX_EPOCHS)
+    precision: str = option("float32", "Compute dtype: float32, or mixed precision (float16 on "
+                            "GPUs, bfloat16 on TPUs and recent CPUs); weights and the softmax "
+                            "output stay float32.", choices=PRECISIONS)
+    strategy: str = option("auto", "tf.distribute strategy: auto (several GPUs: mirrored; else "
+                           "one device), one_device, mirrored (all GPUs, else all logical CPUs) "
+                           "or tpu (TPU_NAME); multi_worker is refused (Keras 3 fit() fails "
+                           "under it, see README). --batch_size is the global batch.",
+                           choices=STRATEGIES)
+    # --- Augmentation (training only, in the input pipeline; all off by default) ---
+    crop_scale: float = option(1.0, "Random resized crop keeping at least this fraction of the "
+                               "area (1.0 = off).", low=0.05, high=1.0)
+    crop_aspect: float = option(4 / 3, "Largest aspect ratio of that crop (its inverse the "
+                                "smallest).", low=1.0, high=4.0)
+    zoom_out: float = option(1.0, "Zoom out by up to this factor: the image shrinks inside a "
+                             "border filled by reflection (1.0 = off).", low=1.0, high=2.5)
+    rotation: bool = option(False, "Random rotation by any angle (borders reflected).")
+    color_jitter: float = option(0.0, "Strength of random brightness/contrast/saturation/hue "
+                                 "changes (0 = off).", low=0.0, high=0.9)
+    illuminant_jitter: float = option(0.0, "Random white balance: each channel times exp(u), u "
+                                      "in [-s, s] (0 = off).", low=0.0, high=1.0)
+    gamma_jitter: float = option(0.0, "Random tone curve (x/255)^g, g = exp(u), u in [-s, s] "
+                                 "(0 = off).", low=0.0, high=1.0)
+    vignette_prob: float = option(0.0, "Probability of a dark circular field of view or black "
+                                  "corners (a contact dermatoscope's; 0 = off).", low=0.0,
+                                  high=1.0)
+    blur_prob: float = option(0.0, "Probability of down-scaling to 30-80% and back (a softer "
+                              "camera; 0 = off).", low=0.0, high=1.0)
+    jpeg_prob: float = option(0.0, "Probability of JPEG re-compression at quality 30-90 "
+                              "(0 = off).", low=0.0, high=1.0)
+    randaugment_magnitude: float = option(0.0, "keras.layers.RandAugment factor in (0, 1] "
+                                          "(0 = off).", low=0.0, high=1.0)
+    mixup_alpha: float = option(0.0, "MixUp alpha (0 = off); labels become soft.", low=0.0,
+                                high=10.0)
+    cutmix_alpha: float = option(0.0, "CutMix factor (0 = off); with MixUp too, each batch gets "
+                                 "one of the two.", low=0.0, high=10.0)
+    # --- Progressive learning (EfficientNetV2): small images, weak regularisation first ---
+    progressive_stages: int = option(1, "Split training into N stages whose image size and "
+                                     "regularisation grow linearly (1 = off).", low=1)
+    min_img_size: int = option(0, "Image size of the first stage (0: half --img_size).", low=0)
+    min_dropout: float = option(0.1, "Dropout of the first stage (grows to --dropout).", low=0.0)
+    min_randaugment_magnitude: float = option(
+        0.0, "RandAugment factor of the first stage (grows to --randaugment_magnitude).", low=0.0)
+    min_mixup_alpha: float = option(0.0, "MixUp alpha of the first stage (grows to "
+                                    "--mixup_alpha).", low=0.0)
+    # --- Staged fine-tuning: after --epochs with a frozen backbone ---
+    finetune_epochs: int = option(0, "Epochs of fine-tuning after the frozen-head epochs (0 = "
+                                  "none); needs --freeze_layers.", low=0, high=MAX_EPOCHS)
+    unfreeze_blocks: int = option(0, "How many of the backbone's top blocks fine-tuning trains "
+                                  "(0 = all); BatchNorm stays frozen.", low=0, high=7)
+    finetune_lr: float = option(0.001, "Peak learning rate of the fine-tuning phase.")
+    # --- Frozen-backbone feature cache ---
+    feature_cache: str = option(
+        "auto", "With a frozen backbone and no augmentation beyond flips/rotations, compute "
+        "each image's pooled backbone features once, keep them in this folder (keyed by file "
+        "content, model, weights, size, precision) and train the head on them. auto = "
+        "<cache>/features (~/.cache/skin_keras or $SKIN_KERAS_CACHE); none = off.",
+        path=True, keywords=("none",))
+    cache_views: int = option(1, "Flips/rotations cached per training image (1-8); each epoch "
+                              "draws one of them. 1 = the image as it is (fastest), 8 = all "
+                              "that the uncached pipeline draws from.", low=1, high=8)
+    # --- Run ---
+    seed: int = option(0, "Random seed (shuffling, init, augmentation).")
+    deterministic: bool = option(False, "Same flags and data give the same batches and "
+                                 "augmentations (slower input pipeline). For bit-identical runs "
+                                 "on GPUs, also set TF_DETERMINISTIC_OPS=1.")
+    resume: str = option("", "Continue an interrupted run folder from its last completed "
+                         "epoch, with the run's own flags: train.py "
+                         "--flagfile=runs/expN/flags.cfg --resume=runs/expN", path=True)
 
     def __post_init__(self):
-        _check_range("epochs", self.epochs, 1, 100000)  # Other checks depend on it.
-        if self.model not in BACKBONES:
-            raise UserError(f"unknown --model={self.model}; choose one of {', '.join(BACKBONES)}")
-        if self.optim.lower() not in {name.lower() for name in OPTIMIZERS}:
-            raise UserError(f"unknown --optim={self.optim}; choose one of {', '.join(OPTIMIZERS)}")
-        if self.monitor not in MONITORS:
-            raise UserError(f"--monitor={self.monitor} is not a validation metric; choose one of "
-                            f"{', '.join(MONITORS)}")
-        if self.class_weight not in CLASS_WEIGHTS:
-            raise UserError(f"unknown --class_weight={self.class_weight}; choose one of "
-                            f"{', '.join(CLASS_WEIGHTS)}")
-        if self.sampling not in SAMPLINGS:
-            raise UserError(f"unknown --sampling={self.sampling}; choose one of "
-                            f"{', '.join(SAMPLINGS)}")
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown --precision={self.precision}; choose one of "
-                            f"{', '.join(PRECISIONS)}")
-        if self.strategy not in STRATEGIES:
-            raise UserError(f"unknown --strategy={self.strategy}; choose one of "
-                            f"{', '.join(STRATEGIES)}")
-        _check_range("patience", self.patience, 0, 100000)
-        _check_range("cache_views", self.cache_views, 1, 8)
-        _check_range("crop_scale", self.crop_scale, 0.05, 1.0)
-        _check_range("color_jitter", self.color_jitter, 0.0, 0.9)
-        _check_range("randaugment_magnitude", self.randaugment_magnitude, 0.0, 1.0)
-        _check_range("mixup_alpha", self.mixup_alpha, 0.0, 10.0)
-        _check_range("cutmix_alpha", self.cutmix_alpha, 0.0, 10.0)
-        _check_range("progressive_stages", self.progressive_stages, 1, self.epochs)
-        _check_range("finetune_epochs", self.finetune_epochs, 0, 100000)
-        _check_range("unfreeze_blocks", self.unfreeze_blocks, 0, 7)
+        if self.feature_cache == "auto":
+            object.__setattr__(self, "feature_cache", str(cache.cache_root() / "features"))
+        check_options(self)
+        object.__setattr__(self, "optim", canonical_choice("optim", self.optim, OPTIMIZERS,
+                                                           case_sensitive=False))
+        resolve_paths(self)
+        # Checks that involve several fields.
+        check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
+        check_range("progressive_stages", self.progressive_stages, 1, self.epochs)
         if self.finetune_epochs and not self.freeze_layers:
             raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
                             "--freeze_layers (use --nofreeze_layers alone to train everything)")
-        if not self.finetune_lr > 0:
-            raise UserError(f"--finetune_lr must be positive, got {self.finetune_lr}")
+        for name in ("lr", "finetune_lr"):
+            if not getattr(self, name) > 0:
+                raise UserError(f"--{name} must be positive, got {getattr(self, name)}")
         if self.progressive_stages > 1:
-            _check_range("min_img_size", self.min_img_size, 0, self.img_size)
+            check_range("min_img_size", self.min_img_size, 0, self.img_size)
             if 0 < self.min_img_size < 32:
                 raise UserError(f"--min_img_size={self.min_img_size}: at least 32 (0: half of "
                                 "--img_size)")
-            _check_range("min_dropout", self.min_dropout, 0.0, self.dropout)
-            _check_range("min_randaugment_magnitude", self.min_randaugment_magnitude, 0.0,
-                         self.randaugment_magnitude)
-            _check_range("min_mixup_alpha", self.min_mixup_alpha, 0.0, self.mixup_alpha)
-        _check_range("img_size", self.img_size, 32, 2048)
-        _check_range("batch_size", self.batch_size, 1, 65536)
-        _check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
-        _check_range("dropout", self.dropout, 0.0, 0.99)
-        _check_range("label_smoothing", self.label_smoothing, 0.0, 0.99)
-        _check_range("lrf", self.lrf, 0.0, 1.0)
-        _check_range("weight_decay", self.weight_decay, 0.0, 1.0)
-        if not self.lr > 0:
-            raise UserError(f"--lr must be positive, got {self.lr}")
+            check_range("min_dropout", self.min_dropout, 0.0, self.dropout)
+            check_range("min_randaugment_magnitude", self.min_randaugment_magnitude, 0.0,
+                        self.randaugment_magnitude)
+            check_range("min_mixup_alpha", self.min_mixup_alpha, 0.0, self.mixup_alpha)
 
     @property
     def augmentation(self):
-        from skin_keras.input_pipeline import Augmentation  # pylint: disable=g-import-not-at-top
+        from skin_keras.augmentation import Augmentation  # pylint: disable=g-import-not-at-top
 
         # Its fields are flags of the same names.
         return Augmentation(**{field.name: getattr(self, field.name)
@@ -144,35 +203,14 @@ class TrainConfig:
             return "the backbone trains (--nofreeze_layers)"
         if self.progressive_stages > 1:
             return "progressive stages change the image size"
-        for name, off in (("crop_scale", 1.0), ("rotation", False), ("color_jitter", 0.0),
-                          ("randaugment_magnitude", 0.0), ("mixup_alpha", 0.0),
-                          ("cutmix_alpha", 0.0)):
-            if getattr(self, name) != off:
-                return f"--{name} changes the images every epoch"
+        changing = self.augmentation.changes_images()
+        if changing:
+            return f"--{changing[0]} changes the images every epoch"
         return None
-
-    @property
-    def optimizer_name(self) -> str:
-        """The canonical spelling of `optim` (the flag accepts any letter case)."""
-        return next(name for name in OPTIMIZERS if name.lower() == self.optim.lower())
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     def to_flagfile(self) -> str:
         """An absl flagfile that replays this config: `python train.py --flagfile=flags.cfg`."""
-        lines = []
-        for name, value in self.to_dict().items():
-            if isinstance(value, bool):
-                lines.append(f"--{name}" if value else f"--no{name}")
-                continue
-            if name in _PATH_FIELDS or (name == "weights" and os.path.isfile(value)) or (
-                    name == "feature_cache" and value != "none"):
-                value = os.path.abspath(os.path.expanduser(value))
-            lines.append(f"--{name}={value}")
-        return "\n".join(lines) + "\n"
-
-
-def _check_range(name: str, value, low, high) -> None:
-    if not low <= value <= high:
-        raise UserError(f"--{name}={value} is out of range [{low}, {high}]")
+        return to_flagfile(self)

@@ -16,9 +16,8 @@ import os
 
 import tensorflow as tf
 
+from skin_keras.config import STRATEGIES
 from skin_keras.errors import UserError
-
-STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 
 
 def _accelerators() -> list[str]:

@@ -2,4 +2,7 @@
 
 
 class UserError(ValueError):
-    """Bad input from the user: scripts print its message as one line and exit non-zero."""
+    """Bad input from the user: scripts print its message as one line and exit non-zero
+    (`exit_code`: 2, unless a subclass says otherwise)."""
+
+    exit_code = 2

@@ -6,6 +6,7 @@ AUC (one class against the rest, from the probabilities) and support.
 """
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import matplotlib
@@ -15,8 +16,25 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from skin_keras import atomic, folders, inference, metrics, reports
+from skin_keras import (atomic, decode_check, folders, inference, metrics, outputs, reports,
+                        robustness, shifts)
+from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
+from skin_keras.options import option
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateConfig(inference.ModelRunConfig):
+    """evaluate.py's flags."""
+
+    data: str = option(None, "Labelled images: one sub-folder per class, named as the model's "
+                       "classes (a class may be absent or empty).", required=True)
+    output: str = option(None, "Folder for the report (default: <model run folder>/eval_<data "
+                         "folder>).")
+    shifts: tuple[str, ...] = option(
+        (), "Robustness report: also score the images under these shifts (comma-separated, or "
+        f"all): {', '.join(shifts.NAMES)}. Writes robustness.json and robustness.png.",
+        choices=("all",) + shifts.NAMES)
 
 
 def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> list:
@@ -87,29 +105,44 @@ def write_misclassified(paths, labels, probabilities, class_names, path: Path) -
     return len(wrong)
 
 
-def evaluate(loaded: inference.LoadedModel, data: str | Path, output: str | Path,
-             batch_size: int = 32, tta: int = 1, explain: bool = False,
-             backend: str = "auto") -> dict:
-    """Scores `loaded` on the class folders in `data`; writes the report files to `output`."""
-    output = Path(output)
+def labelled_folder(loaded: LoadedModel, data: str | Path) -> folders.ImageFolder:
+    """The labelled set in `data`, in the model's class order, every file fully decoded once."""
     folder = folders.scan_image_folder(data, class_names=loaded.class_names,
                                        allow_missing_classes=True)
-    print(folders.describe(folder, "evaluating"))
+    return decode_check.set_aside_undecodable(folder, "evaluating")
+
+
+def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
+             batch_size: int = 32, tta: int = 1, explain: bool = False,
+             backend: str = "auto", folder: folders.ImageFolder | None = None,
+             quiet: bool = False) -> dict:
+    """Scores `loaded` on the class folders in `data` (or the already scanned `folder`); writes
+    the report files to `output`."""
+    output = Path(output)
+    folder = folder or labelled_folder(loaded, data)
+    if not quiet:
+        print(folders.describe(folder, "evaluating"))
     paths = [Path(p) for p in folder.paths]
     loaded = inference.select_backend(loaded, backend, len(paths) * tta)
-    probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta)
+    probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta,
+                                                    show_progress=not quiet)
+    if any(error == inference.MODEL_NAN for error in errors):
+        raise UserError(f"{loaded.source} produced NaN for "
+                        f"{sum(error == inference.MODEL_NAN for error in errors)} of the images "
+                        f"in {data}: the model is broken (e.g. from a diverged training run)")
     ok = np.array([error is None for error in errors], dtype=bool)
     if not ok.any():
         raise UserError(f"no image in {data} could be read")
     rows = inference.prediction_rows(paths, probabilities, errors, loaded.class_names)
     output.mkdir(parents=True, exist_ok=True)
-    inference.write_predictions(rows, loaded.class_names, output)
+    outputs.write_predictions(rows, loaded.class_names, output)
 
     labels, probabilities = folder.labels[ok], probabilities[ok]
     kept = [str(p) for p, good in zip(paths, ok) if good]
     report = metrics_report(labels, probabilities, loaded.class_names, tta)
     report["model"] = str(loaded.source)
     report["data"] = str(data)
+    report["decode warnings"] = [f"{p}: {w}" for p, w in folder.decode_warnings]
     report["bad files"] = [f"{p}: {r}" for p, r in folder.bad_files] + [
         f"{p}: {e}" for p, e in zip(paths, errors) if e]
     report["misclassified"] = write_misclassified(kept, labels, probabilities, loaded.class_names,
@@ -120,7 +153,7 @@ def evaluate(loaded: inference.LoadedModel, data: str | Path, output: str | Path
                                   title=f"{data} ({tta} TTA view{'s' if tta > 1 else ''})")
     plot_roc_curves(labels, probabilities, loaded.class_names, output / "roc_curves.png")
     if explain:
-        inference.explain_files(loaded, rows, output / "explain", batch_size)
+        outputs.explain_files(loaded, rows, output / "explain", batch_size)
     return report
 
 
@@ -142,17 +175,39 @@ def describe(report: dict, class_names) -> str:
 
 def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | Path | None = None,
                         batch_size: int = 32, tta: int = 1, explain: bool = False,
-                        backend: str = "auto") -> dict:
-    """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report.
+                        backend: str = "auto", shift_names=()) -> dict:
+    """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report;
+    with `shift_names`, also under those shifts (the robustness report, returned instead).
 
     Without `output`, the report goes to <run folder>/eval_<name of the data folder>.
     """
-    loaded = inference.load_model(model_path)
+    loaded = load_model(model_path)
     if output is None:
         run_dir = loaded.source.parent.parent if loaded.source.parent.name == "weights" else (
             loaded.source.parent)
         output = run_dir / f"eval_{Path(data).resolve().name}"
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output={output} is a file, not a folder")
+    if shift_names:
+        def score(folder, into, quiet):
+            return evaluate(loaded, data, into, batch_size, tta, explain and not quiet, backend,
+                            folder=folder, quiet=quiet)
+
+        result = robustness.robustness_report(
+            score, labelled_folder(loaded, data), shift_names, output,
+            {"model": str(loaded.source), "data": str(data)})
+        print(robustness.describe(result))
+        print(f"report written to {output}")
+        return result
     report = evaluate(loaded, data, output, batch_size, tta, explain, backend)
     print(describe(report, loaded.class_names))
     print(f"report written to {output}")
     return report
+
+
+def run_evaluate(config: EvaluateConfig) -> dict:
+    return evaluate_model_path(config.model_path, config.data, config.output,
+                               batch_size=config.batch_size, tta=config.tta,
+                               explain=config.explain, backend=config.backend,
+                               shift_names=config.shifts)

@@ -13,7 +13,6 @@ training used, so preprocessing cannot drift. TFLite files may contain TFLite bu
 """
 
 import dataclasses
-import functools
 import logging
 import os
 import re
@@ -26,10 +25,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, folders, inference, input_pipeline
+from skin_keras import atomic, folders, input_pipeline, litert
+from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
+from skin_keras.options import check_options, option
 
-FORMATS = ("saved_model", "tflite_fp32", "tflite_fp16", "tflite_dynamic", "tflite_int8")
+FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS)
 # Float and weight-only TFLite files must agree with Keras on at least this share of top-1 labels.
 MIN_TOP1_AGREEMENT = 0.99
 
@@ -40,16 +41,21 @@ class ExportError(UserError):
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig:
-    """What `export` does (see `python export.py --help`)."""
+    """What `export` does (export.py's flags)."""
 
-    model_path: str
-    output: str
-    data_val: str
-    formats: tuple[str, ...] = ("saved_model", "tflite_fp16")
-    name: str = "skin"
-    version: int = 0  # 0: the next free version number.
-    parity_images: int = 200
-    calibration_images: int = 100
+    model_path: str = option(None, "Run folder (uses weights/best.keras) or a .keras file.",
+                             required=True)
+    output: str = option("exports/skin", "Folder for the exported artifacts.")
+    data_val: str = option(None, "Class-folder images for the parity check and int8 "
+                           "calibration.", required=True)
+    formats: tuple[str, ...] = option(("saved_model", "tflite_fp16"),
+                                      f"Comma-separated: {', '.join(FORMATS)}.")
+    name: str = option("skin", "Model name (TF Serving's model_name, file names).")
+    version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
+    parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
+                                "to Keras.", low=1)
+    calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8.",
+                                     low=1)
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -58,10 +64,18 @@ class ExportConfig:
                             f"from {', '.join(FORMATS)}")
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise UserError(f"--name={self.name}: use letters, digits, '_', '-' or '.'")
-        if self.version < 0:
-            raise UserError(f"--version={self.version} must be positive (or 0 for the next one)")
-        if self.parity_images < 1 or self.calibration_images < 1:
-            raise UserError("--parity_images and --calibration_images must be at least 1")
+        check_options(self)
+
+
+def check_output_folder(output: Path) -> None:
+    """UserError now, before minutes of conversion, when `output` cannot become a folder."""
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--output={output}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"--output={output}: {folder} is not writable")
+            return
 
 
 # --- SavedModel for TF Serving ---
@@ -79,7 +93,7 @@ def next_version(model_base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def write_saved_model(loaded: inference.LoadedModel, model_base: Path, version: int) -> Path:
+def write_saved_model(loaded: LoadedModel, model_base: Path, version: int) -> Path:
     """Writes <model_base>/<version>/ with both serving signatures and assets/labels.txt."""
     target = model_base / str(version)
     if target.exists():
@@ -115,88 +129,28 @@ def write_saved_model(loaded: inference.LoadedModel, model_base: Path, version: 
 
 # --- TFLite for phones ---
 
-def tflite_source(loaded: inference.LoadedModel, folder: str) -> str:
-    """Writes the Keras model with a fixed [1, H, W, 3] float32 input as a SavedModel for the
-    TFLite converter (tracing it once serves every kind of conversion); returns `folder`."""
-    size, model = loaded.img_size, loaded.require_keras("Export")
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                         input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32,
-                                                        name="image")])
-    archive.write_out(folder, verbose=False)
-    return folder
-
-
-def convert_tflite(loaded: inference.LoadedModel, kind: str, calibration_paths: list[str],
-                   source: str | None = None) -> bytes:
-    """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32).
-
-    `source` is a folder written by `tflite_source` (one is made when it is None).
-    """
-    if source is None:
-        with tempfile.TemporaryDirectory() as folder:
-            return convert_tflite(loaded, kind, calibration_paths, tflite_source(loaded, folder))
-    converter = tf.lite.TFLiteConverter.from_saved_model(source)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if kind != "fp32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if kind == "fp16":
-        converter.target_spec.supported_types = [tf.float16]
-    if kind == "int8":
-        def representative_images():
-            for path in calibration_paths:
-                yield [input_pipeline.load_image(tf.constant(path), loaded.img_size)[None]]
-
-        converter.representative_dataset = representative_images
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-    return converter.convert()
-
-
-def op_names(model_content: bytes) -> set[str]:
-    interpreter = inference.TFLiteRunner(model_content).interpreter
-    return {op["op_name"] for op in interpreter._get_ops_details()}  # pylint: disable=protected-access
-
-
-def check_builtin_ops(model_content: bytes, kind: str) -> None:
-    """Fails when the model needs ops outside the TFLite built-ins (Flex or custom ops)."""
-    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
-
-    model = schema.ModelT.InitFromPackedBuf(model_content, 0)
-    custom = sorted({code.customCode.decode() if isinstance(code.customCode, bytes)
-                     else str(code.customCode)
-                     for code in model.operatorCodes
-                     if max(code.builtinCode, code.deprecatedBuiltinCode)
-                     == schema.BuiltinOperator.CUSTOM})
-    if custom:
-        raise ExportError(f"tflite_{kind} needs ops that are not TFLite built-ins: "
-                          f"{', '.join(custom)}")
-
-
 def tflite_predict(model_content: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
     """Probabilities of each image [N, H, W, 3] in [0, 255], and the mean seconds per image."""
-    runner = inference.TFLiteRunner(model_content)
+    runner = litert.TFLiteRunner(model_content)
     start = time.perf_counter()
     probabilities = runner(images)
     return probabilities, (time.perf_counter() - start) / len(images)
 
 
-def write_tflite(loaded: inference.LoadedModel, kind: str, model_content: bytes, folder: Path,
+def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: Path,
                  name: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}_{kind}.tflite"
     atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(model_content))
     atomic.write_text_atomic(folder / "labels.txt", "\n".join(loaded.class_names) + "\n")
-    size = loaded.img_size
+    info, size = loaded.info, loaded.img_size
     atomic.write_json_atomic(folder / "metadata.json", {
-        "model": loaded.model.name,
+        "model": info.architecture,
         "format": f"tflite_{kind}",
         "file": path.name,
         "input": {"shape": [1, size, size, 3], "dtype": "uint8" if kind == "int8" else "float32",
-                  "value range": [0, 255], "channels": "RGB",
-                  "preprocessing": "resize the whole image to the input size (no crop), "
-                                   "bilinear with antialiasing; no scaling (the model rescales)"},
+                  **info.input},
+        "preprocessing inside the model": info.preprocessing,
         "output": {"shape": [1, len(loaded.class_names)], "dtype": "float32",
                    "meaning": "class probabilities, in the order of labels.txt"},
         "class_names": loaded.class_names,
@@ -223,9 +177,10 @@ def sample_images(folder: folders.ImageFolder, count: int, seed: int = 0) -> lis
 
 def export(config: ExportConfig) -> dict:
     """Writes every requested artifact, checks each against the Keras model, returns the report."""
-    loaded = inference.load_model(config.model_path)
-    loaded.require_keras("Export")
     output = Path(config.output)
+    check_output_folder(output)
+    loaded = load_model(config.model_path)
+    model = loaded.require_keras("Export")
 
     # --- Images for parity and calibration ---
     val = folders.scan_image_folder(config.data_val, class_names=loaded.class_names,
@@ -258,13 +213,16 @@ def export(config: ExportConfig) -> dict:
         else:
             kind = fmt.removeprefix("tflite_")
             calibration = [val.paths[i] for i in sample_images(val, config.calibration_images, 1)]
-            source = source or tflite_source(loaded, scratch.name)
-            content = convert_tflite(loaded, kind, calibration, source)
-            check_builtin_ops(content, kind)
+            source = source or litert.traced_source(model, scratch.name)
+            content = litert.convert(model, kind, calibration, source)
+            if litert.custom_ops(content):
+                raise ExportError(f"{fmt} needs ops that are not TFLite built-ins: "
+                                  f"{', '.join(litert.custom_ops(content))}")
             path = write_tflite(loaded, kind, content, output / fmt, config.name)
             probabilities, latency = tflite_predict(content, images)
             entry = {"path": str(path), "file size bytes": path.stat().st_size,
-                     "mean latency ms": 1000 * latency, "ops": sorted(op_names(content)),
+                     "mean latency ms": 1000 * latency,
+                     "ops": sorted(litert.TFLiteRunner(content).op_names()),
                      **parity(reference, probabilities, labels)}
         report["artifacts"][fmt] = entry
         if entry["top1 agreement"] < MIN_TOP1_AGREEMENT:

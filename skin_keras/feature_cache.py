@@ -5,13 +5,14 @@ backbone again. Instead, the pooled backbone features of each image are computed
 trains on them; the run folder is the same as without the cache (the full model with the trained
 head is saved).
 
-    <cache root>/<backbone>_<size>px_<precision>_<weights fingerprint>/<file sha1>.npy
+    <cache root>/<backbone>_<size>px_<precision>[_<preprocessing>]_<weights fingerprint>/<sha1>.npy
 
 Each .npy holds [views, D] float32 features of one file's content: view v is
 `input_pipeline.dihedral_views`' v-th flip/rotation of the image resized to `size`. The folder
 name covers what changes the features besides the file (architecture, every weight value, input
-size, compute precision), so a cache is never stale: another run on the same files starts
-without computing anything, whatever its head hyper-parameters.
+size, compute precision, the model's preprocessing layers such as colour constancy), so a cache
+is never stale: another run on the same files starts without computing anything, whatever its
+head hyper-parameters.
 """
 
 import hashlib
@@ -23,7 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, input_pipeline, models
+from skin_keras import atomic, cache, input_pipeline, models
 from skin_keras.progress import progress
 
 
@@ -35,29 +36,6 @@ def weights_fingerprint(model: keras.Model) -> str:
     return digest.hexdigest()[:16]
 
 
-def file_sha1(path: str | Path) -> str:
-    digest = hashlib.sha1()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def feature_model(model: keras.Model) -> keras.Model:
-    """Images -> pooled backbone features (the input of the head's dropout layer)."""
-    return keras.Model(model.input, model.get_layer(models.HEAD_LAYERS[0]).output)
-
-
-def head_model(model: keras.Model) -> keras.Model:
-    """Pooled features -> probabilities, through the same (shared) head layers as `model`."""
-    pooled = model.get_layer(models.HEAD_LAYERS[0]).output
-    features = keras.Input(pooled.shape[1:], name="features")
-    outputs = features
-    for name in models.HEAD_LAYERS[1:]:
-        outputs = model.get_layer(name)(outputs)
-    return keras.Model(features, outputs, name=f"{model.name}_head")
-
-
 class FeatureCache:
     """Pooled features of a built model's backbone for files, computed where missing."""
 
@@ -65,10 +43,13 @@ class FeatureCache:
                  batch_size: int = 16):
         backbone = models.backbone_of(model)
         self.img_size = models.image_size(model)
+        preprocessing = "".join(f"_{layer.method}{layer.power:g}"
+                                for layer in models.preprocessing_layers(model))
         self.folder = Path(root).expanduser() / (
-            f"{backbone.name}_{self.img_size}px_{precision}_{weights_fingerprint(backbone)}")
+            f"{backbone.name}_{self.img_size}px_{precision}{preprocessing}_"
+            f"{weights_fingerprint(backbone)}")
         self.batch_size = batch_size
-        extractor = feature_model(model)
+        extractor = models.feature_model(model)
         # One trace for every batch size (a last, smaller batch would trace again: seconds).
         self._forward = tf.function(
             lambda images: extractor(images, training=False),
@@ -79,7 +60,7 @@ class FeatureCache:
                  ) -> tuple[np.ndarray, np.ndarray]:
         """([N, views, D] features, [N] bool: False where the file could not be decoded)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        digests = [file_sha1(path) for path in paths]
+        digests = [cache.file_sha1(path) for path in paths]
         stored = {}
         for digest in set(digests):
             file = self.folder / f"{digest}.npy"
@@ -107,12 +88,8 @@ class FeatureCache:
 
     def _compute(self, missing: dict[str, str], views: int, label: str) -> dict[str, np.ndarray]:
         digests = list(missing)
-        dataset = tf.data.Dataset.from_tensor_slices(
-            (np.arange(len(digests)), [missing[d] for d in digests]))
-        dataset = dataset.map(
-            lambda index, path: (index, input_pipeline.load_image(path, self.img_size)),
-            num_parallel_calls=input_pipeline.AUTOTUNE).ignore_errors()
-        dataset = dataset.batch(self.batch_size).prefetch(input_pipeline.AUTOTUNE)
+        dataset = input_pipeline.indexed_images([missing[d] for d in digests], self.img_size,
+                                                self.batch_size)
         computed = {}
         total = -(-len(digests) // self.batch_size)
         for indices, images in progress(dataset, f"{label}: {len(digests)} images x {views} "

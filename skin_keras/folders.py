@@ -34,7 +34,10 @@ class ImageFolder:
       paths: Readable image files, sorted by class then path.
       labels: Integer label of each path.
       skipped: Files without an image extension (not counted as images).
-      bad_files: (path, reason) of files with an image extension that cannot be decoded.
+      bad_files: (path, reason) of files with an image extension that cannot be decoded, and
+        of second paths to a file already listed (a link), which count once.
+      decode_warnings: (path, warning) of files that decode, but with the decoder's repairs
+        (`decode_check`); they are kept.
     """
 
     root: Path
@@ -43,6 +46,7 @@ class ImageFolder:
     labels: np.ndarray
     skipped: tuple[str, ...] = ()
     bad_files: tuple[tuple[str, str], ...] = ()
+    decode_warnings: tuple[tuple[str, str], ...] = ()
 
     @property
     def num_classes(self) -> int:
@@ -73,8 +77,11 @@ def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]
         return None, f"not a readable image ({error.__class__.__name__})"
     if image_format not in _DECODABLE_FORMATS:
         return None, f"unsupported image format {image_format}"
-    if image_format == "BMP" and mode == "1":
-        return None, "unsupported 1-bit BMP"
+    if image_format == "BMP" and mode in ("1", "P"):
+        # TensorFlow's BMP decoder ignores a colour table: it would read palette indices as
+        # grey levels. (PNG palettes decode correctly.)
+        return None, (f"unsupported {'1-bit' if mode == '1' else '8-bit palette'} BMP (save it "
+                      "as PNG or 24-bit BMP)")
     with open(path, "rb") as file:
         file.seek(max(0, size - _TAIL_BYTES))
         tail = file.read()
@@ -89,6 +96,46 @@ def inspect_images(paths: list[str], max_workers: int = 8) -> list[tuple]:
     """`inspect_image` over many files; threads because the work is mostly file I/O."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=max_workers) as pool:
         return list(pool.map(inspect_image, paths, chunksize=64))
+
+
+def walk_files(folder: str | Path, dataset_root: str | Path | None = None) -> list[str]:
+    """Every non-hidden file below `folder`, sorted. Links to folders are followed, but a real
+    folder is entered once and never a link back to `folder` or above it (a loop); with
+    `dataset_root`, never a link into another part of that dataset (another class)."""
+    top = os.path.realpath(folder)
+    root = os.path.realpath(dataset_root) if dataset_root is not None else None
+    files, seen = [], set()
+
+    def enter(dirpath, name):
+        target = os.path.realpath(os.path.join(dirpath, name))
+        if name.startswith(".") or target in seen or is_within(top, target):
+            return False
+        return root is None or not is_within(target, root) or is_within(target, top)
+
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        seen.add(os.path.realpath(dirpath))
+        dirnames[:] = sorted(name for name in dirnames if enter(dirpath, name))
+        files.extend(os.path.join(dirpath, name) for name in sorted(filenames)
+                     if not name.startswith("."))
+    return files
+
+
+def is_within(path: str, folder: str) -> bool:
+    """Whether real path `path` is `folder` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def first_of_each_file(paths: Sequence[str]) -> tuple[list[int], list[tuple[str, str]]]:
+    """Indices of the first path to each real file, and (path, why) for the later ones."""
+    first, keep, repeats = {}, [], []
+    for index, path in enumerate(paths):
+        real = os.path.realpath(path)
+        if real in first:
+            repeats.append((path, f"the same file as {first[real]} (counted once)"))
+        else:
+            first[real] = path
+            keep.append(index)
+    return keep, repeats
 
 
 def find_class_names(root: str | Path) -> tuple[str, ...]:
@@ -118,8 +165,8 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
       allow_missing_classes: Accept a subset of `class_names` (a test set without a rare class).
 
     Raises:
-      UserError: missing folder, no class folders, a class without images, or class names that
-        differ from `class_names`.
+      UserError: missing folder, no class folders, a class without images (allowed with
+        `allow_missing_classes`), or class names that differ from `class_names`.
     """
     root = Path(root)
     found = find_class_names(root)
@@ -131,24 +178,27 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
     if mismatch:
         raise UserError(describe_class_mismatch(class_names, found, root, allow_missing_classes))
 
-    paths, labels, skipped = [], [], []
+    paths, labels, skipped, bad_files = [], [], [], []
+    real_root = os.path.realpath(root)
     for name in found:
-        label = class_names.index(name)
-        class_paths = []
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for filename in sorted(filenames):
-                if filename.startswith("."):
-                    continue
-                path = os.path.join(dirpath, filename)
-                (class_paths if is_image_file(path) else skipped).append(path)
-        paths.extend(class_paths)
-        labels.extend([label] * len(class_paths))
+        label, real_class = class_names.index(name), os.path.realpath(root / name)
+        for path in walk_files(root / name, dataset_root=root):
+            real = os.path.realpath(path)
+            if is_within(real, real_root) and not is_within(real, real_class):
+                bad_files.append((path, f"a link to {real}, in another class folder"))
+            elif is_image_file(path):
+                paths.append(path)
+                labels.append(label)
+            else:
+                skipped.append(path)
+    # A file reached twice through links counts once.
+    keep, repeats = first_of_each_file(paths)
+    paths, labels, bad_files = [paths[i] for i in keep], [labels[i] for i in keep], (
+        bad_files + repeats)
 
-    bad_files = []
     if check and paths:
         reasons = [reason for _, reason in inspect_images(paths)]
-        bad_files = [(p, r) for p, r in zip(paths, reasons) if r is not None]
+        bad_files += [(p, r) for p, r in zip(paths, reasons) if r is not None]
         keep = [r is None for r in reasons]
         paths = [p for p, k in zip(paths, keep) if k]
         labels = [l for l, k in zip(labels, keep) if k]
@@ -156,7 +206,7 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
     labels = np.asarray(labels, dtype=np.int64)
     counts = np.bincount(labels, minlength=len(class_names))
     empty = [name for name in found if counts[class_names.index(name)] == 0]
-    if empty:
+    if empty and not allow_missing_classes:
         raise UserError(f"class folder(s) without readable images in {root}: {', '.join(empty)}")
     return ImageFolder(root=root, class_names=class_names, paths=tuple(paths), labels=labels,
                        skipped=tuple(skipped), bad_files=tuple(bad_files))
@@ -184,4 +234,6 @@ def describe(folder: ImageFolder, title: str) -> str:
         lines.append(f"  skipped {len(folder.skipped)} non-image file(s)")
     for path, reason in folder.bad_files:
         lines.append(f"  bad file left out: {path}: {reason}")
+    for path, warning in folder.decode_warnings:
+        lines.append(f"  decoded with a warning, kept: {path}: {warning}")
     return "\n".join(lines)

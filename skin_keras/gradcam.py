@@ -32,7 +32,7 @@ def grad_cam(model: keras.Model, images, class_indices=None) -> tuple[np.ndarray
     dense = model.get_layer(models.HEAD_LAYERS[2])
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:
-        feature_map = backbone(images, training=False)
+        feature_map = backbone(models.backbone_input(model, images), training=False)
         tape.watch(feature_map)
         logits = tf.matmul(pooling(feature_map), dense.kernel) + dense.bias
         if class_indices is None:

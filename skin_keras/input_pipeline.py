@@ -6,26 +6,34 @@ interpolation or value range. Values stay in [0, 255]: the EfficientNetV2 models
 own rescaling (`include_preprocessing=True`).
 """
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from skin_keras.augmentation import Augmentation, augment, batch_mixer, random_crop
+
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def decode_and_resize(contents: tf.Tensor, img_size: int) -> tf.Tensor:
+def decode_and_resize(contents: tf.Tensor, img_size: int, crop=None,
+                      decode_size: int | None = None) -> tf.Tensor:
     """Encoded JPEG/PNG/BMP bytes -> float32 [img_size, img_size, 3] RGB in [0, 255].
 
     Grayscale images are repeated to three channels and an alpha channel is dropped. The image is
     resized to a square without cropping (a lesion near the border is kept), with antialiasing so
     that large ISIC images are averaged, not sampled, when shrunk. A JPEG at least twice the
     target size is first decoded at a reduced scale (libjpeg's DCT scaling).
+
+    Training passes `crop` (uint8 image -> part of it, before resizing) and `decode_size`, the
+    shorter side the decoded image must keep for that crop; nothing else changes.
     """
-    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_jpeg_at_least(contents, img_size),
+    decode_size = decode_size or img_size
+    image = tf.cond(tf.io.is_jpeg(contents), lambda: _decode_jpeg_at_least(contents, decode_size),
                     lambda: tf.io.decode_image(contents, channels=3, dtype=tf.uint8,
                                                expand_animations=False))
+    if crop is not None:
+        image = crop(image)
     image = tf.image.resize(image, (img_size, img_size), method="bilinear", antialias=True)
     return tf.ensure_shape(image, (img_size, img_size, 3))
 
@@ -46,90 +54,14 @@ def load_image(path: tf.Tensor, img_size: int) -> tf.Tensor:
     return decode_and_resize(tf.io.read_file(path), img_size)
 
 
-@dataclasses.dataclass(frozen=True)
-class Augmentation:
-    """Training-only augmentation beyond the flips and 90-degree rotations that always apply.
-
-    All default to off. They run in the tf.data pipeline, never inside the model, so evaluation,
-    prediction and exported models do not see them.
-
-    Attributes:
-      crop_scale: Random resized crop keeping at least this fraction of the image area (aspect
-        3:4 to 4:3) before resizing; 1.0 = off.
-      rotation: Random rotation by any angle (reflected borders).
-      color_jitter: Strength s of random brightness (±s·255), contrast and saturation (×[1-s,
-        1+s]) and hue (±s/4); 0 = off.
-      randaugment_magnitude: `keras.layers.RandAugment` factor in (0, 1] (2 ops per image); 0 = off.
-      mixup_alpha, cutmix_alpha: `keras.layers.MixUp` alpha / `keras.layers.CutMix` factor; the
-        labels become soft. With both set, each batch gets one of the two at random. 0 = off.
-    """
-
-    crop_scale: float = 1.0
-    rotation: bool = False
-    color_jitter: float = 0.0
-    randaugment_magnitude: float = 0.0
-    mixup_alpha: float = 0.0
-    cutmix_alpha: float = 0.0
-
-
-def load_training_image(path: tf.Tensor, img_size: int, crop_scale: float) -> tf.Tensor:
-    """`load_image`, after a random crop of at least `crop_scale` of the area (when < 1)."""
-    if crop_scale >= 1.0:
-        return load_image(path, img_size)
-    image = tf.io.decode_image(tf.io.read_file(path), channels=3, dtype=tf.uint8,
-                               expand_animations=False)
-    begin, size, _ = tf.image.sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.zeros([1, 0, 4]), min_object_covered=0.0,
-        aspect_ratio_range=(3 / 4, 4 / 3), area_range=(crop_scale, 1.0),
-        use_image_if_no_bounding_boxes=True)
-    image = tf.image.resize(tf.slice(image, begin, size), (img_size, img_size),
-                            method="bilinear", antialias=True)
-    return tf.ensure_shape(image, (img_size, img_size, 3))
-
-
-def color_jitter(image: tf.Tensor, strength: float) -> tf.Tensor:
-    image = image / 255.0
-    image = tf.image.random_brightness(image, strength)
-    image = tf.image.random_contrast(image, 1 - strength, 1 + strength)
-    image = tf.image.random_saturation(image, 1 - strength, 1 + strength)
-    image = tf.image.random_hue(image, strength / 4)
-    return tf.clip_by_value(image, 0.0, 1.0) * 255.0
-
-
-def batch_mixer(augmentation: Augmentation, seed: int | None):
-    """A (images, labels) -> (images, labels) function for RandAugment, MixUp and CutMix."""
-    import keras  # pylint: disable=g-import-not-at-top
-
-    rand_augment = keras.layers.RandAugment(
-        value_range=(0, 255), factor=augmentation.randaugment_magnitude, seed=seed) if (
-            augmentation.randaugment_magnitude) else None
-    mixers = []
-    if augmentation.mixup_alpha:
-        mixers.append(keras.layers.MixUp(alpha=augmentation.mixup_alpha, seed=seed))
-    if augmentation.cutmix_alpha:
-        mixers.append(keras.layers.CutMix(factor=augmentation.cutmix_alpha, seed=seed))
-
-    def mix(images, labels):
-        if rand_augment is not None:
-            images = rand_augment(images)
-        if not mixers:
-            return images, labels
-        branches = [lambda m=m: tuple(m({"images": images, "labels": labels}).values())
-                    for m in mixers]
-        if len(branches) == 1:
-            images, labels = branches[0]()
-        else:
-            images, labels = tf.cond(tf.random.uniform(()) < 0.5, branches[0], branches[1])
-        return images, labels
-
-    return mix
-
-
-def light_augment(image: tf.Tensor) -> tf.Tensor:
-    """Random flips both ways and a random multiple of 90 degrees: dermoscopy has no "up"."""
-    image = tf.image.random_flip_left_right(image)
-    image = tf.image.random_flip_up_down(image)
-    return tf.image.rot90(image, k=tf.random.uniform((), 0, 4, dtype=tf.int32))
+def indexed_images(paths: Sequence[str], img_size: int, batch_size: int) -> tf.data.Dataset:
+    """Batches of (indices into `paths`, images), in order. A file that fails to decode is
+    left out, so its index is missing: callers match results back by index and name it."""
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(paths), dtype=np.int64), [str(path) for path in paths]))
+    dataset = dataset.map(lambda index, path: (index, load_image(path, img_size)),
+                          num_parallel_calls=AUTOTUNE).ignore_errors()
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
 
 
 def dihedral_views(images: tf.Tensor, count: int = 8) -> list[tf.Tensor]:
@@ -142,9 +74,6 @@ def dihedral_views(images: tf.Tensor, count: int = 8) -> list[tf.Tensor]:
         base, axes = bases[index // 4], ([], [2], [1], [1, 2])[index % 4]
         views.append(tf.reverse(base, axes) if axes else base)
     return views
-
-
-SAMPLINGS = ("natural", "balanced")
 
 
 def balanced_file_stream(paths: Sequence[str], labels: np.ndarray, num_classes: int,
@@ -175,16 +104,16 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
 
     Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
-    shares) and lightly augmented; evaluation data keeps the order of `paths`. Files that fail to
-    decode despite the listing check are dropped with a warning rather than stopping a run of
-    hours.
+    shares) and augmented; evaluation data keeps the order of `paths`. Training checks every file
+    with `decode_check` first, so none should fail here; one that still does is dropped with a
+    warning rather than stopping a run of hours.
 
     Training batches come in whatever order the parallel decoders finish, and random
     augmentation draws go to whichever image asks first; `deterministic=True` fixes both (same
     seed, same batches), at some cost in speed.
     """
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling={sampling!r}: choose one of {', '.join(SAMPLINGS)}")
+    if sampling not in ("natural", "balanced"):
+        raise ValueError(f"sampling={sampling!r}: choose natural or balanced")
     if labels is None:
         dataset = tf.data.Dataset.from_tensor_slices(list(paths))
     elif training and sampling == "balanced":
@@ -200,7 +129,9 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
             return load_image(path, img_size)
     elif training:
         def load(path, label):
-            image = load_training_image(path, img_size, augmentation.crop_scale)
+            image = decode_and_resize(
+                tf.io.read_file(path), img_size, decode_size=augmentation.decode_size(img_size),
+                crop=lambda image: random_crop(image, augmentation))
             return image, tf.one_hot(label, num_classes)
     else:
         def load(path, label):
@@ -214,33 +145,6 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
         dataset = dataset.map(lambda image, label: (augment(image, augmentation), label),
                               num_parallel_calls=random_calls)
     dataset = dataset.batch(batch_size)
-    if training and (augmentation.randaugment_magnitude or augmentation.mixup_alpha
-                     or augmentation.cutmix_alpha):
+    if training and augmentation.mixes_batches:
         dataset = dataset.map(batch_mixer(augmentation, seed), num_parallel_calls=random_calls)
     return dataset.prefetch(AUTOTUNE)
-
-
-def augment(image: tf.Tensor, augmentation: Augmentation) -> tf.Tensor:
-    """Per-image training augmentation: flips, 90-degree turns, then the optional extras."""
-    image = light_augment(image)
-    if augmentation.rotation:
-        angle = tf.random.uniform((), 0.0, 2 * np.pi)
-        image = _rotate(image, angle)
-    if augmentation.color_jitter:
-        image = color_jitter(image, augmentation.color_jitter)
-    return image
-
-
-def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
-    """Rotates about the centre by `angle` radians, reflecting the borders."""
-    import keras  # pylint: disable=g-import-not-at-top
-
-    size = tf.cast(tf.shape(image)[0], tf.float32)
-    cos, sin = tf.cos(angle), tf.sin(angle)
-    centre = (size - 1) / 2
-    # Output pixel (x, y) samples input (a0 x + a1 y + a2, b0 x + b1 y + b2).
-    transform = tf.stack([cos, -sin, centre - cos * centre + sin * centre,
-                          sin, cos, centre - sin * centre - cos * centre, 0.0, 0.0])
-    rotated = keras.ops.image.affine_transform(image[None], transform[None],
-                                               interpolation="bilinear", fill_mode="reflect")
-    return rotated[0]

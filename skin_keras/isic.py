@@ -10,7 +10,6 @@ Bad rows and bad files are reported by name and left out; they never stop the ru
 import collections
 import csv
 import dataclasses
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -19,7 +18,9 @@ import numpy as np
 from PIL import Image
 
 from skin_keras import atomic, folders
+from skin_keras.splits import assign_groups, find_duplicates, holdout_split, kfold_split
 from skin_keras.errors import UserError
+from skin_keras.options import check_options, option
 from skin_keras.progress import progress
 
 # Ground-truth CSV column -> readable class name (the class folder name). UNK has no images.
@@ -50,17 +51,39 @@ class Record:
     group: str = ""
 
 
-def read_csv(path: str | Path, required: tuple[str, ...]) -> list[dict]:
+def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """(rows with every required column, malformed rows as {"file", "line", "reason"}).
+
+    A row with fewer fields than the header or an empty image name is malformed and left out;
+    a file that is not UTF-8 text or lacks a required column is a UserError.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError(f"CSV file {path} does not exist")
-    with open(path, newline="", encoding="utf-8-sig") as file:
-        reader = csv.DictReader(file)
-        missing = [column for column in required if column not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
-                            f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-        return list(reader)
+    rows, malformed = [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            missing = [column for column in required if column not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
+                                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+            for row in reader:
+                short = [column for column in required if row.get(column) is None]
+                if short:
+                    reason = f"too few fields (no {', '.join(short)})"
+                elif not row["image"].strip():
+                    reason = "no image name"
+                else:
+                    rows.append(row)
+                    continue
+                malformed.append({"file": path.name, "line": reader.line_num, "reason": reason})
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                        f"offset {error.start}): save it as UTF-8") from None
+    except csv.Error as error:
+        raise UserError(f"{path} is not a readable CSV file: {error}") from None
+    return rows, malformed
 
 
 def _is_positive(value: str) -> bool:
@@ -85,88 +108,6 @@ def label_rows(rows: list[dict]) -> tuple[dict[str, str], dict[str, list]]:
         else:
             labels[image] = positive[0]
     return labels, problems
-
-
-def find_duplicates(paths: list[Path]) -> list[list[Path]]:
-    """Sets of byte-identical files (only files of equal size are hashed)."""
-    by_size = collections.defaultdict(list)
-    for path in paths:
-        by_size[path.stat().st_size].append(path)
-    by_hash = collections.defaultdict(list)
-    for same_size in by_size.values():
-        if len(same_size) > 1:
-            for path in same_size:
-                by_hash[hashlib.sha1(path.read_bytes()).hexdigest()].append(path)
-    return sorted(sorted(group) for group in by_hash.values() if len(group) > 1)
-
-
-class _UnionFind:
-    def __init__(self):
-        self.parent = {}
-
-    def find(self, item):
-        self.parent.setdefault(item, item)
-        while self.parent[item] != item:
-            self.parent[item] = self.parent[self.parent[item]]
-            item = self.parent[item]
-        return item
-
-    def union(self, a, b):
-        root_a, root_b = self.find(a), self.find(b)
-        if root_a != root_b:
-            self.parent[max(root_a, root_b)] = min(root_a, root_b)
-
-
-def assign_groups(records: list[Record], duplicates: list[list[Path]]) -> None:
-    """Sets `record.group`: images of one lesion, or byte-identical files, share a group."""
-    union = _UnionFind()
-    by_path = {record.path: record for record in records}
-    for record in records:
-        union.union(record.image, f"lesion:{record.lesion_id}" if record.lesion_id else record.image)
-    for paths in duplicates:
-        images = [by_path[p].image for p in paths if p in by_path]
-        for other in images[1:]:
-            union.union(images[0], other)
-    for record in records:
-        record.group = union.find(record.image)
-
-
-def holdout_split(labels: np.ndarray, groups: np.ndarray, val_fraction: float,
-                  seed: int) -> np.ndarray:
-    """Boolean "in val" per image: whole groups, each class's val share near `val_fraction`.
-
-    Groups are visited in a seeded random order, class by class (a group counts for its most
-    frequent class); a group goes to val when that brings the class's val count closer to its
-    target. Classes with many small groups land within a fraction of a point of the target; a
-    class of a few large groups gets as close as its groups allow.
-    """
-    rng = np.random.default_rng(seed)
-    unique_groups, group_index = np.unique(groups, return_inverse=True)
-    sizes = np.bincount(group_index)
-    group_class = np.array([np.bincount(labels[group_index == g]).argmax()
-                            for g in range(len(unique_groups))])
-    in_val_group = np.zeros(len(unique_groups), dtype=bool)
-    for label in np.unique(labels):
-        candidates = np.flatnonzero(group_class == label)
-        target = val_fraction * sizes[candidates].sum()
-        count = 0
-        for g in rng.permutation(candidates):
-            if abs(count + sizes[g] - target) < abs(count - target):
-                in_val_group[g] = True
-                count += sizes[g]
-    return in_val_group[group_index]
-
-
-def kfold_split(labels: np.ndarray, groups: np.ndarray, folds: int, fold: int,
-                seed: int) -> np.ndarray:
-    """Boolean "in val" per image for fold `fold` of a lesion-grouped stratified K-fold."""
-    from sklearn.model_selection import StratifiedGroupKFold  # pylint: disable=g-import-not-at-top
-
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    _, val_index = list(splitter.split(labels, labels, groups))[fold]
-    in_val = np.zeros(len(labels), dtype=bool)
-    in_val[val_index] = True
-    return in_val
 
 
 def place_file(source: Path, target: Path, mode: str) -> str:
@@ -207,21 +148,29 @@ def write_resized(source: Path, target: Path, longest_side: int, quality: int) -
 
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
-    """What `prepare` does (see `python -m skin_keras.prepare_isic --help`)."""
+    """What `prepare` does (`python -m skin_keras.prepare_isic --help`)."""
 
-    images: str
-    ground_truth: str
-    out_dir: str
-    metadata: str | None = None
-    val_fraction: float = 0.3
-    folds: int = 0
-    fold: int = 0
-    seed: int = 0
-    link: str = "auto"
-    resize: int = 0
-    jpeg_quality: int = 95
-    seed_names: bool = False
-    overwrite: bool = False
+    images: str = option(None, "Folder of ISIC_*.jpg (ISIC_2019_Training_Input).",
+                         required=True)
+    ground_truth: str = option(None, "ISIC_2019_Training_GroundTruth.csv: image + one-hot class "
+                               "columns.", required=True)
+    out_dir: str = option("data", "Where train/, val/, split.csv and audit.json go.")
+    metadata: str | None = option(None, "ISIC_2019_Training_Metadata.csv, for lesion_id. "
+                                  "Without it every image is its own group and images of one "
+                                  "lesion may land on both sides.")
+    val_fraction: float = option(0.3, "Share of each class that goes to val.")
+    folds: int = option(0, "K > 1: lesion-grouped stratified K-fold cross-validation instead of "
+                        "a holdout.")
+    fold: int = option(0, "Which fold (0..K-1) is val when --folds is set.")
+    seed: int = option(0, "The split is deterministic for a given seed.")
+    link: str = option("auto", "auto: hard link, else symlink, else copy.", choices=LINK_MODES)
+    resize: int = option(0, "N > 0: write JPEG copies whose longest side is N (faster training "
+                         "input).")
+    jpeg_quality: int = option(95, "JPEG quality of --resize copies.", low=1, high=100)
+    seed_names: bool = option(False, "Name the NV folder 'None of the above', as the seed "
+                              "tutorial did.")
+    overwrite: bool = option(False, "Replace the train/ and val/ folders of a different earlier "
+                             "split.")
 
     def __post_init__(self):
         if self.folds:
@@ -235,8 +184,7 @@ class PrepareConfig:
             raise UserError(f"--link={self.link}: choose one of {', '.join(LINK_MODES)}")
         if self.resize < 0 or (0 < self.resize < 32):
             raise UserError(f"--resize={self.resize}: give a longest side of at least 32 px, or 0")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UserError(f"--jpeg_quality={self.jpeg_quality} is out of range [1, 100]")
+        check_options(self)
 
 
 def _list_image_files(folder: Path) -> dict[str, Path]:
@@ -273,18 +221,21 @@ def prepare(config: PrepareConfig) -> dict:
     images_dir, out_dir = Path(config.images), Path(config.out_dir)
 
     # --- Read and audit ---
-    truth_rows = read_csv(config.ground_truth, ("image", *CLASS_NAMES))
+    truth_rows, malformed = read_csv(config.ground_truth, ("image", *CLASS_NAMES))
     lesion_of = {}
     if config.metadata:
-        lesion_of = {row["image"].strip(): row["lesion_id"].strip()
-                     for row in read_csv(config.metadata, ("image", "lesion_id"))}
+        metadata_rows, bad_metadata = read_csv(config.metadata, ("image", "lesion_id"))
+        lesion_of = {row["image"].strip(): row["lesion_id"].strip() for row in metadata_rows}
+        malformed += bad_metadata
     files = _list_image_files(images_dir)
     labels, problems = label_rows(truth_rows)
     listed = {row["image"].strip() for row in truth_rows}
     audit = {
         "source": {"images": str(images_dir), "ground_truth": str(config.ground_truth),
                    "metadata": config.metadata},
-        "rows in csv": len(truth_rows),
+        "rows in csv": len(truth_rows) + sum(row["file"] == Path(config.ground_truth).name
+                                             for row in malformed),
+        "malformed rows": malformed,
         "missing on disk": sorted(image for image in labels if image not in files),
         "not in csv": sorted(image for image in files if image not in listed),
         "no label": sorted(problems["no_label"]),
@@ -325,9 +276,10 @@ def prepare(config: PrepareConfig) -> dict:
                   for record, val in zip(records, in_val)]
     audit["counts"] = count_table(split_rows, [names[code] for code in codes])
 
-    # --- Write ---
+    # --- Write --- (split.csv first: an interrupted run is finished by running it again)
     out_dir.mkdir(parents=True, exist_ok=True)
-    same_split = _check_existing_split(out_dir, split_rows, config.overwrite)
+    if not _check_existing_split(out_dir, split_rows, config.overwrite):
+        _write_split_csv(out_dir / "split.csv", split_rows)
     modes = collections.Counter()
     for record, row in progress(list(zip(records, split_rows)), "placing files"):
         folder = out_dir / row["split"] / row["class"]
@@ -341,8 +293,6 @@ def prepare(config: PrepareConfig) -> dict:
         else:
             modes[place_file(record.path, target, config.link)] += 1
     audit["files"] = dict(modes)
-    if not same_split:
-        _write_split_csv(out_dir / "split.csv", split_rows)
     atomic.write_json_atomic(out_dir / "audit.json", audit)
     return audit
 
@@ -379,6 +329,9 @@ def describe_audit(audit: dict) -> str:
         if audit[key]:
             shown = ", ".join(audit[key][:10]) + (" ..." if len(audit[key]) > 10 else "")
             lines.append(f"left out, {key}: {len(audit[key])} ({shown})")
+    for item in audit["malformed rows"]:
+        lines.append(f"left out, malformed row: {item['file']} line {item['line']}: "
+                     f"{item['reason']}")
     for item in audit["unreadable"]:
         lines.append(f"left out, unreadable: {item['image']}: {item['reason']}")
     for group in audit["duplicates"]:

@@ -15,9 +15,7 @@ import keras
 import numpy as np
 from keras import ops
 
-# Keys of `ConfusionMatrixMetric.result()`; Keras logs them as-is and with a `val_` prefix.
-SUMMARY_KEYS = ("accuracy", "balanced_accuracy", "mean_precision", "mean_recall",
-                "mean_specificity", "mean_f1")
+from skin_keras.log_schema import SUMMARY_KEYS
 
 
 def _safe_divide(numerator, denominator):

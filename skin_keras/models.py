@@ -1,7 +1,7 @@
 """EfficientNetV2 classifiers: a Keras application backbone and a small head.
 
-    image [0, 255] -> EfficientNetV2 backbone (its own rescaling) -> global average pooling
-                   -> dropout -> Dense(num_classes, softmax)
+    image [0, 255] -> [colour constancy] -> EfficientNetV2 backbone (its own rescaling)
+                   -> global average pooling -> dropout -> Dense(num_classes, softmax)
 
 The model's input has a fixed size (`img_size`), so a saved model says at which size it was
 trained; the backbone inside is built for any size, so the same layers can be called at other
@@ -10,23 +10,16 @@ sizes (progressive resizing).
 
 import logging
 import os
+import re
 import warnings
 
 import keras
 import tensorflow as tf
 
+from skin_keras.color_constancy import ColorConstancy
+from skin_keras.config import BACKBONES
 from skin_keras.errors import UserError
 
-# --model value -> (keras.applications constructor name, the size it was designed for).
-BACKBONES = {
-    "s": ("EfficientNetV2S", 384),
-    "m": ("EfficientNetV2M", 480),
-    "l": ("EfficientNetV2L", 480),
-    "b0": ("EfficientNetV2B0", 224),
-    "b1": ("EfficientNetV2B1", 240),
-    "b2": ("EfficientNetV2B2", 260),
-    "b3": ("EfficientNetV2B3", 300),
-}
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 
 
@@ -77,14 +70,16 @@ def build_backbone(model_name: str, weights: str = "imagenet") -> keras.Model:
 
 
 def build_model(model_name: str, num_classes: int, img_size: int, weights: str = "imagenet",
-                freeze_backbone: bool = True, dropout_rate: float = 0.2) -> keras.Model:
+                freeze_backbone: bool = True, dropout_rate: float = 0.2,
+                color_constancy: str = "none", cc_power: float = 6.0) -> keras.Model:
     """Builds the classifier. Its input is a batch of RGB images in [0, 255] of `img_size`.
 
     A frozen backbone is excluded from training and always runs in inference mode, so its
     BatchNormalization statistics stay those of the pretrained weights. A pretrained backbone
     being fine-tuned also runs in inference mode (the Keras transfer-learning recipe: small
     fine-tuning batches would wreck the statistics). Only a backbone trained from scratch runs in
-    training mode and learns its statistics.
+    training mode and learns its statistics. `color_constancy` (gray_world, shades_of_gray)
+    puts a `ColorConstancy` layer before the backbone.
     """
     if num_classes < 2:
         raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
@@ -101,8 +96,10 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
             # float32 output keeps the softmax stable under mixed precision.
             keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                name=HEAD_LAYERS[2])]
-    return _connect(keras.Input((img_size, img_size, 3), name="image"), backbone, head,
-                    backbone_training_mode(freeze_backbone, weights),
+    preprocessing = [] if color_constancy == "none" else [
+        ColorConstancy(color_constancy, cc_power, name="color_constancy")]
+    return _connect(keras.Input((img_size, img_size, 3), name="image"), preprocessing, backbone,
+                    head, backbone_training_mode(freeze_backbone, weights),
                     f"efficientnetv2_{model_name}")
 
 
@@ -127,8 +124,11 @@ def backbone_training_mode(freeze_backbone: bool, weights: str) -> bool | None:
     return False if (freeze_backbone or is_pretrained(weights)) else None
 
 
-def _connect(inputs, backbone, head, backbone_training, name) -> keras.Model:
-    features = backbone(inputs, training=backbone_training)
+def _connect(inputs, preprocessing, backbone, head, backbone_training, name) -> keras.Model:
+    features = inputs
+    for layer in preprocessing:
+        features = layer(features)
+    features = backbone(features, training=backbone_training)
     for layer in head:
         features = layer(features)
     return keras.Model(inputs, features, name=name)
@@ -136,9 +136,64 @@ def _connect(inputs, backbone, head, backbone_training, name) -> keras.Model:
 
 def any_size_twin(model: keras.Model, backbone_training: bool | None) -> keras.Model:
     """The same layers (shared weights) behind an input of any size, for progressive resizing."""
-    return _connect(keras.Input((None, None, 3), name="image"), backbone_of(model),
-                    [model.get_layer(name) for name in HEAD_LAYERS], backbone_training,
-                    f"{model.name}_any_size")
+    return _connect(keras.Input((None, None, 3), name="image"), preprocessing_layers(model),
+                    backbone_of(model), [model.get_layer(name) for name in HEAD_LAYERS],
+                    backbone_training, f"{model.name}_any_size")
+
+
+def preprocessing_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The layers between the image input and the backbone (colour constancy), in order."""
+    return [layer for layer in model.layers if isinstance(layer, ColorConstancy)]
+
+
+def backbone_input(model: keras.Model, images):
+    """What the backbone of `model` sees for `images` (Grad-CAM starts here)."""
+    for layer in preprocessing_layers(model):
+        images = layer(images)
+    return images
+
+
+def describe_preprocessing(model: keras.Model) -> str:
+    """How the model treats its [0, 255] RGB input before the backbone, in words."""
+    steps = [layer.describe() + " colour constancy" for layer in preprocessing_layers(model)]
+    return ", then ".join(steps) or "none"
+
+
+def feature_model(model: keras.Model) -> keras.Model:
+    """Images -> pooled backbone features (the input of the head's dropout layer)."""
+    return keras.Model(model.input, model.get_layer(HEAD_LAYERS[0]).output)
+
+
+def head_model(model: keras.Model) -> keras.Model:
+    """Pooled features -> probabilities, through the same (shared) head layers as `model`."""
+    pooled = model.get_layer(HEAD_LAYERS[0]).output
+    features = keras.Input(pooled.shape[1:], name="features")
+    outputs = features
+    for name in HEAD_LAYERS[1:]:
+        outputs = model.get_layer(name)(outputs)
+    return keras.Model(features, outputs, name=f"{model.name}_head")
+
+
+def _block_number(layer_name: str) -> int | None:
+    """EfficientNetV2 layers are named block<stage><letter>_...; None for stem and top."""
+    match = re.match(r"block(\d+)[a-z]_", layer_name)
+    return int(match.group(1)) if match else None
+
+
+def unfreeze_top_blocks(backbone: keras.Model, blocks: int) -> None:
+    """Makes the top `blocks` stages of the backbone (0: all of it) trainable.
+
+    BatchNormalization layers stay frozen, so they keep running in inference mode with the
+    statistics they have (the Keras fine-tuning recipe).
+    """
+    numbers = [n for n in (_block_number(layer.name) for layer in backbone.layers) if n]
+    first = max(numbers) - blocks + 1 if blocks else 0
+    backbone.trainable = True
+    for layer in backbone.layers:
+        number = _block_number(layer.name)
+        in_top = blocks == 0 or (number is not None and number >= first) or (
+            number is None and layer.name.startswith("top_"))
+        layer.trainable = in_top and not isinstance(layer, keras.layers.BatchNormalization)
 
 
 def backbone_of(model: keras.Model) -> keras.Model:

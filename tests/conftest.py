@@ -44,6 +44,36 @@ def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def config_from_flagfile(path, *overrides: str) -> TrainConfig:
+    """What train.py builds from `--flagfile=path` and the flags after it."""
+    from absl import flags  # pylint: disable=g-import-not-at-top
+    from skin_keras import cli  # pylint: disable=g-import-not-at-top
+
+    values = flags.FlagValues()
+    cli.define_flags(TrainConfig, flag_values=values)
+    values(["train.py", f"--flagfile={path}", *overrides])
+    return cli.config_from_flags(TrainConfig, ["train.py"], flag_values=values)
+
+
+class Killed(Exception):
+    """Stands in for a power cut: nothing after it runs, no handler tidies up."""
+
+
+def kill_at_log_write(monkeypatch, epochs_logged: int) -> None:
+    """Makes the run die when it is about to write log.json with `epochs_logged` epochs (1: in
+    the first epoch, before any log exists)."""
+    from skin_keras import atomic  # pylint: disable=g-import-not-at-top
+
+    write_json = atomic.write_json_atomic
+
+    def dies(path, data):
+        if Path(path).name == "log.json" and len(data) == epochs_logged:
+            raise Killed
+        write_json(path, data)
+
+    monkeypatch.setattr(atomic, "write_json_atomic", dies)
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """train/ and val/ with three classes of synthetic 48x36 JPEGs (12 and 5 per class)."""
@@ -57,7 +87,10 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     """The run folder of one tiny training run, shared by the tests that only read it."""
     # 64 px, so the last feature map is 2x2 and a Grad-CAM map can vary across the image.
-    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, img_size=64)
+    # Colour constancy on, so every test that predicts, explains or exports with this run
+    # covers the layer (runs without it are the other training tests').
+    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, img_size=64,
+                         color_constancy="shades_of_gray")
     return training.train_and_evaluate(config, verbose=0)
 
 

@@ -1,6 +1,7 @@
 """Dataset discovery, the bad-input cases, and the tf.data pipeline."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -167,3 +168,117 @@ def test_undecodable_file_is_dropped_not_fatal(tmp_path):
     images, labels = next(iter(dataset))
     assert images.shape[0] == 3
     np.testing.assert_array_equal(labels.numpy().argmax(1), [0, 0, 1])
+
+
+def test_a_link_loop_or_a_link_into_another_class_relabels_nothing(tmp_path):
+    root = tmp_path / "data"
+    for name in ("BCC", "MEL", "NV"):
+        for index in range(3):
+            save_image(root / name / f"{index}.jpg", image_format="JPEG")
+    os.symlink("..", root / "NV" / "loop")  # Back to the dataset root: a loop.
+    os.symlink("../../MEL", root / "NV" / "nested_mel")  # Another class's folder.
+    os.symlink("../MEL/0.jpg", root / "NV" / "mel_file.jpg")  # Another class's file.
+    os.symlink("0.jpg", root / "NV" / "again.jpg")  # The same file twice.
+    folder = folders.scan_image_folder(root)
+    assert folder.class_counts().tolist() == [3, 3, 3]
+    assert all(("/NV/" in p) == (label == 2) for p, label in zip(folder.paths, folder.labels))
+    bad = {path.rsplit("/", 1)[1]: reason for path, reason in folder.bad_files}
+    assert set(bad) == {"mel_file.jpg", "again.jpg"}
+    assert "another class folder" in bad["mel_file.jpg"] and "counted once" in bad["again.jpg"]
+
+
+def test_listing_sources_for_prediction_follows_each_real_file_once(tmp_path):
+    from skin_keras import inference  # pylint: disable=g-import-not-at-top
+
+    for index in range(4):
+        save_image(tmp_path / "img" / f"{index}.png")
+    os.symlink("..", tmp_path / "img" / "loop")
+    os.symlink(str(tmp_path / "img"), tmp_path / "img" / "twice")
+    files = inference.list_sources([tmp_path / "img", tmp_path / "img" / "0.png"])
+    assert sorted(p.name for p in files) == ["0.png", "1.png", "2.png", "3.png"]
+    assert len(folders.walk_files(tmp_path / "img")) == 4  # Not walked ~40 links deep.
+
+
+def test_palette_bmp_is_refused_by_name_and_palette_png_decodes_right(tmp_path):
+    pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    Image.fromarray(pixels).convert("P").save(tmp_path / "palette.bmp")
+    Image.fromarray(pixels).convert("P").save(tmp_path / "palette.png")
+    _, reason = folders.inspect_image(tmp_path / "palette.bmp")
+    assert reason.startswith("unsupported 8-bit palette BMP")
+    assert folders.inspect_image(tmp_path / "palette.png")[1] is None
+    decoded = input_pipeline.decode_and_resize(
+        (tmp_path / "palette.png").read_bytes(), 40).numpy()
+    with Image.open(tmp_path / "palette.png") as image:
+        expected = np.asarray(image.convert("RGB").resize((40, 40), Image.BILINEAR), np.float32)
+    assert np.abs(decoded - expected).mean() < 8  # Colours, not grey palette indices (~50).
+
+
+def test_an_empty_class_folder_is_allowed_where_classes_may_be_missing(tmp_path):
+    save_image(tmp_path / "test" / "Nevus" / "a.jpg")
+    (tmp_path / "test" / "Melanoma").mkdir()
+    folder = folders.scan_image_folder(tmp_path / "test", class_names=("Melanoma", "Nevus"),
+                                       allow_missing_classes=True)
+    assert folder.class_counts().tolist() == [0, 1]
+    with pytest.raises(UserError, match="without readable images in .*: Melanoma"):
+        folders.scan_image_folder(tmp_path / "test")
+
+
+def corrupt_files(folder):
+    """Files that pass the header check but not TensorFlow's decoder, and one it repairs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    start = png.find(b"IDAT") + 20
+    png[start:start + 20] = b"\x00" * 20  # Corrupt compressed data.
+    (folder / "corrupt_idat.png").write_bytes(bytes(png))
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    scan = jpeg.find(b"\xff\xda")
+    (folder / "header_only.jpg").write_bytes(jpeg[:scan] + b"\xff\xd9")
+    damaged = bytearray(jpeg)
+    noise = np.random.default_rng(1).integers(0, 255, 50, dtype=np.uint8).tobytes()
+    damaged[scan + 200:scan + 250] = noise.replace(b"\xff", b"\x00")
+    (folder / "corrupt_scan.jpg").write_bytes(bytes(damaged))
+    return folder
+
+
+def test_the_full_decode_check_names_what_the_header_check_lets_through(tmp_path):
+    from skin_keras import decode_check  # pylint: disable=g-import-not-at-top
+
+    folder = corrupt_files(tmp_path / "bad")
+    save_image(tmp_path / "bad" / "good.png")
+    paths = sorted(str(p) for p in folder.iterdir())
+    assert all(folders.inspect_image(p)[1] is None for p in paths)  # The cheap check passes.
+    results = decode_check.check_files(paths)
+    errors = {p.rsplit("/", 1)[1]: result for p, result in results.items()}
+    assert errors["corrupt_idat.png"][0].startswith("TensorFlow cannot decode it")
+    assert errors["header_only.jpg"][0].startswith("TensorFlow cannot decode it")
+    assert errors["corrupt_scan.jpg"] == (None, errors["corrupt_scan.jpg"][1])
+    assert "Corrupt JPEG data" in errors["corrupt_scan.jpg"][1]
+    assert errors["good.png"] == (None, None)
+    # Remembered per file version: nothing is decoded again, and a changed file is.
+    decode_check._decode = None  # pylint: disable=protected-access
+    try:
+        assert decode_check.check_files(paths) == results
+    finally:
+        import importlib  # pylint: disable=g-import-not-at-top
+        importlib.reload(decode_check)
+    os.utime(paths[0], ns=(0, 0))
+    assert decode_check.check_files(paths[:1]) == {paths[0]: results[paths[0]]}
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    from skin_keras import atomic  # pylint: disable=g-import-not-at-top
+
+    previous = os.umask(0o027)
+    try:
+        atomic.write_text_atomic(tmp_path / "a.txt", "x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        atomic.write_json_atomic(tmp_path / "b.json", {})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)

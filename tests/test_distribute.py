@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from skin_keras import distribute, training
+from skin_keras import distribute, epoch_log, training
 from skin_keras.errors import UserError
 
 
@@ -16,6 +16,7 @@ def test_mirrored_uses_the_two_logical_cpus():
     assert distribute.make_strategy("auto").num_replicas_in_sync == 1  # No GPU, no TF_CONFIG.
 
 
+@pytest.mark.slow
 def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
     # Frozen backbone (BatchNorm in inference mode) and no dropout: the replicas' halves of a
     # batch then give exactly the gradient of the whole batch, so only float rounding differs.
@@ -26,7 +27,7 @@ def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
                              deterministic=True, feature_cache="none", epochs=1)
         runs[strategy] = training.train_and_evaluate(config, verbose=0)
     logs = {name: json.loads((run / "log.json").read_text()) for name, run in runs.items()}
-    matrices = {name: json.loads((run / training.MATRICES_FILE).read_text())
+    matrices = {name: json.loads((run / epoch_log.MATRICES_FILE).read_text())
                 for name, run in runs.items()}
     assert matrices["mirrored"] == matrices["one_device"]
     for epoch in logs["one_device"]:
@@ -38,7 +39,8 @@ def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
                for name, run in runs.items()}
     for single, mirrored in zip(weights["one_device"], weights["mirrored"]):
         np.testing.assert_allclose(mirrored, single, rtol=1e-4, atol=1e-6)
-    assert not np.allclose(weights["one_device"][0], 0)  # The head did train.
+    # The head did train: its bias starts at zero (Dense's initialiser) and moved.
+    assert np.abs(weights["one_device"][1]).max() > 1e-4
 
 
 def test_batch_must_split_evenly_over_replicas():
@@ -56,8 +58,3 @@ def test_multi_worker_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
         distribute.make_strategy("auto")
-
-
-def test_unknown_strategy_is_refused(tmp_path, tiny_dataset):
-    with pytest.raises(UserError, match="unknown --strategy=gpu"):
-        tiny_config(tmp_path, tiny_dataset, strategy="gpu")

@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import REPO
-from skin_keras import evaluation, exporting, folders, inference, input_pipeline
+from skin_keras import artifacts, evaluation, exporting, folders, inference, input_pipeline, litert
 from skin_keras.errors import UserError
 
 
@@ -25,12 +26,13 @@ def exported(trained_run, tiny_dataset, tmp_path_factory):
     return output, exporting.export(config)
 
 
+@pytest.mark.slow
 def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, trained_run):
     output, report = exported
     version_dir = output / "saved_model" / "skin" / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "assets" / "labels.txt").read_text().splitlines() == \
-        inference.load_model(trained_run).class_names
+        artifacts.load_model(trained_run).class_names
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run([str(cli), "show", "--dir", str(version_dir), "--all"],
                            capture_output=True, text=True, check=True).stdout
@@ -40,9 +42,10 @@ def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, trained
     assert report["artifacts"]["saved_model"]["version"] == 1
 
 
+@pytest.mark.slow
 def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
     output, _ = exported
-    loaded = inference.load_model(trained_run)
+    loaded = artifacts.load_model(trained_run)
     served = tf.saved_model.load(str(output / "saved_model" / "skin" / "1"))
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)
@@ -65,6 +68,7 @@ def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
     np.testing.assert_allclose(by_bytes["score"].numpy(), expected.max(1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_versions_count_up_and_a_taken_version_is_refused(exported, trained_run, tmp_path):
     output, report = exported
     assert report["artifacts"]["saved_model"]["version"] == 1
@@ -75,29 +79,31 @@ def test_versions_count_up_and_a_taken_version_is_refused(exported, trained_run,
     assert exporting.next_version(tmp_path) == 8
     assert exporting.next_version(tmp_path / "absent") == 1
     with pytest.raises(UserError, match="exists already"):
-        exporting.write_saved_model(inference.load_model(trained_run), base, 1)
+        exporting.write_saved_model(artifacts.load_model(trained_run), base, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fp32", "fp16", "dynamic", "int8"])
 def test_tflite_files_use_builtin_ops_only_and_carry_labels_and_metadata(exported, kind):
     output, report = exported
     folder = output / f"tflite_{kind}"
     content = (folder / f"skin_{kind}.tflite").read_bytes()
-    exporting.check_builtin_ops(content, kind)  # Raises on Flex or custom ops.
-    assert not any(op.startswith("Flex") for op in exporting.op_names(content))
+    assert litert.custom_ops(content) == []  # No Flex or custom ops.
+    assert not any(op.startswith("Flex") for op in litert.TFLiteRunner(content).op_names())
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["input"]["shape"][0] == 1 and metadata["input"]["value range"] == [0, 255]
     assert metadata["input"]["dtype"] == ("uint8" if kind == "int8" else "float32")
     assert (folder / "labels.txt").read_text().splitlines() == metadata["class_names"]
-    detail = inference.TFLiteRunner(content).input
+    detail = litert.TFLiteRunner(content).input
     assert list(detail["shape"]) == metadata["input"]["shape"]
     assert detail["dtype"] == (np.uint8 if kind == "int8" else np.float32)
 
 
+@pytest.mark.slow
 def test_report_figures_can_be_recomputed(exported, trained_run, tiny_dataset):
     output, report = exported
     assert json.loads((output / "report.json").read_text()) == report
-    loaded = inference.load_model(trained_run)
+    loaded = artifacts.load_model(trained_run)
     val = folders.scan_image_folder(tiny_dataset / "val")
     chosen = exporting.sample_images(val, report["parity images"])
     images = np.stack([input_pipeline.load_image(val.paths[i], loaded.img_size).numpy()
@@ -114,9 +120,10 @@ def test_report_figures_can_be_recomputed(exported, trained_run, tiny_dataset):
     assert report["artifacts"]["tflite_fp32"]["max abs probability difference"] < 1e-4
 
 
+@pytest.mark.slow
 def test_tflite_matches_keras_on_real_dermoscopy_images(exported, trained_run, ham_200px):
     output, _ = exported
-    loaded = inference.load_model(trained_run)
+    loaded = artifacts.load_model(trained_run)
     paths = sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:16]
     images = np.stack([input_pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
     reference = loaded.model.predict(images, verbose=0)
@@ -127,15 +134,16 @@ def test_tflite_matches_keras_on_real_dermoscopy_images(exported, trained_run, h
         np.testing.assert_allclose(probabilities, reference, atol=tolerance, err_msg=kind)
 
 
+@pytest.mark.slow
 def test_predict_and_evaluate_accept_the_exported_models(exported, trained_run, tiny_dataset,
                                                         tmp_path):
     output, _ = exported
     paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]
-    keras_probabilities, _ = inference.predict_files(inference.load_model(trained_run), paths,
+    keras_probabilities, _ = inference.predict_files(artifacts.load_model(trained_run), paths,
                                                      show_progress=False)
     for model_path, tolerance in ((output / "saved_model" / "skin", 1e-5),
                                   (output / "tflite_fp32" / "skin_fp32.tflite", 1e-4)):
-        loaded = inference.load_model(model_path)
+        loaded = artifacts.load_model(model_path)
         assert loaded.model is None and loaded.img_size == 64
         probabilities, errors = inference.predict_files(loaded, paths, show_progress=False)
         assert errors == [None] * len(paths)
@@ -147,16 +155,7 @@ def test_predict_and_evaluate_accept_the_exported_models(exported, trained_run, 
                                     tmp_path / "out", explain=True)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(formats=("onnx",)), "unknown format\\(s\\) onnx"),
-    (dict(name="a b"), "--name=a b"),
-])
-def test_bad_export_options_are_user_errors(tmp_path, overrides, message):
-    values = dict(model_path=str(tmp_path), output=str(tmp_path / "out"), data_val=str(tmp_path))
-    with pytest.raises(UserError, match=message):
-        exporting.ExportConfig(**{**values, **overrides})
-
-
+@pytest.mark.slow
 def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
     (tmp_path / "notes.txt").write_text("not a model")
     result = subprocess.run(
@@ -167,3 +166,45 @@ def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
     assert result.stderr.strip().splitlines()[-1] == (
         f"export.py: error: {tmp_path / 'notes.txt'} is not a model: give a run folder, a .keras "
         "or .tflite file or a SavedModel folder")
+
+
+@pytest.mark.slow
+def test_an_output_under_a_file_is_refused_before_any_work(trained_run, tiny_dataset, tmp_path,
+                                                          monkeypatch):
+    (tmp_path / "file").write_text("x")
+
+    def no_loading(*args):
+        raise AssertionError("the model was loaded before the output was checked")
+
+    monkeypatch.setattr(exporting, "load_model", no_loading)
+    with pytest.raises(UserError, match="file is a file, not a folder"):
+        exporting.export(exporting.ExportConfig(model_path=str(trained_run),
+                                                output=str(tmp_path / "file" / "out"),
+                                                data_val=str(tiny_dataset / "val")))
+
+
+@pytest.mark.slow
+def test_exports_say_which_colour_constancy_and_are_readable_by_others(exported):
+    output, report = exported
+    umask = os.umask(0)
+    os.umask(umask)
+    for kind in ("fp32", "int8"):
+        folder = output / f"tflite_{kind}"
+        metadata = json.loads((folder / "metadata.json").read_text())
+        assert metadata["preprocessing inside the model"] == (
+            "shades of gray (p=6) colour constancy")
+        assert "POW" in report["artifacts"][f"tflite_{kind}"]["ops"]  # The layer is in the file.
+        for name in (f"skin_{kind}.tflite", "labels.txt", "metadata.json"):
+            assert (folder / name).stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (output / "report.json").stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.slow
+def test_robustness_report_works_on_exported_models(exported, tiny_dataset, tmp_path):
+    output, _ = exported
+    for model_path in (output / "saved_model" / "skin", output / "tflite_fp32" / "skin_fp32.tflite"):
+        result = evaluation.evaluate_model_path(model_path, tiny_dataset / "val",
+                                                tmp_path / model_path.name,
+                                                shift_names=("warm", "vignette"))
+        assert list(result["shifts"]) == ["clean", "warm", "vignette"]
+        assert result["images"] == 15

@@ -2,19 +2,26 @@
 
 import dataclasses
 import json
+import shutil
 
 import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from skin_keras import feature_cache, folders, input_pipeline, models, training
+from conftest import Killed, kill_at_log_write, tiny_config
+from test_data import corrupt_files
+from skin_keras import checkpointing, feature_cache, folders, input_pipeline, models, training
 
 
 @pytest.fixture(scope="module")
 def cached_run(tmp_path_factory, tiny_dataset):
+    # Undecodable training files (left out and named before the cache sees them) and colour
+    # constancy in the model (computed once, inside the cached features).
     tmp_path = tmp_path_factory.mktemp("cached")
-    config = tiny_config(tmp_path, tiny_dataset, freeze_layers=True, cache_views=2, lr=0.01)
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    corrupt_files(tmp_path / "data" / "train" / "Melanoma")
+    config = tiny_config(tmp_path, tmp_path / "data", freeze_layers=True, cache_views=2, lr=0.01,
+                         color_constancy="shades_of_gray")
     return config, training.train_and_evaluate(config, verbose=0)
 
 
@@ -28,7 +35,7 @@ def test_cached_features_are_the_backbone_features_of_each_view(tmp_path, tiny_d
     cache = feature_cache.FeatureCache(tmp_path, model, "float32")
     features, ok = cache.features(paths, views=3)
     assert ok.all() and features.shape == (4, 3, 1280)
-    extractor = feature_cache.feature_model(model)
+    extractor = models.feature_model(model)
     for view, images in enumerate(input_pipeline.dihedral_views(images_of(paths, 32))[:3]):
         np.testing.assert_allclose(features[:, view], extractor.predict(images, verbose=0),
                                    rtol=1e-5, atol=1e-5)
@@ -61,8 +68,12 @@ def test_the_cache_is_keyed_by_content_and_computes_nothing_twice(tmp_path, tiny
     assert feature_cache.FeatureCache(tmp_path, bigger, "float32").folder != cache.folder
 
 
+@pytest.mark.slow
 def test_a_cached_run_writes_the_same_run_folder(cached_run, trained_run):
     config, run = cached_run
+    dataset = json.loads((run / "train_params.json").read_text())["dataset"]
+    assert dataset["trainset number"] == 37 and len(dataset["bad files"]) == 2
+    assert "corrupt_scan.jpg" in dataset["decode warnings"][0]
     assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in trained_run.iterdir())
     log, plain_log = (json.loads((r / "log.json").read_text()) for r in (run, trained_run))
     assert list(log) == list(plain_log)
@@ -72,6 +83,7 @@ def test_a_cached_run_writes_the_same_run_folder(cached_run, trained_run):
     assert (run / "weights" / "best.keras").exists() and (run / "weights" / "last.keras").exists()
 
 
+@pytest.mark.slow
 def test_the_saved_model_predicts_on_images_what_the_head_learned_on_features(cached_run):
     config, run = cached_run
     model = keras.models.load_model(run / "weights" / "last.keras")
@@ -80,7 +92,7 @@ def test_the_saved_model_predicts_on_images_what_the_head_learned_on_features(ca
     on_images = model.predict(images_of(val.paths, config.img_size), verbose=0)
     cache = feature_cache.FeatureCache(config.feature_cache, model, "float32")
     features, _ = cache.features(val.paths, views=1)
-    on_features = feature_cache.head_model(model).predict(features[:, 0], verbose=0)
+    on_features = models.head_model(model).predict(features[:, 0], verbose=0)
     np.testing.assert_allclose(on_images, on_features, rtol=1e-5, atol=1e-6)
     # The logged validation loss of the last epoch is the loss of the saved model on the images.
     last = json.loads((run / "log.json").read_text())[f"epoch:{config.epochs}"]
@@ -95,10 +107,6 @@ def test_augmentation_that_changes_images_turns_the_cache_off(tmp_path, tiny_dat
     assert "trains" in tiny_config(tmp_path, tiny_dataset).feature_cache_blocker
 
 
-class Killed(Exception):
-    """Stands in for a power cut: nothing after it runs, no handler tidies up."""
-
-
 def saved_val_loss(path, config):
     """Validation loss of a saved model on the images (what log.json records)."""
     model = keras.models.load_model(path)
@@ -108,6 +116,7 @@ def saved_val_loss(path, config):
                                                                probabilities))), model
 
 
+@pytest.mark.slow
 def test_a_run_killed_in_the_cached_head_phase_resumes_from_the_head_checkpoint(
         tmp_path, tiny_dataset, monkeypatch):
     # The head trains on cached features and the full model is saved only when that phase
@@ -116,20 +125,13 @@ def test_a_run_killed_in_the_cached_head_phase_resumes_from_the_head_checkpoint(
     config = tiny_config(tmp_path, tiny_dataset, freeze_layers=True, epochs=6, lr=0.05)
     # Uninterrupted first: best.keras and last.keras hold their epochs.
     check_best_and_last(training.train_and_evaluate(config, verbose=0), config)
-    write_json = training.atomic.write_json_atomic
-
-    def dies_before_logging_epoch_3(path, data):
-        if path.name == "log.json" and len(data) == 3:
-            raise Killed
-        write_json(path, data)
-
-    monkeypatch.setattr(training.atomic, "write_json_atomic", dies_before_logging_epoch_3)
+    kill_at_log_write(monkeypatch, epochs_logged=3)
     with pytest.raises(Killed):
         training.train_and_evaluate(config, verbose=0)
     monkeypatch.undo()
     run = tmp_path / "runs" / "exp2"
-    checkpoint = run / "weights" / training.HEAD_CHECKPOINT
-    assert sorted(training.read_head_checkpoint(checkpoint)) == [2, 3]
+    checkpoint = run / "weights" / checkpointing.HEAD_CHECKPOINT
+    assert sorted(checkpointing.read_head_checkpoint(checkpoint)) == [2, 3]
     assert len(json.loads((run / "log.json").read_text())) == 2
 
     training.train_and_evaluate(dataclasses.replace(config, resume=str(run)), verbose=0)
@@ -144,7 +146,7 @@ def check_best_and_last(run, config) -> keras.Model:
     """best.keras and last.keras give the logged validation loss of their epochs; returns the
     last model."""
     log = json.loads((run / "log.json").read_text())
-    assert not (run / "weights" / training.HEAD_CHECKPOINT).exists()
+    assert not (run / "weights" / checkpointing.HEAD_CHECKPOINT).exists()
     loss, last = saved_val_loss(run / "weights" / "last.keras", config)
     assert loss == pytest.approx(log[f"epoch:{len(log)}"]["valid info"]["loss"], rel=1e-4)
     # The best epoch by val balanced accuracy (the first of equals), here not the last one.

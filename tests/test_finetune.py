@@ -8,13 +8,12 @@ import pytest
 
 from conftest import tiny_config
 from skin_keras import models, training
-from skin_keras.errors import UserError
 
 
 def test_unfreeze_top_blocks_keeps_batchnorm_and_lower_blocks_frozen():
     model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
     backbone = models.backbone_of(model)
-    training.unfreeze_top_blocks(backbone, 1)
+    models.unfreeze_top_blocks(backbone, 1)
     trainable = [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
     assert trainable and all(name.startswith(("block6", "top_conv")) for name in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
@@ -27,16 +26,12 @@ def test_unfreeze_top_blocks_keeps_batchnorm_and_lower_blocks_frozen():
     changed = {w.path for w in backbone.weights if not np.array_equal(before[w.path], w.numpy())}
     assert changed and all("block6" in path or "top_conv" in path for path in changed)
     assert not any("_bn/" in path for path in changed)
-    training.unfreeze_top_blocks(backbone, 0)
+    models.unfreeze_top_blocks(backbone, 0)
     assert backbone.get_layer("stem_conv").trainable
     assert not backbone.get_layer("stem_bn").trainable
 
 
-def test_finetune_needs_a_frozen_head_phase(tmp_path):
-    with pytest.raises(UserError, match="--finetune_epochs follows frozen-head epochs"):
-        tiny_config(tmp_path, tmp_path, finetune_epochs=2, freeze_layers=False)
-
-
+@pytest.mark.slow
 def test_finetune_phase_continues_the_log_and_trains_only_the_top(tmp_path, tiny_dataset, capsys):
     config = tiny_config(tmp_path, tiny_dataset, epochs=1, freeze_layers=True, finetune_epochs=1,
                          unfreeze_blocks=1, finetune_lr=1e-3)

@@ -1,28 +1,31 @@
 """Class weights, balanced sampling, early stopping, the NaN stop and mixed precision."""
 
 import json
+import re
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
-from conftest import tiny_config
-from skin_keras import input_pipeline, models, synthetic, training
-from skin_keras.errors import UserError
+from conftest import REPO, tiny_config
+from skin_keras import input_pipeline, models, recipe, synthetic, training
 
 
 def test_balanced_class_weights_are_sklearns_and_sqrt_is_milder():
     counts = np.array([90, 30, 10, 0])
     labels = np.repeat(np.arange(4), counts)
-    balanced = training.class_weights(counts, "balanced")
+    balanced = recipe.class_weights(counts, "balanced")
     expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
     np.testing.assert_allclose([balanced[i] for i in range(3)], expected)
     assert balanced[3] == 0.0  # A class without training images gets no weight.
-    mild = training.class_weights(counts, "sqrt")
+    mild = recipe.class_weights(counts, "sqrt")
     for weights in (balanced, mild):  # Mean weight over the training images is 1.
         assert sum(weights[i] * counts[i] for i in range(4)) == pytest.approx(counts.sum())
     assert mild[2] / mild[0] == pytest.approx(np.sqrt(balanced[2] / balanced[0]))
-    assert training.class_weights(counts, "none") is None
+    assert recipe.class_weights(counts, "none") is None
 
 
 def test_balanced_sampling_gives_every_class_the_same_share():
@@ -53,45 +56,54 @@ def test_balanced_sampling_pipeline_yields_decoded_batches(tmp_path):
     assert rare > 4  # About half of 22 draws, against 2 in natural order.
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(class_weight="inverse"), "unknown --class_weight=inverse"),
-    (dict(sampling="oversample"), "unknown --sampling=oversample"),
-    (dict(patience=-1), "--patience=-1 is out of range"),
-    (dict(precision="float8"), "unknown --precision=float8"),
-])
-def test_bad_imbalance_options_are_rejected(tmp_path, overrides, message):
-    with pytest.raises(UserError, match=message):
-        tiny_config(tmp_path, tmp_path, **overrides)
-
-
+@pytest.mark.slow
 def test_weighted_balanced_run_logs_its_weights_and_stops_early(tmp_path, tiny_dataset, capsys):
+    # An imbalanced copy of the training set: 4, 12 and 12 images.
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    for path in sorted((tmp_path / "data" / "train" / "Basal cell carcinoma").iterdir())[4:]:
+        path.unlink()
     # A learning rate of 1e-12 leaves the model unchanged, so val_loss never improves.
-    config = tiny_config(tmp_path, tiny_dataset, class_weight="balanced", sampling="balanced",
-                         patience=1, epochs=5, lr=1e-12, monitor="val_loss", freeze_layers=True)
+    config = tiny_config(tmp_path, tmp_path / "data", class_weight="balanced",
+                         sampling="balanced", patience=1, epochs=5, lr=1e-12, monitor="val_loss",
+                         freeze_layers=True)
     run = training.train_and_evaluate(config, verbose=0)
     params = json.loads((run / "train_params.json").read_text())
+    expected = compute_class_weight("balanced", classes=np.arange(3),
+                                    y=np.repeat(np.arange(3), [4, 12, 12]))
     assert params["dataset"]["class weights"] == {
-        "Basal cell carcinoma": 1.0, "Melanocytic nevus": 1.0, "Melanoma": 1.0}
+        name: round(float(weight), 6) for name, weight in zip(
+            ["Basal cell carcinoma", "Melanocytic nevus", "Melanoma"], expected)}
+    assert params["dataset"]["class weights"]["Basal cell carcinoma"] == pytest.approx(7 / 3)
     assert params["train parameters"]["sampling"] == "balanced"
     log = json.loads((run / "log.json").read_text())
     assert list(log) == ["epoch:1", "epoch:2"]
     assert "early stopping after epoch 2" in capsys.readouterr().out
 
 
-def test_a_nan_loss_stops_the_run_and_keeps_the_best_weights(tmp_path, tiny_dataset, capsys):
-    config = tiny_config(tmp_path, tiny_dataset, optim="SGD", lr=1e30, epochs=4,
-                         freeze_layers=True)
-    run = training.train_and_evaluate(config, verbose=0)
+@pytest.mark.slow
+def test_a_nan_loss_stops_the_run_keeps_the_best_weights_and_fails(tmp_path, tiny_dataset):
+    # train.py itself: a diverged run must not end with exit code 0.
+    command = [sys.executable, str(REPO / "train.py"), "--model=b0", "--weights=none",
+               "--img_size=32", "--batch_size=8", "--epochs=4", "--optim=SGD", "--lr=1e30",
+               f"--data_train={tiny_dataset / 'train'}", f"--data_val={tiny_dataset / 'val'}",
+               f"--save_ret={tmp_path / 'runs'}", f"--feature_cache={tmp_path / 'features'}"]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    assert result.returncode == training.DIVERGED_EXIT_CODE == 3, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert re.match(r"train.py: error: training diverged in epoch \d: the loss became nan",
+                    result.stderr.strip().splitlines()[-1])
+    run = tmp_path / "runs" / "exp1"
     log = json.loads((run / "log.json").read_text())
     assert len(log) < 4
     assert not np.isfinite(log[f"epoch:{len(log)}"]["train info"]["loss"])
-    assert "the loss became nan" in capsys.readouterr().out
+    assert log[f"epoch:{len(log)}"]["non-finite"][0] == "train loss"
     assert (run / "weights" / "last.keras").exists()
     # Only an epoch that ended with a finite loss may be the best one.
     finite = [key for key, entry in log.items() if np.isfinite(entry["train info"]["loss"])]
     assert (run / "weights" / "best.keras").exists() == bool(finite)
 
 
+@pytest.mark.slow
 def test_mixed_precision_run_keeps_float32_weights_and_output(tmp_path, tiny_dataset):
     import keras  # pylint: disable=g-import-not-at-top
 

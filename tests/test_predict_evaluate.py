@@ -7,19 +7,21 @@ import shutil
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
 from sklearn import metrics as sk_metrics
 
 from conftest import REPO
-from skin_keras import evaluation, folders, gradcam, inference, input_pipeline
+from skin_keras import (artifacts, evaluation, folders, gradcam, inference, input_pipeline,
+                        litert, model_info, models)
 from skin_keras.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def loaded(trained_run):
-    return inference.load_model(trained_run)
+    return artifacts.load_model(trained_run)
 
 
 @pytest.fixture
@@ -42,6 +44,7 @@ def keras_probabilities(loaded, paths):
     return loaded.model.predict(dataset, verbose=0)
 
 
+@pytest.mark.slow
 def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mixed_source,
                                                                        tmp_path):
     rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "out", topk=2)
@@ -68,12 +71,13 @@ def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mi
     assert [row["path"] for row in saved] == [row["path"] for row in rows]
 
 
+@pytest.mark.slow
 def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_conversion(
         loaded, mixed_source, capsys):
     assert inference.select_backend(loaded, "auto", images=10) is loaded  # Small, not cached.
     tflite = inference.select_backend(loaded, "tflite", images=10)
     assert "converting" in capsys.readouterr().out
-    assert isinstance(tflite.forward, inference.TFLiteRunner)
+    assert isinstance(tflite.forward, litert.TFLiteRunner)
     paths = inference.list_sources([mixed_source])
     for tta in (1, 2):
         by_keras, keras_errors = inference.predict_files(loaded, paths, 4, tta, False)
@@ -85,11 +89,12 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
     np.testing.assert_allclose(tflite.predict_images(images), loaded.predict_images(images),
                                atol=1e-5)
     auto = inference.select_backend(loaded, "auto", images=10)  # Now cached: TFLite.
-    assert isinstance(auto.forward, inference.TFLiteRunner)
+    assert isinstance(auto.forward, litert.TFLiteRunner)
     assert auto.model is loaded.model  # Grad-CAM still has the Keras model.
     assert "converting" not in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_source,
                                                              tmp_path):
     from_run = inference.predict_to_folder(trained_run, [mixed_source], tmp_path / "a")
@@ -103,6 +108,7 @@ def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_
                                        list(by_path[row["path"]].values()), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tta_averages_the_eight_flips_and_rotations(loaded, tiny_dataset):
     paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:5]
     plain, _ = inference.predict_files(loaded, paths, batch_size=2, tta=1, show_progress=False)
@@ -117,6 +123,7 @@ def test_tta_averages_the_eight_flips_and_rotations(loaded, tiny_dataset):
         inference.predict_files(loaded, paths, tta=9, show_progress=False)
 
 
+@pytest.mark.slow
 def test_evaluate_figures_equal_sklearn(loaded, tiny_dataset, tmp_path):
     report = evaluation.evaluate(loaded, tiny_dataset / "val", tmp_path / "eval", batch_size=4)
     folder = folders.scan_image_folder(tiny_dataset / "val")
@@ -151,6 +158,7 @@ def test_evaluate_figures_equal_sklearn(loaded, tiny_dataset, tmp_path):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_evaluate_accepts_a_test_set_without_some_class_but_not_unknown_ones(loaded,
                                                                             tiny_dataset,
                                                                             tmp_path):
@@ -164,6 +172,7 @@ def test_evaluate_accepts_a_test_set_without_some_class_but_not_unknown_ones(loa
         evaluation.evaluate(loaded, tmp_path / "test", tmp_path / "eval")
 
 
+@pytest.mark.slow
 def test_grad_cam_map_has_the_image_size_and_is_not_constant(loaded, tiny_dataset):
     path = sorted((tiny_dataset / "val").rglob("*.jpg"))[0]
     image = input_pipeline.load_image(str(path), loaded.img_size).numpy()[None]
@@ -199,9 +208,10 @@ def _saved_model_folder(tmp):
 ])
 def test_model_paths_that_are_not_keras_models_are_clear_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
-        inference.load_model(make(tmp_path))
+        artifacts.load_model(make(tmp_path))
 
 
+@pytest.mark.slow
 def test_predict_script_end_to_end(trained_run, mixed_source, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, str(REPO / "predict.py"), f"--model_path={trained_run}",
@@ -219,3 +229,89 @@ def test_predict_script_end_to_end(trained_run, mixed_source, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "predict.py: error: none of the 1 files could be read as an image")
+    result = subprocess.run(command + ["--batch_size=0"], capture_output=True, text=True,
+                            check=False, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "predict.py: error: --batch_size=0 is out of range [1, 65536]")
+
+
+def saved_run(folder, model, class_names, record=True, indices=None):
+    """A run-like folder holding `model` as weights/best.keras (with or without its record)."""
+    (folder / "weights").mkdir(parents=True)
+    if record:
+        model_info.save_model(model, folder / "weights" / "best.keras",
+                              model_info.ModelInfo.of(model, class_names))
+    else:
+        model.save(folder / "weights" / "best.keras")
+    if indices is not None:
+        (folder / "class_indices.json").write_text(indices)
+    return folder
+
+
+@pytest.mark.slow
+def test_a_model_that_answers_nan_is_blamed_not_the_images(loaded, mixed_source, tmp_path,
+                                                           tiny_dataset):
+    broken = keras.models.clone_model(loaded.model)
+    broken.set_weights(loaded.model.get_weights())
+    bias = broken.get_layer("predictions").bias
+    bias.assign(np.full(bias.shape, np.nan, np.float32))
+    run = saved_run(tmp_path / "run", broken, loaded.class_names)
+    with pytest.raises(UserError, match="produced NaN for all 6 readable images: the model is "
+                                        "broken"):
+        inference.predict_to_folder(run, [mixed_source], tmp_path / "out")
+    with open(tmp_path / "out" / "predictions.csv", newline="") as file:
+        errors = [row["error"] for row in csv.DictReader(file)]
+    assert errors.count(inference.MODEL_NAN) == 6 and "could not be decoded" not in errors
+    with pytest.raises(UserError, match="produced NaN for 15 of the images"):
+        evaluation.evaluate(artifacts.load_model(run), tiny_dataset / "val", tmp_path / "eval")
+
+
+@pytest.mark.slow
+def test_a_keras_file_carries_its_class_names(trained_run, tmp_path):
+    copy = tmp_path / "alone.keras"  # Far from its run folder.
+    shutil.copy(trained_run / "weights" / "best.keras", copy)
+    assert model_info.read_from(copy) == model_info.ModelInfo(
+        ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma"), 64, "efficientnetv2_b0",
+        "shades of gray (p=6) colour constancy")
+    assert artifacts.load_model(copy).class_names == artifacts.load_model(trained_run).class_names
+    # A run folder whose class list is not the model's: same count, other names.
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / "class_indices.json").write_text('{"0": "Melanoma", "1": "Melanocytic nevus", '
+                                            '"2": "Basal cell carcinoma"}')
+    with pytest.raises(UserError, match="was trained on the classes .* but .* lists"):
+        artifacts.load_model(run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("indices, message", [
+    ('{"0": "a", "1": "b"', "is not a class index file .*: Expecting"),
+    ('{"a": "x", "b": "y", "c": "z"}', "is not a class index file .*: no key '0'"),
+    ('["a", "b", "c"]', "is not a class index file .*: not a non-empty JSON object"),
+    (None, "no class_indices.json beside"),
+])
+def test_older_keras_files_take_their_class_names_from_the_run_folder(loaded, tmp_path, indices,
+                                                                      message):
+    good = saved_run(tmp_path / "good", loaded.model, loaded.class_names, record=False,
+                     indices='{"0": "a", "1": "b", "2": "c"}')
+    assert artifacts.load_model(good).class_names == ["a", "b", "c"]  # Runs before records.
+    bad = saved_run(tmp_path / "bad", loaded.model, loaded.class_names, record=False,
+                    indices=indices)
+    with pytest.raises(UserError, match=message) as error:
+        artifacts.load_model(bad)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.slow
+def test_a_32_px_model_runs_in_litert_at_any_batch(tmp_path, tiny_dataset):
+    # XNNPACK cannot resize this graph (its 1x1 last feature map): one image at a time.
+    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    run = saved_run(tmp_path / "run", model, ["a", "b", "c"])
+    keras_model = artifacts.load_model(run)
+    tflite = inference.select_backend(keras_model, "tflite", images=5)
+    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:5]
+    by_keras, _ = inference.predict_files(keras_model, paths, 4, 1, False)
+    by_tflite, errors = inference.predict_files(tflite, paths, 4, 1, False)
+    assert errors == [None] * 5 and tflite.forward.batch_one_only
+    np.testing.assert_allclose(by_tflite, by_keras, atol=1e-5)

@@ -227,17 +227,6 @@ def test_bad_inputs_are_one_line_errors(download, tmp_path, change, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(val_fraction=1.0), "--val_fraction=1.0 must be between 0 and 1"),
-    (dict(folds=1), "--folds=1: need at least 2 folds"),
-    (dict(folds=5, fold=5), "--fold=5 is out of range"),
-    (dict(link="move"), "--link=move"),
-])
-def test_bad_options_are_rejected(download, tmp_path, overrides, message):
-    with pytest.raises(UserError, match=message):
-        config_for(download, tmp_path, **overrides)
-
-
 def test_command_line_prints_the_table_and_errors_in_one_line(download, tmp_path):
     command = [sys.executable, "-m", "skin_keras.prepare_isic",
                f"--images={download / 'ISIC_2019_Training_Input'}",
@@ -274,3 +263,50 @@ def test_real_ham10000_split(ham_200px, tmp_path):
         assert split_of[first] == split_of[second]
     train = folders.scan_image_folder(tmp_path / "data" / "train", check=False)
     folders.scan_image_folder(tmp_path / "data" / "val", class_names=train.class_names, check=False)
+
+
+def test_an_interrupted_run_is_finished_by_running_it_again(download, tmp_path, monkeypatch):
+    out_dir = tmp_path / "data"
+    placed = []
+    real_place = isic.place_file
+
+    def killed_after_five(source, target, mode):
+        if len(placed) == 5:
+            raise KeyboardInterrupt  # Stands in for a kill while files are being placed.
+        placed.append(target)
+        return real_place(source, target, mode)
+
+    monkeypatch.setattr(isic, "place_file", killed_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        isic.prepare(config_for(download, out_dir))
+    monkeypatch.undo()
+    assert (out_dir / "split.csv").exists()  # Written before any file was placed.
+    audit = isic.prepare(config_for(download, out_dir))  # The same command again.
+    assert audit["files"]["already there"] == 5
+    images = {p.stem for p in out_dir.rglob("*.jpg")}
+    assert images == {row["image"] for row in read_split(out_dir)}
+
+
+def test_malformed_rows_go_to_the_audit_by_line_number(download, tmp_path):
+    with open(download / "gt.csv", "a") as file:
+        file.write("ISIC_0024306,0.0\n")  # A short row.
+        file.write(",1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0\n")  # No image name.
+    with open(download / "meta.csv", "a") as file:
+        file.write("ISIC_0000001,50.0\n")  # A short metadata row.
+    lines = len((download / "gt.csv").read_text().splitlines())
+    audit = isic.prepare(config_for(download, tmp_path / "data"))
+    assert audit["malformed rows"][:2] == [
+        {"file": "gt.csv", "line": lines - 1, "reason": "too few fields (no AK, BCC, BKL, DF, "
+                                                       "NV, SCC, VASC)"},
+        {"file": "gt.csv", "line": lines, "reason": "no image name"}]
+    assert audit["malformed rows"][2]["file"] == "meta.csv"
+    assert audit["malformed rows"][2]["reason"] == "too few fields (no lesion_id)"
+    assert f"malformed row: gt.csv line {lines - 1}" in isic.describe_audit(audit)
+
+
+def test_a_csv_that_is_not_utf8_is_one_clear_line(download, tmp_path):
+    with open(download / "gt.csv", "ab") as file:
+        file.write("ISIC_9999999,1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0 caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"gt.csv is not UTF-8 text \(byte 0xe9") as error:
+        isic.prepare(config_for(download, tmp_path / "data"))
+    assert "\n" not in str(error.value)

@@ -6,8 +6,7 @@ import keras
 import pytest
 
 from conftest import tiny_config
-from skin_keras import models, training
-from skin_keras.errors import UserError
+from skin_keras import models, recipe, training
 
 
 def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
@@ -15,34 +14,25 @@ def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
                          min_img_size=64, dropout=0.3, min_dropout=0.1,
                          randaugment_magnitude=0.6, min_randaugment_magnitude=0.2,
                          mixup_alpha=0.2)
-    stages = training.stage_plan(config)
+    stages = recipe.stage_plan(config)
     assert [(s.first_epoch, s.last_epoch) for s in stages] == [(0, 3), (3, 7), (7, 10)]
     assert [s.img_size for s in stages] == [64, 96, 128]
     assert [round(s.dropout, 6) for s in stages] == [0.1, 0.2, 0.3]
     assert [round(s.randaugment_magnitude, 6) for s in stages] == [0.2, 0.4, 0.6]
     assert [round(s.mixup_alpha, 6) for s in stages] == [0.0, 0.1, 0.2]
-    single = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, dropout=0.3))
+    single = recipe.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, dropout=0.3))
     assert [(s.first_epoch, s.last_epoch, s.img_size, s.dropout) for s in single] == [
         (0, 4, 32, 0.3)]
-    tuned = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, freeze_layers=True,
+    tuned = recipe.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, freeze_layers=True,
                                             finetune_epochs=3))
     assert [(s.first_epoch, s.last_epoch, s.finetune) for s in tuned] == [(0, 4, False),
                                                                         (4, 7, True)]
-    halves = training.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, img_size=224,
+    halves = recipe.stage_plan(tiny_config(tmp_path, tmp_path, epochs=4, img_size=224,
                                              progressive_stages=2))
     assert [s.img_size for s in halves] == [112, 224]  # Default start: half the size.
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(progressive_stages=3, epochs=2), "--progressive_stages=3 is out of range"),
-    (dict(progressive_stages=2, min_img_size=64, img_size=48), "--min_img_size=64 is out of"),
-    (dict(progressive_stages=2, min_dropout=0.5, dropout=0.2), "--min_dropout=0.5 is out of"),
-])
-def test_bad_progressive_options_are_rejected(tmp_path, overrides, message):
-    with pytest.raises(UserError, match=message):
-        tiny_config(tmp_path, tmp_path, **overrides)
-
-
+@pytest.mark.slow
 def test_progressive_run_trains_one_model_at_growing_sizes(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path, tiny_dataset, epochs=3, progressive_stages=3, img_size=64,
                          min_img_size=32, dropout=0.3, min_dropout=0.1, freeze_layers=True)

@@ -2,18 +2,22 @@
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
+import keras
 import pytest
 
-from conftest import REPO, tiny_config
-from skin_keras import training
+from conftest import REPO, Killed, config_from_flagfile, kill_at_log_write, tiny_config
+from skin_keras import models, run_folder, training
+from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
     # train.py with the demo flagfile (the README's first command) and a frozen backbone, so the
     # head trains on cached features: epochs take milliseconds, and between the full model saved
@@ -62,11 +66,72 @@ def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
     assert not [p for p in run.rglob(".*") if p.is_file()], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_flags_and_non_runs(trained_run, tiny_dataset, tmp_path):
     params = json.loads((trained_run / "train_params.json").read_text())["train parameters"]
     same = {**params, "resume": str(trained_run)}
     with pytest.raises(UserError, match=r"these differ: epochs \(2 there, 9 now\)"):
-        training.check_resumable(training.TrainConfig(**{**same, "epochs": 9}))
-    training.check_resumable(training.TrainConfig(**same))  # The run's own flags are fine.
-    with pytest.raises(UserError, match="is not a run folder with a completed epoch"):
-        training.check_resumable(tiny_config(tmp_path, tiny_dataset, resume=str(tmp_path)))
+        run_folder.check_resumable(TrainConfig(**{**same, "epochs": 9}))
+    run_folder.check_resumable(TrainConfig(**same))  # The run's own flags are fine.
+    with pytest.raises(UserError, match="is not a run folder"):
+        run_folder.check_resumable(tiny_config(tmp_path, tiny_dataset, resume=str(tmp_path)))
+
+
+@pytest.mark.slow
+def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_classes(
+        tmp_path, tiny_dataset, monkeypatch):
+    # A run started with relative paths (data, weights, run folder) and killed in its first
+    # epoch, before log.json existed.
+    work = tmp_path / "work"
+    shutil.copytree(tiny_dataset, work / "data")
+    (work / "w").mkdir()
+    models.backbone_of(models.build_model("b0", 3, 32, weights="none")).save_weights(
+        work / "w" / "bb.weights.h5")
+    monkeypatch.chdir(work)
+    config = TrainConfig(data_train="data/train", data_val="data/val", save_ret="runs",
+                         weights="w/bb.weights.h5", feature_cache="features", model="b0",
+                         img_size=32, batch_size=8, epochs=3, optim="Adam", lr=1e-3)
+    kill_at_log_write(monkeypatch, epochs_logged=1)
+    with pytest.raises(Killed):
+        training.train_and_evaluate(config, verbose=0)
+    monkeypatch.undo()
+    run = work / "runs" / "exp1"
+    assert not (run / "log.json").exists()
+
+    # The README's command, from the folder the run started in: starts again from scratch.
+    monkeypatch.chdir(work)
+    training.train_and_evaluate(config_from_flagfile(
+        "runs/exp1/flags.cfg", "--resume=runs/exp1"), verbose=0)
+    assert list(json.loads((run / "log.json").read_text())) == ["epoch:1", "epoch:2", "epoch:3"]
+    # From another folder: the same flags.cfg, the same run.
+    monkeypatch.chdir(tmp_path)
+    point = run_folder.check_resumable(config_from_flagfile(
+        run / "flags.cfg", f"--resume={run}"))
+    assert point.completed_epochs == 3
+    assert json.loads((run / "train_params.json").read_text())["train parameters"][
+        "weights"] == str(work / "w" / "bb.weights.h5")
+
+    # Class folders that are not the run's classes: refused, naming the difference.
+    resumed = config_from_flagfile(run / "flags.cfg", f"--resume={run}")
+    (work / "data" / "train" / "Melanoma").rename(work / "data" / "train" / "Nevus")
+    with pytest.raises(UserError, match="not the run's classes .*missing Melanoma; new Nevus"):
+        training.train_and_evaluate(resumed, verbose=0)
+    (work / "data" / "train" / "Nevus").rename(work / "data" / "train" / "Melanoma")
+    shutil.copytree(work / "data" / "train" / "Melanoma", work / "data" / "train" / "Zoster")
+    with pytest.raises(UserError, match="missing none; new Zoster"):
+        training.train_and_evaluate(resumed, verbose=0)
+    shutil.rmtree(work / "data" / "train" / "Zoster")
+
+    # A last.keras that safe_mode refuses (a Lambda layer runs arbitrary code).
+    inputs = keras.Input((32, 32, 3))
+    keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(
+        run / "weights" / "last.keras")
+    with pytest.raises(UserError, match="could not be loaded to resume from: .*Lambda") as error:
+        training.train_and_evaluate(resumed, verbose=0)
+    assert "\n" not in str(error.value)
+
+
+def test_a_folder_that_never_started_training_is_refused_with_what_to_do(tmp_path):
+    (tmp_path / "exp1" / "weights").mkdir(parents=True)
+    with pytest.raises(UserError, match="stopped before it started training .*start a new run"):
+        run_folder.check_resumable(TrainConfig(resume=str(tmp_path / "exp1")))

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -9,11 +10,10 @@ import sys
 import keras
 import numpy as np
 import pytest
-from absl import flags
 
-from conftest import REPO, tiny_config
-from skin_keras import folders, inference, input_pipeline, isic, metrics, models, reports, training
-from skin_keras.config import TrainConfig
+from conftest import REPO, config_from_flagfile, tiny_config
+from skin_keras import (folders, input_pipeline, isic, metrics, models, reports,
+                        run_folder, training)
 from skin_keras.errors import UserError
 
 
@@ -21,12 +21,13 @@ def read_json(path):
     return json.loads(path.read_text())
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
     class_names = ["Basal cell carcinoma", "Melanocytic nevus", "Melanoma"]
     assert trained_run.name == "exp1"
     assert read_json(trained_run / "class_indices.json") == {
         "0": class_names[0], "1": class_names[1], "2": class_names[2]}
-    assert inference.read_class_indices(trained_run / "class_indices.json") == class_names
+    assert run_folder.read_class_indices(trained_run / "class_indices.json") == class_names
 
     params = read_json(trained_run / "train_params.json")
     assert params["train parameters"]["model"] == "b0"
@@ -56,27 +57,24 @@ def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
         assert (trained_run / png).read_bytes()[:4] == b"\x89PNG", png
     assert list((trained_run / "tensorboard").rglob("events.out.tfevents.*"))
     assert not [p for p in trained_run.rglob(".*") if p.is_file()], "temporary files left behind"
+    # Readable by others as open() would make them (the umask's permissions, not 0600).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("weights/best.keras", "weights/last.keras", "log.json", "flags.cfg",
+                 "class_indices.json", "curves.png"):
+        assert (trained_run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
 
 
-def test_flags_cfg_replays_the_run(trained_run):
-    import train  # pylint: disable=g-import-not-at-top  (defines the flags)
-
-    try:
-        flags.FLAGS(["train.py", f"--flagfile={trained_run / 'flags.cfg'}"])
-        replayed = TrainConfig(**{name: flags.FLAGS[name].value
-                                  for name in TrainConfig.__dataclass_fields__})
-    finally:
-        flags.FLAGS.unparse_flags()
+@pytest.mark.slow
+def test_flags_cfg_replays_the_run(trained_run, monkeypatch, tmp_path):
     saved = read_json(trained_run / "train_params.json")["train parameters"]
-    for name, value in saved.items():
-        if name in ("data_train", "data_val", "save_ret"):
-            assert getattr(replayed, name) == str((REPO / value).resolve()) or \
-                getattr(replayed, name) == value
-        else:
-            assert getattr(replayed, name) == value, name
-    assert train.main is not None
+    monkeypatch.chdir(tmp_path)  # Paths are absolute: the flags replay from anywhere.
+    replayed = config_from_flagfile(trained_run / "flags.cfg")
+    assert replayed.to_dict() == saved
+    assert replayed.data_train.startswith("/") and replayed.feature_cache.startswith("/")
 
 
+@pytest.mark.slow
 def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_dataset):
     model = keras.models.load_model(trained_run / "weights" / "best.keras")
     val = folders.scan_image_folder(tiny_dataset / "val")
@@ -95,6 +93,7 @@ def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_
     assert params["train parameters"]["monitor"] == "val_balanced_accuracy"
 
 
+@pytest.mark.slow
 def test_last_weights_load_and_predict_raw_images(trained_run):
     model = keras.models.load_model(trained_run / "weights" / "last.keras")
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
@@ -106,24 +105,11 @@ def test_last_weights_load_and_predict_raw_images(trained_run):
 def test_run_folders_are_numbered_and_never_reused(tmp_path):
     (tmp_path / "exp7").mkdir()
     (tmp_path / "notes").mkdir()
-    assert training.new_run_dir(tmp_path).name == "exp8"
-    assert training.new_run_dir(tmp_path).name == "exp9"
+    assert run_folder.new_run_dir(tmp_path).name == "exp8"
+    assert run_folder.new_run_dir(tmp_path).name == "exp9"
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is not a folder"):
-        training.new_run_dir(tmp_path / "file")
-
-
-@pytest.mark.parametrize("overrides, message", [
-    (dict(model="xl"), "unknown --model=xl"),
-    (dict(optim="RMSprop"), "unknown --optim=RMSprop"),
-    (dict(monitor="accuracy"), "not a validation metric"),
-    (dict(epochs=0), "--epochs=0 is out of range"),
-    (dict(warmup_epochs=2, epochs=2), "--warmup_epochs=2 is out of range"),
-    (dict(lr=0.0), "--lr must be positive"),
-])
-def test_bad_configs_are_rejected_with_the_flag_name(tmp_path, overrides, message):
-    with pytest.raises(UserError, match=message):
-        tiny_config(tmp_path, tmp_path, **overrides)
+        run_folder.new_run_dir(tmp_path / "file")
 
 
 def run_train_script(*args, cwd=REPO):
@@ -131,6 +117,7 @@ def run_train_script(*args, cwd=REPO):
                           capture_output=True, text=True, timeout=600, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make_args, message", [
     (lambda tmp, data: [f"--data_train={tmp / 'missing'}"], r"dataset folder .*missing does not exist"),
     (lambda tmp, data: [f"--data_train={data / 'train'}", f"--data_val={tmp / 'val'}"],
@@ -148,6 +135,7 @@ def test_train_script_user_errors_are_one_line(tmp_path, tiny_dataset, make_args
     assert not (tmp_path / "runs").exists(), "a failed start must not leave a run folder"
 
 
+@pytest.mark.slow
 def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     """A few real HAM10000 images per class, lesion-disjoint train/val, one short epoch."""
     ground_truth = ham_200px / "ISIC_2019_Training_GroundTruth.csv"
@@ -175,21 +163,17 @@ def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     assert params["dataset"] == {**params["dataset"], "trainset number": 32, "valset number": 16,
                                  "number classes": 8}
     assert list(read_json(run / "log.json")) == ["epoch:1"]
-    assert inference.read_class_indices(run / "class_indices.json") == sorted(isic.CLASS_NAMES.values())
+    assert run_folder.read_class_indices(run / "class_indices.json") == sorted(isic.CLASS_NAMES.values())
 
 
 @pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l",
-                                  "efficientnetv2_b0", "demo"])
+                                  "efficientnetv2_b0", "demo", "robust"])
 def test_every_config_file_parses_into_a_valid_config(name, monkeypatch):
     monkeypatch.chdir(REPO)  # Flagfiles include configs/base.cfg relative to the repository.
-    import train  # pylint: disable=g-import-not-at-top,unused-import  (defines the flags)
-
-    try:
-        flags.FLAGS(["train.py", f"--flagfile=configs/{name}.cfg"])
-        config = TrainConfig(**{field: flags.FLAGS[field].value
-                                for field in TrainConfig.__dataclass_fields__})
-    finally:
-        flags.FLAGS.unparse_flags()
-    expected_model = "b0" if name == "demo" else name.split("_")[1]
+    config = config_from_flagfile(f"configs/{name}.cfg")
+    expected_model = {"demo": "b0", "robust": "s"}.get(name) or name.split("_")[1]
     assert config.model == expected_model
     assert config.weights == ("none" if name == "demo" else "imagenet")
+    if name == "robust":
+        assert config.color_constancy == "shades_of_gray" and config.vignette_prob > 0
+        assert config.feature_cache_blocker == "--crop_scale changes the images every epoch"

@@ -2,9 +2,9 @@ import os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"]="2"
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))  # the repository
 import numpy as np, tensorflow as tf
-from skin_keras import models, feature_cache
+from skin_keras import models
 model=models.build_model("s", 6, 224, "none", freeze_backbone=True)
-ext=feature_cache.feature_model(model)
+ext=models.feature_model(model)
 for jit in (False, True):
   for bs in (8, 16, 32):
     f=tf.function(lambda x: ext(x, training=False), jit_compile=jit)

@@ -1,0 +1,162 @@
+"""Loading any model skin_keras writes, with what is needed to feed it and read its output.
+
+A model path can be a run folder (weights/best.keras), a `.keras` file (its class names in its
+own record, `model_info`; files written before the record existed use the class_indices.json of
+their run folder), or what export.py wrote: a SavedModel folder (or its TF Serving base folder)
+or a `.tflite` file with the labels.txt beside it. The image size comes from the model itself:
+nothing the user must repeat on the command line.
+"""
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from skin_keras import model_info, models, run_folder
+from skin_keras.errors import UserError
+from skin_keras.litert import TFLiteRunner
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """A model ready to predict, with what is needed to feed it and read its output.
+
+    `model` is the Keras model, or None for an exported SavedModel or TFLite file (which can
+    predict but not be explained with Grad-CAM).
+    """
+
+    class_names: list[str]
+    img_size: int
+    source: Path
+    model: keras.Model | None = None
+    forward: object = None  # images [B, H, W, 3] in [0, 255] -> probabilities [B, C]
+
+    def __post_init__(self):
+        if self.forward is None:
+            # One traced graph for every batch (the batch dimension is left free).
+            self.forward = tf.function(lambda images: self.model(images, training=False),
+                                       reduce_retracing=True)
+
+    def predict_images(self, images) -> np.ndarray:
+        return np.asarray(self.forward(images))
+
+    def require_keras(self, what: str) -> keras.Model:
+        if self.model is None:
+            raise UserError(f"{what} needs the Keras model: pass the run folder or .keras file "
+                            f"that {self.source} was exported from")
+        return self.model
+
+    @property
+    def info(self) -> model_info.ModelInfo:
+        model = self.require_keras("A model record")
+        return model_info.ModelInfo.of(model, self.class_names)
+
+
+def read_labels(path: Path) -> list[str]:
+    if not path.is_file():
+        raise UserError(f"no {path.name} at {path.parent}: the class names are unknown")
+    return [line for line in path.read_text().splitlines() if line]
+
+
+def find_saved_model(folder: Path) -> Path | None:
+    """The SavedModel in `folder`: the folder itself, or its highest TF Serving version."""
+    if (folder / "saved_model.pb").is_file():
+        return folder
+    versions = sorted((int(p.name) for p in folder.iterdir()
+                       if p.name.isdigit() and (p / "saved_model.pb").is_file()), reverse=True)
+    return folder / str(versions[0]) if versions else None
+
+
+def _load_saved_model(folder: Path) -> LoadedModel:
+    try:
+        served = tf.saved_model.load(str(folder))
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        raise UserError(f"{folder} could not be loaded as a SavedModel: "
+                        f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+                        ) from error
+    if "serving_images" not in served.signatures:
+        raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
+                        "export.py writes")
+    signature = served.signatures["serving_images"]
+    img_size = int(signature.structured_input_signature[1]["images"].shape[1])
+
+    def forward(images):
+        return signature(images=tf.convert_to_tensor(images, tf.float32))["probabilities"].numpy()
+
+    return LoadedModel(read_labels(folder / "assets" / "labels.txt"), img_size, folder,
+                       forward=forward)
+
+
+def _load_tflite(path: Path) -> LoadedModel:
+    try:
+        runner = TFLiteRunner(path.read_bytes())
+    except (ValueError, RuntimeError) as error:
+        raise UserError(f"{path} is not a readable TFLite model: {error}") from error
+    return LoadedModel(read_labels(path.parent / "labels.txt"), runner.img_size, path,
+                       forward=runner)
+
+
+def resolve_keras_file(model_path: str | Path) -> Path:
+    """The .keras file meant by a run folder or a file path; UserError when there is none."""
+    path = Path(model_path)
+    if path.is_dir():
+        if (path / "weights" / "best.keras").is_file():
+            return path / "weights" / "best.keras"
+        raise UserError(f"{path} is not a run folder (no weights/best.keras) nor a SavedModel")
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist")
+    if path.suffix != ".keras":
+        raise UserError(f"{path} is not a model: give a run folder, a .keras or .tflite file or "
+                        "a SavedModel folder")
+    return path
+
+
+def _run_class_indices(keras_file: Path) -> Path | None:
+    for folder in (keras_file.parent, keras_file.parent.parent):
+        if (folder / run_folder.CLASS_INDICES).is_file():
+            return folder / run_folder.CLASS_INDICES
+    return None
+
+
+def class_names_of(keras_file: Path) -> list[str]:
+    """The class names a .keras file was trained on: its own record, checked against its run
+    folder's class_indices.json when both exist; the latter alone for older files."""
+    try:
+        info = model_info.read_from(keras_file)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    indices = _run_class_indices(keras_file)
+    if info is None:
+        if indices is None:
+            raise UserError(f"no class_indices.json beside {keras_file} or in its run folder, "
+                            "and the file has no record of its classes: the class names are "
+                            "unknown")
+        return run_folder.read_class_indices(indices)
+    if indices is not None:
+        listed = run_folder.read_class_indices(indices)
+        if listed != list(info.class_names):
+            raise UserError(f"{keras_file} was trained on the classes {list(info.class_names)} "
+                            f"but {indices} lists {listed}: which file belongs to which run?")
+    return list(info.class_names)
+
+
+def load_model(model_path: str | Path) -> LoadedModel:
+    """Loads a run folder, a .keras file, an exported SavedModel folder or a .tflite file."""
+    path = Path(model_path)
+    if path.is_dir() and (saved_model := find_saved_model(path)) is not None:
+        return _load_saved_model(saved_model)
+    if path.is_file() and path.suffix == ".tflite":
+        return _load_tflite(path)
+    keras_file = resolve_keras_file(path)
+    class_names = class_names_of(keras_file)
+    try:
+        model = keras.models.load_model(keras_file, compile=False)
+    except (ValueError, OSError, TypeError) as error:
+        raise UserError(f"{keras_file} could not be loaded as a Keras model: "
+                        f"{str(error).splitlines()[0]}") from error
+    if model.output_shape[-1] != len(class_names):
+        raise UserError(f"{keras_file} predicts {model.output_shape[-1]} classes but its class "
+                        f"list names {len(class_names)}")
+    return LoadedModel(class_names, models.image_size(model), keras_file, model=model)

@@ -1,0 +1,147 @@
+"""TFLite: converting a Keras model, checking the ops, and running a file with LiteRT.
+
+Used by export (the phone files and their parity report) and by inference (the cached float32
+copy `--backend=tflite` runs). The converter reads a SavedModel traced once with a fixed
+[1, H, W, 3] float32 input; `TFLiteRunner` takes any batch.
+"""
+
+import functools
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from skin_keras import atomic, cache, input_pipeline
+
+KINDS = ("fp32", "fp16", "dynamic", "int8")
+
+
+class TFLiteRunner:
+    """Runs a .tflite classifier (input [B, H, W, 3]) with LiteRT (XNNPACK on CPUs).
+
+    Calls of at most CHUNK images, which XNNPACK runs faster than larger ones. A model whose
+    graph cannot take another batch size (XNNPACK fails to reshape some small-input models:
+    a 1x1 last feature map folds the pooling into a fixed-shape reshape) runs one image at a
+    time instead.
+    """
+
+    CHUNK = 8
+
+    def __init__(self, model_content: bytes):
+        from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
+
+        self.interpreter = Interpreter(model_content=model_content, num_threads=os.cpu_count())
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.img_size = int(self.input["shape"][1])
+        self.batch_one_only = False
+
+    def __call__(self, images) -> np.ndarray:
+        images = np.asarray(images, np.float32)
+        if self.input["dtype"] == np.uint8:  # Full-integer models take pixel values as-is.
+            images = np.clip(np.round(images), 0, 255)
+        return np.concatenate([self._invoke(images[start:start + self.CHUNK])
+                               for start in range(0, len(images), self.CHUNK)])
+
+    def _resize(self, batch: int) -> bool:
+        try:
+            self.interpreter.resize_tensor_input(self.input["index"],
+                                                 [batch, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            resized = True
+        except RuntimeError:
+            self.interpreter.resize_tensor_input(self.input["index"],
+                                                 [1, *self.input["shape"][1:]])
+            self.interpreter.allocate_tensors()
+            self.batch_one_only, resized = True, False
+        self.input = self.interpreter.get_input_details()[0]
+        return resized
+
+    def _invoke(self, images: np.ndarray) -> np.ndarray:
+        batch = images.shape[0]
+        if batch != self.input["shape"][0] and (self.batch_one_only or not self._resize(batch)):
+            return np.concatenate([self._invoke(image[None]) for image in images])
+        self.interpreter.set_tensor(self.input["index"], images.astype(self.input["dtype"]))
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+
+    def op_names(self) -> set[str]:
+        return {op["op_name"] for op in self.interpreter._get_ops_details()}  # pylint: disable=protected-access
+
+
+def traced_source(model: keras.Model, folder: str) -> str:
+    """Writes `model` with a fixed [1, H, W, 3] float32 input as a SavedModel for the TFLite
+    converter (tracing it once serves every kind of conversion); returns `folder`."""
+    size = int(model.input_shape[1])
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                         input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32,
+                                                        name="image")])
+    archive.write_out(folder, verbose=False)
+    return folder
+
+
+def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
+            source: str | None = None) -> bytes:
+    """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32),
+    TFLite built-in ops only.
+
+    `source` is a folder written by `traced_source` (one is made when it is None);
+    `calibration_paths` are images for the int8 kind's value ranges.
+    """
+    if source is None:
+        with tempfile.TemporaryDirectory() as folder:
+            return convert(model, kind, calibration_paths, traced_source(model, folder))
+    converter = tf.lite.TFLiteConverter.from_saved_model(source)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if kind != "fp32":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if kind == "fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    if kind == "int8":
+        size = int(model.input_shape[1])
+
+        def representative_images():
+            for path in calibration_paths:
+                yield [input_pipeline.load_image(tf.constant(path), size)[None]]
+
+        converter.representative_dataset = representative_images
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+    return converter.convert()
+
+
+def custom_ops(model_content: bytes) -> list[str]:
+    """Ops of a TFLite file outside the built-ins (Flex or custom ops), by name."""
+    from ai_edge_litert import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
+
+    model = schema.ModelT.InitFromPackedBuf(model_content, 0)
+    return sorted({code.customCode.decode() if isinstance(code.customCode, bytes)
+                   else str(code.customCode)
+                   for code in model.operatorCodes
+                   if max(code.builtinCode, code.deprecatedBuiltinCode)
+                   == schema.BuiltinOperator.CUSTOM})
+
+
+def cached_copy(keras_file: Path, model: keras.Model, convert_if_missing: bool = True
+                ) -> TFLiteRunner | None:
+    """A runner for a float32 TFLite copy of a .keras file, converted once per file content and
+    kept in <cache>/tflite; None when not cached and `convert_if_missing` is False.
+
+    The conversion runs in this process: for EfficientNetV2-S it peaks at about twice the
+    memory of prediction, once.
+    """
+    path = cache.cache_root() / "tflite" / f"{cache.file_sha1(keras_file)}.tflite"
+    if not path.exists():
+        if not convert_if_missing:
+            return None
+        print(f"converting {keras_file} to TFLite (once; cached in {path.parent})")
+        content = convert(model, "fp32")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+    return TFLiteRunner(path.read_bytes())
