@@ -231,13 +231,14 @@ def batch_mixer(augmentation: Augmentation, seed: int | None):
         if rand_augment is not None:
             images = rand_augment(images)
         if not mixers:
-            return images, labels
+            return tf.clip_by_value(images, 0.0, 255.0), labels
         branches = [lambda m=m: tuple(m({"images": images, "labels": labels}).values())
                     for m in mixers]
         if len(branches) == 1:
             images, labels = branches[0]()
         else:
             images, labels = tf.cond(tf.random.uniform(()) < 0.5, branches[0], branches[1])
-        return images, labels
+        # Keras' layers can overshoot by float rounding (255.00002): the model's range stays.
+        return tf.clip_by_value(images, 0.0, 255.0), labels
 
     return mix
