@@ -8,6 +8,7 @@ nothing the user must repeat on the command line.
 """
 
 import dataclasses
+import json
 from pathlib import Path
 
 import keras
@@ -17,6 +18,8 @@ import tensorflow as tf
 from skin_keras import model_info, models, run_folder
 from skin_keras.errors import UserError
 from skin_keras.litert import TFLiteRunner
+from skin_keras.metadata_encoding import PatientMetadata
+from skin_keras.patient_metadata import MISSING, as_arrays
 
 
 @dataclasses.dataclass
@@ -24,23 +27,45 @@ class LoadedModel:
     """A model ready to predict, with what is needed to feed it and read its output.
 
     `model` is the Keras model, or None for an exported SavedModel or TFLite file (which can
-    predict but not be explained with Grad-CAM).
+    predict but not be explained with Grad-CAM). A metadata model (`takes_metadata`) is fed
+    patient records beside the images: `encoding` turns them into its vector (a SavedModel
+    encodes raw values itself, so it has none).
     """
 
     class_names: list[str]
     img_size: int
     source: Path
     model: keras.Model | None = None
-    forward: object = None  # images [B, H, W, 3] in [0, 255] -> probabilities [B, C]
+    # (images [B, H, W, 3] in [0, 255], encoded metadata [B, size] or None) -> probabilities;
+    # a SavedModel's takes records in place of encoded metadata.
+    forward: object = None
+    encoding: PatientMetadata | None = None
+    takes_metadata: bool = False
 
     def __post_init__(self):
+        if self.model is not None and self.encoding is None:
+            self.encoding = models.metadata_encoding_of(self.model)
+            self.takes_metadata = self.encoding is not None
         if self.forward is None:
+            model = self.model
             # One traced graph for every batch (the batch dimension is left free).
-            self.forward = tf.function(lambda images: self.model(images, training=False),
-                                       reduce_retracing=True)
+            traced = tf.function(lambda images, metadata: model(
+                models.model_inputs(model, images, metadata), training=False),
+                reduce_retracing=True)
+            self.forward = lambda images, metadata=None: traced(images, metadata)
 
-    def predict_images(self, images) -> np.ndarray:
-        return np.asarray(self.forward(images))
+    def predict_images(self, images, records=None) -> np.ndarray:
+        """Probabilities of images; `records` (patient_metadata.Record per image, None: all
+        missing) feed a metadata model and are ignored by others."""
+        if not self.takes_metadata:
+            return np.asarray(self.forward(images, None))
+        records = list(records) if records is not None else [MISSING] * len(images)
+        if self.encoding is None:
+            return np.asarray(self.forward(images, records))
+        vectors = self.encoding.encode_records(records)
+        if self.model is not None:  # A tensor: the traced graph takes any batch size.
+            vectors = tf.constant(vectors)
+        return np.asarray(self.forward(images, vectors))
 
     def require_keras(self, what: str) -> keras.Model:
         if self.model is None:
@@ -80,13 +105,21 @@ def _load_saved_model(folder: Path) -> LoadedModel:
         raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
                         "export.py writes")
     signature = served.signatures["serving_images"]
-    img_size = int(signature.structured_input_signature[1]["images"].shape[1])
+    inputs = signature.structured_input_signature[1]
+    img_size = int(inputs["images"].shape[1])
+    takes_metadata = "sex" in inputs
 
-    def forward(images):
-        return signature(images=tf.convert_to_tensor(images, tf.float32))["probabilities"].numpy()
+    def forward(images, records=None):
+        feed = {"images": tf.convert_to_tensor(images, tf.float32)}
+        if takes_metadata:
+            ages, sexes, sites = as_arrays(records)
+            feed.update(age_approx=tf.constant(np.nan_to_num(ages, nan=-1.0)),
+                        sex=tf.constant(sexes.astype(str)),
+                        anatom_site_general=tf.constant(sites.astype(str)))
+        return signature(**feed)["probabilities"].numpy()
 
     return LoadedModel(read_labels(folder / "assets" / "labels.txt"), img_size, folder,
-                       forward=forward)
+                       forward=forward, takes_metadata=takes_metadata)
 
 
 def _load_tflite(path: Path) -> LoadedModel:
@@ -94,8 +127,27 @@ def _load_tflite(path: Path) -> LoadedModel:
         runner = TFLiteRunner(path.read_bytes())
     except (ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable TFLite model: {error}") from error
+    encoding = None
+    if runner.metadata_size is not None:
+        encoding = _tflite_encoding(path, runner.metadata_size)
     return LoadedModel(read_labels(path.parent / "labels.txt"), runner.img_size, path,
-                       forward=runner)
+                       forward=runner, encoding=encoding, takes_metadata=encoding is not None)
+
+
+def _tflite_encoding(path: Path, size: int) -> PatientMetadata:
+    """The metadata encoding of a metadata TFLite file, from the metadata.json beside it."""
+    described = path.parent / "metadata.json"
+    try:
+        vocabulary = json.loads(described.read_text())["metadata input"]["vocabulary"]
+        encoding = PatientMetadata(vocabulary["sex"], vocabulary["anatom_site_general"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} takes patient metadata, but {described} does not say how to "
+                        f"encode it ({type(error).__name__}: {error}); keep the metadata.json "
+                        "export.py wrote beside the file") from None
+    if encoding.size != size:
+        raise UserError(f"{path} takes a metadata vector of {size} values but {described} "
+                        f"describes {encoding.size}: the files do not belong together")
+    return encoding
 
 
 def resolve_keras_file(model_path: str | Path) -> Path:

@@ -46,6 +46,14 @@ class TrainConfig:
     save_ret: str = option("runs", "Where run folders go: each run writes a new "
                            "<save_ret>/expN.", path=True)
     img_size: int = option(224, "Images are resized to img_size x img_size.", low=32, high=2048)
+    metadata: str = option(
+        "none", "Patient metadata fused into the model: a CSV with an image column (file name "
+        "without extension) and age_approx, sex, anatom_site_general; auto = metadata.csv "
+        "beside the data folders (prepare_isic writes it) when it exists; none = image only.",
+        path=True, keywords=("none", "auto"))
+    metadata_dropout: float = option(0.2, "With --metadata: probability that a training "
+                                     "image's metadata is blanked to missing, so the model "
+                                     "also works without it.", low=0.0, high=0.95)
     # --- Model ---
     model: str = option("s", "EfficientNetV2 variant: s, m, l (the seed's three) or b0-b3 "
                         "(small, for phones and quick runs).", choices=BACKBONES)

@@ -35,6 +35,9 @@ class EvaluateConfig(inference.ModelRunConfig):
         (), "Robustness report: also score the images under these shifts (comma-separated, or "
         f"all): {', '.join(shifts.NAMES)}. Writes robustness.json and robustness.png.",
         choices=("all",) + shifts.NAMES)
+    metadata_ablation: bool = option(False, "For a metadata model: also score it with every "
+                                     "image's metadata blanked to missing (in "
+                                     "<output>/metadata_blanked; both in metrics.json).")
 
 
 def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> list:
@@ -115,17 +118,19 @@ def labelled_folder(loaded: LoadedModel, data: str | Path) -> folders.ImageFolde
 def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
              batch_size: int = 32, tta: int = 1, explain: bool = False,
              backend: str = "auto", folder: folders.ImageFolder | None = None,
-             quiet: bool = False) -> dict:
+             quiet: bool = False, metadata: tuple | None = None) -> dict:
     """Scores `loaded` on the class folders in `data` (or the already scanned `folder`); writes
-    the report files to `output`."""
+    the report files to `output`. `metadata` = (csv, records, found), the patient records of
+    the folder's images a metadata model is fed (None: every image's metadata missing)."""
     output = Path(output)
     folder = folder or labelled_folder(loaded, data)
     if not quiet:
         print(folders.describe(folder, "evaluating"))
     paths = [Path(p) for p in folder.paths]
+    csv_path, records, found = metadata or (None, None, None)
     loaded = inference.select_backend(loaded, backend, len(paths) * tta)
     probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta,
-                                                    show_progress=not quiet)
+                                                    show_progress=not quiet, records=records)
     if any(error == inference.MODEL_NAN for error in errors):
         raise UserError(f"{loaded.source} produced NaN for "
                         f"{sum(error == inference.MODEL_NAN for error in errors)} of the images "
@@ -142,6 +147,9 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     report = metrics_report(labels, probabilities, loaded.class_names, tta)
     report["model"] = str(loaded.source)
     report["data"] = str(data)
+    if records is not None:
+        report["metadata"] = {"csv": csv_path, "images with a row": int(found.sum()),
+                              "images with any value": sum(not r.is_missing for r in records)}
     report["decode warnings"] = [f"{p}: {w}" for p, w in folder.decode_warnings]
     report["bad files"] = [f"{p}: {r}" for p, r in folder.bad_files] + [
         f"{p}: {e}" for p, e in zip(paths, errors) if e]
@@ -175,13 +183,18 @@ def describe(report: dict, class_names) -> str:
 
 def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | Path | None = None,
                         batch_size: int = 32, tta: int = 1, explain: bool = False,
-                        backend: str = "auto", shift_names=()) -> dict:
+                        backend: str = "auto", shift_names=(), metadata: str = "none",
+                        metadata_ablation: bool = False) -> dict:
     """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report;
     with `shift_names`, also under those shifts (the robustness report, returned instead).
+    `metadata_ablation` scores a metadata model a second time with the metadata blanked.
 
     Without `output`, the report goes to <run folder>/eval_<name of the data folder>.
     """
     loaded = load_model(model_path)
+    if metadata_ablation and not loaded.takes_metadata:
+        raise UserError(f"--metadata_ablation: {loaded.source} has no metadata input (it was "
+                        "trained without --metadata)")
     if output is None:
         run_dir = loaded.source.parent.parent if loaded.source.parent.name == "weights" else (
             loaded.source.parent)
@@ -189,19 +202,33 @@ def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output={output} is a file, not a folder")
+    folder = labelled_folder(loaded, data)
+    records, found = inference.metadata_records(loaded, metadata, folder.paths)
+    patient = None if records is None else (metadata, records, found)
     if shift_names:
-        def score(folder, into, quiet):
+        def score(scored, into, quiet):  # Shifted folders keep the files' order: same records.
             return evaluate(loaded, data, into, batch_size, tta, explain and not quiet, backend,
-                            folder=folder, quiet=quiet)
+                            folder=scored, quiet=quiet, metadata=patient)
 
         result = robustness.robustness_report(
-            score, labelled_folder(loaded, data), shift_names, output,
+            score, folder, shift_names, output,
             {"model": str(loaded.source), "data": str(data)})
         print(robustness.describe(result))
         print(f"report written to {output}")
         return result
-    report = evaluate(loaded, data, output, batch_size, tta, explain, backend)
+    report = evaluate(loaded, data, output, batch_size, tta, explain, backend, folder=folder,
+                      metadata=patient)
     print(describe(report, loaded.class_names))
+    if metadata_ablation:
+        blanked = evaluate(loaded, data, output / "metadata_blanked", batch_size, tta,
+                           backend=backend, folder=folder, quiet=True)
+        report["metadata ablation"] = {
+            "with metadata": robustness.summary(report, loaded.class_names),
+            "metadata blanked": robustness.summary(blanked, loaded.class_names)}
+        atomic.write_json_atomic(output / "metrics.json", report)
+        print(f"metadata blanked: accuracy {blanked['accuracy']:.4f}, balanced accuracy "
+              f"{blanked['balanced accuracy']:.4f} (with metadata "
+              f"{report['balanced accuracy']:.4f}); report in {output / 'metadata_blanked'}")
     print(f"report written to {output}")
     return report
 
@@ -210,4 +237,5 @@ def run_evaluate(config: EvaluateConfig) -> dict:
     return evaluate_model_path(config.model_path, config.data, config.output,
                                batch_size=config.batch_size, tta=config.tta,
                                explain=config.explain, backend=config.backend,
-                               shift_names=config.shifts)
+                               shift_names=config.shifts, metadata=config.metadata,
+                               metadata_ablation=config.metadata_ablation)

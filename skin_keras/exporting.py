@@ -3,8 +3,13 @@
     <output>/saved_model/<name>/<version>/   TF Serving layout; signatures:
         serving_default  image_bytes: string [None] (JPEG/PNG/BMP bytes) -> probabilities, label, score
         serving_images   images: float32 [None, H, W, 3], RGB in [0, 255]  -> the same outputs
+      a model with patient metadata takes, beside image_bytes / images, age_approx: float [None]
+      (negative = missing), sex and anatom_site_general: string [None] ("" = missing), encoded
+      in the graph; serving_image_only takes image_bytes alone (metadata missing).
     <output>/tflite_<kind>/<name>_<kind>.tflite + labels.txt + metadata.json
-        kind: fp32, fp16, dynamic (int8 weights) or int8 (full integer, uint8 input)
+        kind: fp32, fp16, dynamic (int8 weights) or int8 (full integer, uint8 input); a
+        metadata model's file takes the encoded vector as a second input, "metadata" [1, size],
+        described in metadata.json ("metadata input": order, vocabularies, scaling)
     <output>/report.json                     parity of every artifact with the Keras model
 
 Both the served graph and the TFLite inputs use `input_pipeline.decode_and_resize`, the function
@@ -25,7 +30,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, folders, input_pipeline, litert
+from skin_keras import atomic, folders, input_pipeline, litert, models, patient_metadata
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
@@ -56,6 +61,10 @@ class ExportConfig:
                                 "to Keras.", low=1)
     calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8.",
                                      low=1)
+    metadata: str = option("none", "For a model with patient metadata: the CSV of --data_val's "
+                           "metadata for the parity check and int8 calibration; none = every "
+                           "metadata input is varied over its vocabulary instead.", path=True,
+                           keywords=("none",))
 
     def __post_init__(self):
         unknown = [f for f in self.formats if f not in FORMATS]
@@ -80,8 +89,9 @@ def check_output_folder(output: Path) -> None:
 
 # --- SavedModel for TF Serving ---
 
-def _serving_outputs(model: keras.Model, class_names: tf.Tensor, images: tf.Tensor) -> dict:
-    probabilities = model(images, training=False)
+def _serving_outputs(model: keras.Model, class_names: tf.Tensor, images: tf.Tensor,
+                     metadata: tf.Tensor | None = None) -> dict:
+    probabilities = model(models.model_inputs(model, images, metadata), training=False)
     return {"probabilities": probabilities,
             "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
             "score": tf.reduce_max(probabilities, axis=-1)}
@@ -101,21 +111,38 @@ def write_saved_model(loaded: LoadedModel, model_base: Path, version: int) -> Pa
     model, size = loaded.require_keras("Export"), loaded.img_size
     class_names = tf.constant(loaded.class_names)
 
-    def serve_bytes(image_bytes):
-        images = tf.map_fn(lambda contents: input_pipeline.decode_and_resize(contents, size),
-                           image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3),
-                                                                          tf.float32))
-        return _serving_outputs(model, class_names, images)
+    encoding = models.metadata_encoding_of(model)
 
-    def serve_images(images):
-        return _serving_outputs(model, class_names, images)
+    def decode(image_bytes):
+        return tf.map_fn(lambda contents: input_pipeline.decode_and_resize(contents, size),
+                         image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3),
+                                                                        tf.float32))
 
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    images_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_bytes, input_signature=[
-        tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("serving_images", serve_images, input_signature=[
-        tf.TensorSpec([None, size, size, 3], tf.float32, name="images")])
+    if encoding is None:
+        archive.add_endpoint("serving_default", lambda image_bytes: _serving_outputs(
+            model, class_names, decode(image_bytes)), input_signature=[bytes_spec])
+        archive.add_endpoint("serving_images", lambda images: _serving_outputs(
+            model, class_names, images), input_signature=[images_spec])
+    else:
+        metadata_specs = [tf.TensorSpec([None], tf.float32, name="age_approx"),
+                          tf.TensorSpec([None], tf.string, name="sex"),
+                          tf.TensorSpec([None], tf.string, name="anatom_site_general")]
+        archive.add_endpoint(
+            "serving_default", lambda image_bytes, age_approx, sex, anatom_site_general:
+            _serving_outputs(model, class_names, decode(image_bytes),
+                             encoding.encode(age_approx, sex, anatom_site_general)),
+            input_signature=[bytes_spec, *metadata_specs])
+        archive.add_endpoint(
+            "serving_images", lambda images, age_approx, sex, anatom_site_general:
+            _serving_outputs(model, class_names, images,
+                             encoding.encode(age_approx, sex, anatom_site_general)),
+            input_signature=[images_spec, *metadata_specs])
+        archive.add_endpoint("serving_image_only", lambda image_bytes: _serving_outputs(
+            model, class_names, decode(image_bytes)), input_signature=[bytes_spec])
     model_base.mkdir(parents=True, exist_ok=True)
     staging = model_base / f".{version}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
@@ -129,11 +156,13 @@ def write_saved_model(loaded: LoadedModel, model_base: Path, version: int) -> Pa
 
 # --- TFLite for phones ---
 
-def tflite_predict(model_content: bytes, images: np.ndarray) -> tuple[np.ndarray, float]:
-    """Probabilities of each image [N, H, W, 3] in [0, 255], and the mean seconds per image."""
+def tflite_predict(model_content: bytes, images: np.ndarray,
+                   metadata: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """Probabilities of each image [N, H, W, 3] in [0, 255] (and its encoded metadata), and the
+    mean seconds per image."""
     runner = litert.TFLiteRunner(model_content)
     start = time.perf_counter()
-    probabilities = runner(images)
+    probabilities = runner(images, metadata)
     return probabilities, (time.perf_counter() - start) / len(images)
 
 
@@ -151,6 +180,10 @@ def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: P
         "input": {"shape": [1, size, size, 3], "dtype": "uint8" if kind == "int8" else "float32",
                   **info.input},
         "preprocessing inside the model": info.preprocessing,
+        **({} if info.metadata is None else {"metadata input": {
+            "name": "metadata", "shape": [1, info.metadata["vector size"]],
+            "dtype": "float32 (quantized like the image input in int8 files)",
+            **info.metadata}}),
         "output": {"shape": [1, len(loaded.class_names)], "dtype": "float32",
                    "meaning": "class probabilities, in the order of labels.txt"},
         "class_names": loaded.class_names,
@@ -166,6 +199,23 @@ def parity(reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray)
     return {"top1 agreement": agree,
             "max abs probability difference": float(np.max(np.abs(reference - probabilities))),
             "accuracy": float(np.mean(probabilities.argmax(1) == labels))}
+
+
+def parity_records(loaded: LoadedModel, paths: list, metadata: str) -> list | None:
+    """Patient records for the parity images of a metadata model (None for others): from the
+    CSV when given (rows it lacks run as missing), else varied so that every age band, every
+    vocabulary value and "missing" of each input occur."""
+    if not loaded.takes_metadata:
+        return None
+    if metadata.lower() != "none":
+        records, _, note = patient_metadata.for_prediction(metadata, paths)
+        print(note)
+        return records
+    sexes = ("", *loaded.encoding.sexes)
+    sites = ("", *loaded.encoding.sites)
+    return [patient_metadata.Record(None if i % 7 == 6 else float(5 + 10 * (i % 9)),
+                                    sexes[i % len(sexes)], sites[(i // 2) % len(sites)])
+            for i in range(len(paths))]
 
 
 def sample_images(folder: folders.ImageFolder, count: int, seed: int = 0) -> list[int]:
@@ -190,13 +240,19 @@ def export(config: ExportConfig) -> dict:
     labels = val.labels[chosen]
     images = np.stack([input_pipeline.load_image(tf.constant(p), loaded.img_size).numpy()
                        for p in paths])
-    loaded.predict_images(images[:1])  # Trace once, so latency measures inference only.
-    start = time.perf_counter()
-    reference = np.concatenate([loaded.predict_images(images[i:i + 32])
+    records = parity_records(loaded, paths, config.metadata)
+    vectors = None if records is None else loaded.encoding.encode_records(records)
+    loaded.predict_images(images[:1], records and records[:1])  # Trace once, so latency
+    start = time.perf_counter()                                  # measures inference only.
+    reference = np.concatenate([loaded.predict_images(images[i:i + 32],
+                                                      records and records[i:i + 32])
                                 for i in range(0, len(images), 32)])
     keras_latency = (time.perf_counter() - start) / len(images)
     report = {"model": str(loaded.source), "parity images": len(paths),
               "data": str(config.data_val),
+              "metadata": None if records is None else (
+                  config.metadata if config.metadata.lower() != "none"
+                  else "varied over the vocabulary"),
               "keras": {"accuracy": float(np.mean(reference.argmax(1) == labels)),
                         "mean latency ms": 1000 * keras_latency,
                         "file size bytes": loaded.source.stat().st_size},
@@ -209,17 +265,21 @@ def export(config: ExportConfig) -> dict:
     for fmt in config.formats:
         print(f"exporting {fmt} ...", flush=True)
         if fmt == "saved_model":
-            entry = _export_saved_model(loaded, output, config, paths, images, reference, labels)
+            entry = _export_saved_model(loaded, output, config, paths, images, reference, labels,
+                                        records)
         else:
             kind = fmt.removeprefix("tflite_")
             calibration = [val.paths[i] for i in sample_images(val, config.calibration_images, 1)]
+            calibration_records = parity_records(loaded, calibration, config.metadata)
             source = source or litert.traced_source(model, scratch.name)
-            content = litert.convert(model, kind, calibration, source)
+            content = litert.convert(
+                model, kind, calibration, source,
+                calibration_records and loaded.encoding.encode_records(calibration_records))
             if litert.custom_ops(content):
                 raise ExportError(f"{fmt} needs ops that are not TFLite built-ins: "
                                   f"{', '.join(litert.custom_ops(content))}")
             path = write_tflite(loaded, kind, content, output / fmt, config.name)
-            probabilities, latency = tflite_predict(content, images)
+            probabilities, latency = tflite_predict(content, images, vectors)
             entry = {"path": str(path), "file size bytes": path.stat().st_size,
                      "mean latency ms": 1000 * latency,
                      "ops": sorted(litert.TFLiteRunner(content).op_names()),
@@ -246,27 +306,47 @@ def export(config: ExportConfig) -> dict:
     return report
 
 
-def _export_saved_model(loaded, output, config, paths, images, reference, labels) -> dict:
+def _raw_metadata(records) -> dict:
+    """Signature inputs of a metadata SavedModel for `records` (missing age: -1)."""
+    if records is None:
+        return {}
+    ages, sexes, sites = patient_metadata.as_arrays(records)
+    return {"age_approx": tf.constant(np.nan_to_num(ages, nan=-1.0)),
+            "sex": tf.constant(sexes.astype(str)),
+            "anatom_site_general": tf.constant(sites.astype(str))}
+
+
+def _export_saved_model(loaded, output, config, paths, images, reference, labels,
+                        records) -> dict:
     model_base = output / "saved_model" / config.name
     version = config.version or next_version(model_base)
     target = write_saved_model(loaded, model_base, version)
     served = tf.saved_model.load(str(target))
     by_bytes = served.signatures["serving_default"]
     by_images = served.signatures["serving_images"]
-    by_bytes(image_bytes=tf.constant([Path(paths[0]).read_bytes()]))  # Warm-up.
+    by_bytes(image_bytes=tf.constant([Path(paths[0]).read_bytes()]),
+             **_raw_metadata(records and records[:1]))  # Warm-up.
     probabilities, start = [], time.perf_counter()
     for i in range(0, len(paths), 16):
         contents = tf.constant([Path(p).read_bytes() for p in paths[i:i + 16]])
-        probabilities.append(by_bytes(image_bytes=contents)["probabilities"].numpy())
+        probabilities.append(by_bytes(image_bytes=contents, **_raw_metadata(
+            records and records[i:i + 16]))["probabilities"].numpy())
     latency = (time.perf_counter() - start) / len(paths)
     probabilities = np.concatenate(probabilities)
-    from_images = by_images(images=tf.constant(images[:16]))["probabilities"].numpy()
+    from_images = by_images(images=tf.constant(images[:16]), **_raw_metadata(
+        records and records[:16]))["probabilities"].numpy()
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
-    return {"path": str(target), "version": version, "file size bytes": size,
-            "mean latency ms": 1000 * latency,
-            "images signature max abs difference": float(
-                np.max(np.abs(from_images - reference[:16]))),
-            **parity(reference, probabilities, labels)}
+    entry = {"path": str(target), "version": version, "file size bytes": size,
+             "mean latency ms": 1000 * latency,
+             "images signature max abs difference": float(
+                 np.max(np.abs(from_images - reference[:16]))),
+             **parity(reference, probabilities, labels)}
+    if records is not None:  # Without metadata: the Keras model with every row missing.
+        image_only = served.signatures["serving_image_only"](image_bytes=tf.constant(
+            [Path(p).read_bytes() for p in paths[:16]]))["probabilities"].numpy()
+        entry["image-only signature max abs difference"] = float(np.max(np.abs(
+            image_only - loaded.predict_images(images[:16]))))
+    return entry
 
 
 def describe(report: dict) -> str:

@@ -106,8 +106,10 @@ class FeatureCache:
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
                     batch_size: int, training: bool = False, seed: int | None = None,
-                    sampling: str = "natural") -> tf.data.Dataset:
-    """Batches of (features, one-hot labels) for the head.
+                    sampling: str = "natural", metadata: np.ndarray | None = None
+                    ) -> tf.data.Dataset:
+    """Batches of (features, one-hot labels) for the head; ((features, metadata), labels) with
+    `metadata` (encoded vectors, one per image: metadata joins at the head).
 
     Training draws one of the cached views of each image at random (the cached counterpart of the
     random flips and rotations) and shuffles, or resamples classes, as `make_dataset` does.
@@ -116,9 +118,10 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
     table = tf.constant(features)
     labels = np.asarray(labels, np.int64)
     indices = np.arange(len(labels), dtype=np.int64)
+    metadata_table = None if metadata is None else tf.constant(metadata, tf.float32)
     if not training:
-        dataset = tf.data.Dataset.from_tensor_slices((features[:, 0], tf.one_hot(labels,
-                                                                                 num_classes)))
+        inputs = features[:, 0] if metadata is None else (features[:, 0], metadata)
+        dataset = tf.data.Dataset.from_tensor_slices((inputs, tf.one_hot(labels, num_classes)))
         return dataset.batch(batch_size).prefetch(input_pipeline.AUTOTUNE)
     if sampling == "balanced":
         dataset = input_pipeline.balanced_file_stream(indices, labels, num_classes, seed)
@@ -129,6 +132,10 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
 
     def pick(index, label):
         view = tf.random.uniform((), 0, views, dtype=tf.int64, seed=seed)
-        return table[tf.cast(index, tf.int64), view], tf.one_hot(label, num_classes)
+        index = tf.cast(index, tf.int64)
+        inputs = table[index, view]
+        if metadata_table is not None:
+            inputs = (inputs, tf.gather(metadata_table, index))
+        return inputs, tf.one_hot(label, num_classes)
 
     return dataset.map(pick).batch(batch_size).prefetch(input_pipeline.AUTOTUNE)

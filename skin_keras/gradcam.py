@@ -19,13 +19,16 @@ from PIL import Image, ImageDraw
 from skin_keras import models
 
 
-def grad_cam(model: keras.Model, images, class_indices=None) -> tuple[np.ndarray, np.ndarray]:
+def grad_cam(model: keras.Model, images, class_indices=None,
+             metadata=None) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps [B, H, W] in [0, 1] at the model's input size, and the classes they explain.
 
     Args:
       model: A classifier built by `models.build_model` (or loaded from a .keras file of one).
       images: [B, H, W, 3] RGB values in [0, 255], at the model's input size.
       class_indices: Class explained per image; the predicted class when None.
+      metadata: Encoded metadata [B, size] of a metadata model (None: all missing); it changes
+        the logits, not the image path the map is computed on.
     """
     backbone = models.backbone_of(model)
     pooling = model.get_layer(models.HEAD_LAYERS[0])
@@ -34,7 +37,8 @@ def grad_cam(model: keras.Model, images, class_indices=None) -> tuple[np.ndarray
     with tf.GradientTape() as tape:
         feature_map = backbone(models.backbone_input(model, images), training=False)
         tape.watch(feature_map)
-        logits = tf.matmul(pooling(feature_map), dense.kernel) + dense.bias
+        logits = tf.matmul(models.dense_input(model, pooling(feature_map), metadata),
+                           dense.kernel) + dense.bias
         if class_indices is None:
             class_indices = tf.argmax(logits, axis=-1)
         class_indices = tf.cast(class_indices, tf.int32)

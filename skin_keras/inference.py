@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import folders, input_pipeline, litert, outputs
+from skin_keras import folders, input_pipeline, litert, outputs, patient_metadata
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
@@ -44,6 +44,10 @@ class ModelRunConfig:
         "XNNPACK, 1.3-1.7x Keras' speed on a CPU (benchmarks/README.md). auto: tflite on a "
         "CPU-only machine when the copy is cached or the job has at least "
         f"{AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.", choices=BACKENDS)
+    metadata: str = option("none", "For a model trained with --metadata: a CSV with an image "
+                           "column (file name without extension) and age_approx, sex, "
+                           "anatom_site_general. Images without a row, or none, run with the "
+                           "metadata missing.", path=True, keywords=("none",))
 
     def __post_init__(self):
         check_options(self)
@@ -122,9 +126,25 @@ def file_errors(paths: Sequence[Path]) -> list[str | None]:
     return errors
 
 
+def metadata_records(loaded: LoadedModel, metadata: str, paths: Sequence[Path]
+                     ) -> tuple[list | None, np.ndarray | None]:
+    """The patient records of `paths` for a metadata model, and which had a row in the CSV;
+    (None, None) for an image-only model (a CSV given to one is ignored, with a note)."""
+    if not loaded.takes_metadata:
+        if metadata.lower() != "none":
+            print(f"note: {loaded.source} was trained without metadata; --metadata={metadata} "
+                  "is not used")
+        return None, None
+    records, found, note = patient_metadata.for_prediction(metadata, paths)
+    print(note or f"metadata: none given, all {len(paths)} images run with it missing")
+    return records, found
+
+
 def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
-                  tta: int = 1, show_progress: bool = True) -> tuple[np.ndarray, list[str | None]]:
+                  tta: int = 1, show_progress: bool = True, records: Sequence | None = None
+                  ) -> tuple[np.ndarray, list[str | None]]:
     """Class probabilities of every file ([N, C], NaN rows for files that failed) and errors.
+    `records` (one patient_metadata.Record per path) feed a metadata model.
 
     Files that fail the cheap check never reach the model; a file that still fails to decode is
     dropped by the pipeline and matched back by index, so every row stays with its file. A file
@@ -143,7 +163,9 @@ def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 
         batches = progress(dataset, "predicting", total=total) if show_progress else dataset
         for indices, images in batches:
             rows = np.asarray(good)[indices.numpy()]
-            views = [loaded.predict_images(view) for view in tta_views(images, tta)]
+            batch_records = None if records is None else [records[r] for r in rows]
+            views = [loaded.predict_images(view, batch_records)
+                     for view in tta_views(images, tta)]
             probabilities[rows] = np.mean(views, axis=0)
             decoded[rows] = True
     for i in good:
@@ -163,12 +185,16 @@ def check_model_answered(errors: list[str | None], source: Path) -> None:
 
 
 def prediction_rows(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str | None],
-                    class_names: Sequence[str], topk: int = 0) -> list[dict]:
-    """One dict per file: path, label, score, one probability per class, top-k, error."""
+                    class_names: Sequence[str], topk: int = 0,
+                    metadata_used: np.ndarray | None = None) -> list[dict]:
+    """One dict per file: path, label, score, one probability per class, top-k, error; for a
+    metadata model also "metadata": whether the file's patient metadata was used."""
     rows = []
-    for path, probs, error in zip(paths, probabilities, errors):
+    for index, (path, probs, error) in enumerate(zip(paths, probabilities, errors)):
         row = {"path": str(path), "label": "", "score": None,
                "probabilities": {name: None for name in class_names}, "error": error or ""}
+        if metadata_used is not None:
+            row["metadata"] = "used" if metadata_used[index] else "missing"
         if error is None:
             order = np.argsort(-probs, kind="stable")
             row.update(label=class_names[order[0]], score=float(probs[order[0]]),
@@ -185,7 +211,7 @@ def prediction_rows(paths: Sequence[Path], probabilities: np.ndarray, errors: li
 def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], output: str | Path,
                       batch_size: int = 32, tta: int = 1, topk: int = 0,
                       save_images: bool = False, explain: bool = False,
-                      backend: str = "auto") -> list[dict]:
+                      backend: str = "auto", metadata: str = "none") -> list[dict]:
     """predict.py's job: predicts every source file and writes the results to `output`."""
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -198,9 +224,12 @@ def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], out
     paths = list_sources(sources)
     if not paths:
         raise UserError(f"no files found in {', '.join(map(str, sources))}")
+    records, found = metadata_records(loaded, metadata, paths)
     loaded = select_backend(loaded, backend, len(paths) * tta)
-    probabilities, errors = predict_files(loaded, paths, batch_size, tta)
-    rows = prediction_rows(paths, probabilities, errors, loaded.class_names, topk)
+    probabilities, errors = predict_files(loaded, paths, batch_size, tta, records=records)
+    rows = prediction_rows(paths, probabilities, errors, loaded.class_names, topk,
+                           metadata_used=None if records is None else np.array(
+                               [not record.is_missing for record in records]))
     outputs.write_predictions(rows, loaded.class_names, output, topk)
     print(outputs.summary_table(rows, loaded.class_names))
     check_model_answered(errors, loaded.source)
@@ -218,5 +247,5 @@ def run_predict(config: PredictConfig) -> list[dict]:
     return predict_to_folder(config.model_path, config.source, config.output,
                              batch_size=config.batch_size, tta=config.tta, topk=config.topk,
                              save_images=config.save_images, explain=config.explain,
-                             backend=config.backend)
+                             backend=config.backend, metadata=config.metadata)
 

@@ -76,32 +76,50 @@ def dihedral_views(images: tf.Tensor, count: int = 8) -> list[tf.Tensor]:
     return views
 
 
-def balanced_file_stream(paths: Sequence[str], labels: np.ndarray, num_classes: int,
+def balanced_file_stream(items, labels: np.ndarray, num_classes: int,
                          seed: int | None = None) -> tf.data.Dataset:
-    """(path, label) pairs drawn with equal probability per class, len(paths) per epoch.
+    """(item, label) pairs drawn with equal probability per class, len(labels) per epoch.
 
-    Each class's files are shuffled and repeated on their own, so a rare class is seen as often
-    as a common one (its images repeat; augmentation makes the repeats differ).
+    `items` are paths (or indices), or a tuple of arrays (paths, metadata vectors) whose rows go
+    together. Each class's items are shuffled and repeated on their own, so a rare class is
+    seen as often as a common one (its images repeat; augmentation makes the repeats differ).
     """
     labels = np.asarray(labels, np.int64)
     present = [c for c in range(num_classes) if np.any(labels == c)]
     streams = []
     for c in present:
-        class_paths = [p for p, label in zip(paths, labels) if label == c]
-        stream = tf.data.Dataset.from_tensor_slices(
-            (class_paths, np.full(len(class_paths), c, np.int64)))
-        streams.append(stream.shuffle(len(class_paths), seed=seed,
+        mask = labels == c
+        class_items = (tuple(np.asarray(part)[mask] for part in items)
+                       if isinstance(items, tuple) else np.asarray(items)[mask])
+        stream = tf.data.Dataset.from_tensor_slices((class_items, labels[mask]))
+        streams.append(stream.shuffle(int(mask.sum()), seed=seed,
                                       reshuffle_each_iteration=True).repeat())
     mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[1 / len(present)] * len(present),
                                                  seed=seed)
-    return mixed.take(len(paths))
+    return mixed.take(len(labels))
+
+
+def _on_images(function, with_metadata: bool):
+    """`function(images, labels)` applied to elements whose inputs may be (images, metadata)."""
+    if not with_metadata:
+        return function
+
+    def apply(inputs, labels):
+        images, labels = function(inputs[0], labels)
+        return (images, inputs[1]), labels
+    return apply
 
 
 def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: int, img_size: int,
                  batch_size: int, training: bool = False, seed: int | None = None,
                  sampling: str = "natural", augmentation: Augmentation | None = None,
-                 deterministic: bool = False) -> tf.data.Dataset:
+                 deterministic: bool = False, metadata: np.ndarray | None = None
+                 ) -> tf.data.Dataset:
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
+
+    With `metadata` (encoded vectors [N, size], one per path) the inputs are (images, metadata);
+    augmentation changes the images only (MixUp/CutMix keep the metadata of the image they
+    mix into).
 
     Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
     shares) and augmented; evaluation data keeps the order of `paths`. Training checks every file
@@ -114,12 +132,15 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
     """
     if sampling not in ("natural", "balanced"):
         raise ValueError(f"sampling={sampling!r}: choose natural or balanced")
+    with_metadata = metadata is not None and labels is not None
+    items = (np.asarray([str(p) for p in paths]), np.asarray(metadata, np.float32)
+             ) if with_metadata else [str(p) for p in paths]
     if labels is None:
-        dataset = tf.data.Dataset.from_tensor_slices(list(paths))
+        dataset = tf.data.Dataset.from_tensor_slices(items)
     elif training and sampling == "balanced":
-        dataset = balanced_file_stream(paths, labels, num_classes, seed)
+        dataset = balanced_file_stream(items, labels, num_classes, seed)
     else:
-        dataset = tf.data.Dataset.from_tensor_slices((list(paths), np.asarray(labels, np.int64)))
+        dataset = tf.data.Dataset.from_tensor_slices((items, np.asarray(labels, np.int64)))
     if training and sampling == "natural":
         dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
 
@@ -127,24 +148,29 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
     if labels is None:
         def load(path):
             return load_image(path, img_size)
-    elif training:
-        def load(path, label):
-            image = decode_and_resize(
+    else:
+        def read(path):
+            if not training:
+                return load_image(path, img_size)
+            return decode_and_resize(
                 tf.io.read_file(path), img_size, decode_size=augmentation.decode_size(img_size),
                 crop=lambda image: random_crop(image, augmentation))
-            return image, tf.one_hot(label, num_classes)
-    else:
-        def load(path, label):
-            return load_image(path, img_size), tf.one_hot(label, num_classes)
+
+        def load(item, label):
+            if with_metadata:
+                return (read(item[0]), item[1]), tf.one_hot(label, num_classes)
+            return read(item), tf.one_hot(label, num_classes)
     dataset = dataset.map(load, num_parallel_calls=AUTOTUNE,
                           deterministic=deterministic or not training)
     dataset = dataset.ignore_errors(log_warning=True)
     # Random ops drawing in parallel hand out their numbers in no fixed order: one at a time.
     random_calls = None if deterministic else AUTOTUNE
     if training:
-        dataset = dataset.map(lambda image, label: (augment(image, augmentation), label),
+        dataset = dataset.map(_on_images(lambda image, label: (augment(image, augmentation),
+                                                               label), with_metadata),
                               num_parallel_calls=random_calls)
     dataset = dataset.batch(batch_size)
     if training and augmentation.mixes_batches:
-        dataset = dataset.map(batch_mixer(augmentation, seed), num_parallel_calls=random_calls)
+        dataset = dataset.map(_on_images(batch_mixer(augmentation, seed), with_metadata),
+                              num_parallel_calls=random_calls)
     return dataset.prefetch(AUTOTUNE)

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from skin_keras import atomic, folders
+from skin_keras import atomic, folders, patient_metadata
+from skin_keras.csv_table import read_csv
 from skin_keras.splits import assign_groups, find_duplicates, holdout_split, kfold_split
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
@@ -49,41 +50,6 @@ class Record:
     lesion_id: str
     path: Path
     group: str = ""
-
-
-def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
-    """(rows with every required column, malformed rows as {"file", "line", "reason"}).
-
-    A row with fewer fields than the header or an empty image name is malformed and left out;
-    a file that is not UTF-8 text or lacks a required column is a UserError.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"CSV file {path} does not exist")
-    rows, malformed = [], []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as file:
-            reader = csv.DictReader(file)
-            missing = [column for column in required if column not in (reader.fieldnames or [])]
-            if missing:
-                raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
-                                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
-            for row in reader:
-                short = [column for column in required if row.get(column) is None]
-                if short:
-                    reason = f"too few fields (no {', '.join(short)})"
-                elif not row["image"].strip():
-                    reason = "no image name"
-                else:
-                    rows.append(row)
-                    continue
-                malformed.append({"file": path.name, "line": reader.line_num, "reason": reason})
-    except UnicodeDecodeError as error:
-        raise UserError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
-                        f"offset {error.start}): save it as UTF-8") from None
-    except csv.Error as error:
-        raise UserError(f"{path} is not a readable CSV file: {error}") from None
-    return rows, malformed
 
 
 def _is_positive(value: str) -> bool:
@@ -222,10 +188,11 @@ def prepare(config: PrepareConfig) -> dict:
 
     # --- Read and audit ---
     truth_rows, malformed = read_csv(config.ground_truth, ("image", *CLASS_NAMES))
-    lesion_of = {}
+    lesion_of, patient_rows = {}, {}
     if config.metadata:
         metadata_rows, bad_metadata = read_csv(config.metadata, ("image", "lesion_id"))
         lesion_of = {row["image"].strip(): row["lesion_id"].strip() for row in metadata_rows}
+        patient_rows = {row["image"].strip(): row for row in metadata_rows}
         malformed += bad_metadata
     files = _list_image_files(images_dir)
     labels, problems = label_rows(truth_rows)
@@ -280,6 +247,10 @@ def prepare(config: PrepareConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     if not _check_existing_split(out_dir, split_rows, config.overwrite):
         _write_split_csv(out_dir / "split.csv", split_rows)
+    if config.metadata:
+        audit["metadata missing"] = _write_patient_metadata(
+            out_dir / patient_metadata.CSV_NAME, [record.image for record in records],
+            patient_rows)
     modes = collections.Counter()
     for record, row in progress(list(zip(records, split_rows)), "placing files"):
         folder = out_dir / row["split"] / row["class"]
@@ -295,6 +266,22 @@ def prepare(config: PrepareConfig) -> dict:
     audit["files"] = dict(modes)
     atomic.write_json_atomic(out_dir / "audit.json", audit)
     return audit
+
+
+def _write_patient_metadata(path: Path, images: list[str], rows: dict) -> dict:
+    """Writes metadata.csv (image, age_approx, sex, anatom_site_general; cells as the ISIC CSV
+    has them, empty where it has none) for `images`; returns the missing count per column."""
+    table = [{"image": image, **{column: (rows.get(image, {}).get(column) or "").strip()
+                                 for column in patient_metadata.COLUMNS}} for image in images]
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=["image", *patient_metadata.COLUMNS])
+            writer.writeheader()
+            writer.writerows(table)
+    atomic.write_atomic(path, write)
+    return {column: sum(patient_metadata.normalize(row[column]) == "" for row in table)
+            for column in patient_metadata.COLUMNS}
 
 
 def _write_split_csv(path: Path, rows: list[dict]) -> None:
@@ -329,6 +316,9 @@ def describe_audit(audit: dict) -> str:
         if audit[key]:
             shown = ", ".join(audit[key][:10]) + (" ..." if len(audit[key]) > 10 else "")
             lines.append(f"left out, {key}: {len(audit[key])} ({shown})")
+    if audit.get("metadata missing"):
+        lines.append("metadata.csv, missing values: " + ", ".join(
+            f"{column} {count}" for column, count in audit["metadata missing"].items()))
     for item in audit["malformed rows"]:
         lines.append(f"left out, malformed row: {item['file']} line {item['line']}: "
                      f"{item['reason']}")

@@ -14,13 +14,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, cache, input_pipeline
+from skin_keras import atomic, cache, input_pipeline, models
 
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 
 
 class TFLiteRunner:
-    """Runs a .tflite classifier (input [B, H, W, 3]) with LiteRT (XNNPACK on CPUs).
+    """Runs a .tflite classifier (input [B, H, W, 3], and [B, size] encoded metadata for a
+    metadata model) with LiteRT (XNNPACK on CPUs).
 
     Calls of at most CHUNK images, which XNNPACK runs faster than larger ones. A model whose
     graph cannot take another batch size (XNNPACK fails to reshape some small-input models:
@@ -35,37 +36,71 @@ class TFLiteRunner:
 
         self.interpreter = Interpreter(model_content=model_content, num_threads=os.cpu_count())
         self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
+        self._find_inputs()
         self.output = self.interpreter.get_output_details()[0]
         self.img_size = int(self.input["shape"][1])
         self.batch_one_only = False
 
-    def __call__(self, images) -> np.ndarray:
+    def _find_inputs(self) -> None:
+        details = self.interpreter.get_input_details()
+        self.input = next(d for d in details if len(d["shape"]) == 4)
+        self.metadata_input = next((d for d in details if len(d["shape"]) == 2), None)
+
+    @property
+    def metadata_size(self) -> int | None:
+        """Length of the metadata vector a metadata model takes; None for image-only models."""
+        return None if self.metadata_input is None else int(self.metadata_input["shape"][1])
+
+    def __call__(self, images, metadata=None) -> np.ndarray:
+        """Probabilities of images [B, H, W, 3] in [0, 255] (with encoded metadata [B, size]
+        for a metadata model; it is required there)."""
         images = np.asarray(images, np.float32)
         if self.input["dtype"] == np.uint8:  # Full-integer models take pixel values as-is.
             images = np.clip(np.round(images), 0, 255)
-        return np.concatenate([self._invoke(images[start:start + self.CHUNK])
-                               for start in range(0, len(images), self.CHUNK)])
+        if self.metadata_input is not None:
+            if metadata is None:
+                raise ValueError("this TFLite model takes encoded metadata beside the images")
+            metadata = self._quantize(np.asarray(metadata, np.float32), self.metadata_input)
+        return np.concatenate([
+            self._invoke(images[start:start + self.CHUNK],
+                         None if metadata is None else metadata[start:start + self.CHUNK])
+            for start in range(0, len(images), self.CHUNK)])
+
+    @staticmethod
+    def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
+        """Float values as an integer input takes them (its scale and zero point)."""
+        if detail["dtype"] == np.float32:
+            return values
+        scale, zero_point = detail["quantization"]
+        limits = np.iinfo(detail["dtype"])
+        return np.clip(np.round(values / scale + zero_point), limits.min, limits.max)
+
+    def _set_batch(self, batch: int) -> None:
+        for detail in (self.input, self.metadata_input):
+            if detail is not None:
+                self.interpreter.resize_tensor_input(detail["index"], [batch, *detail["shape"][1:]])
+        self.interpreter.allocate_tensors()
 
     def _resize(self, batch: int) -> bool:
         try:
-            self.interpreter.resize_tensor_input(self.input["index"],
-                                                 [batch, *self.input["shape"][1:]])
-            self.interpreter.allocate_tensors()
+            self._set_batch(batch)
             resized = True
         except RuntimeError:
-            self.interpreter.resize_tensor_input(self.input["index"],
-                                                 [1, *self.input["shape"][1:]])
-            self.interpreter.allocate_tensors()
+            self._set_batch(1)
             self.batch_one_only, resized = True, False
-        self.input = self.interpreter.get_input_details()[0]
+        self._find_inputs()
         return resized
 
-    def _invoke(self, images: np.ndarray) -> np.ndarray:
+    def _invoke(self, images: np.ndarray, metadata: np.ndarray | None) -> np.ndarray:
         batch = images.shape[0]
         if batch != self.input["shape"][0] and (self.batch_one_only or not self._resize(batch)):
-            return np.concatenate([self._invoke(image[None]) for image in images])
+            return np.concatenate([
+                self._invoke(image[None], None if metadata is None else metadata[i:i + 1])
+                for i, image in enumerate(images)])
         self.interpreter.set_tensor(self.input["index"], images.astype(self.input["dtype"]))
+        if self.metadata_input is not None:
+            self.interpreter.set_tensor(self.metadata_input["index"],
+                                        metadata.astype(self.metadata_input["dtype"]))
         self.interpreter.invoke()
         return self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
 
@@ -74,29 +109,39 @@ class TFLiteRunner:
 
 
 def traced_source(model: keras.Model, folder: str) -> str:
-    """Writes `model` with a fixed [1, H, W, 3] float32 input as a SavedModel for the TFLite
-    converter (tracing it once serves every kind of conversion); returns `folder`."""
-    size = int(model.input_shape[1])
+    """Writes `model` with a fixed [1, H, W, 3] float32 input (and [1, size] encoded metadata
+    for a metadata model) as a SavedModel for the TFLite converter (tracing it once serves
+    every kind of conversion); returns `folder`."""
+    size = models.image_size(model)
+    encoding = models.metadata_encoding_of(model)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                         input_signature=[tf.TensorSpec([1, size, size, 3], tf.float32,
-                                                        name="image")])
+    image_spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="image")
+    if encoding is None:
+        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
+                             input_signature=[image_spec])
+    else:
+        archive.add_endpoint("serve", lambda image, metadata: model([image, metadata],
+                                                                    training=False),
+                             input_signature=[image_spec, tf.TensorSpec(
+                                 [1, encoding.size], tf.float32, name="metadata")])
     archive.write_out(folder, verbose=False)
     return folder
 
 
 def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
-            source: str | None = None) -> bytes:
+            source: str | None = None, calibration_metadata: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32),
     TFLite built-in ops only.
 
     `source` is a folder written by `traced_source` (one is made when it is None);
-    `calibration_paths` are images for the int8 kind's value ranges.
+    `calibration_paths` are images for the int8 kind's value ranges (with
+    `calibration_metadata`, their encoded metadata, for a metadata model).
     """
     if source is None:
         with tempfile.TemporaryDirectory() as folder:
-            return convert(model, kind, calibration_paths, traced_source(model, folder))
+            return convert(model, kind, calibration_paths, traced_source(model, folder),
+                           calibration_metadata)
     converter = tf.lite.TFLiteConverter.from_saved_model(source)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if kind != "fp32":
@@ -104,11 +149,19 @@ def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
     if kind == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if kind == "int8":
-        size = int(model.input_shape[1])
+        size = models.image_size(model)
+        encoding = models.metadata_encoding_of(model)
+        if encoding is not None and calibration_metadata is None:
+            calibration_metadata = np.repeat(encoding.missing_vector()[None],
+                                             len(calibration_paths), axis=0)
 
         def representative_images():
-            for path in calibration_paths:
-                yield [input_pipeline.load_image(tf.constant(path), size)[None]]
+            for index, path in enumerate(calibration_paths):
+                image = input_pipeline.load_image(tf.constant(path), size)[None]
+                if encoding is None:
+                    yield [image]
+                else:
+                    yield {"image": image, "metadata": calibration_metadata[index:index + 1]}
 
         converter.representative_dataset = representative_images
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]

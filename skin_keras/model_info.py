@@ -36,6 +36,8 @@ class ModelInfo:
       preprocessing: What the model does to its input before the backbone, in words (colour
         constancy); "none" for none.
       input: How to feed it (value range, channel order, resizing).
+      metadata: For a model with a patient-metadata input, how to encode it
+        (`PatientMetadata.describe()`); None for an image-only model.
     """
 
     class_names: tuple[str, ...]
@@ -43,11 +45,14 @@ class ModelInfo:
     architecture: str
     preprocessing: str = "none"
     input: dict = dataclasses.field(default_factory=lambda: dict(INPUT_DESCRIPTION))
+    metadata: dict | None = None
 
     @classmethod
     def of(cls, model: keras.Model, class_names) -> "ModelInfo":
+        encoding = models.metadata_encoding_of(model)
         return cls(tuple(class_names), models.image_size(model), model.name,
-                   models.describe_preprocessing(model))
+                   models.describe_preprocessing(model),
+                   metadata=None if encoding is None else encoding.describe())
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "class_names": list(self.class_names)}

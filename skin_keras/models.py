@@ -3,6 +3,11 @@
     image [0, 255] -> [colour constancy] -> EfficientNetV2 backbone (its own rescaling)
                    -> global average pooling -> dropout -> Dense(num_classes, softmax)
 
+With patient metadata (`metadata_encoding`), a second input, the encoded vector, goes through a
+small MLP (two Dense + BatchNorm + ReLU + dropout blocks, as in Gessert et al. 2020) and is
+concatenated with the pooled image features before the head's dropout. A model without it has
+exactly the one image input.
+
 The model's input has a fixed size (`img_size`), so a saved model says at which size it was
 trained; the backbone inside is built for any size, so the same layers can be called at other
 sizes (progressive resizing).
@@ -19,8 +24,16 @@ import tensorflow as tf
 from skin_keras.color_constancy import ColorConstancy
 from skin_keras.config import BACKBONES
 from skin_keras.errors import UserError
+from skin_keras.metadata_encoding import PatientMetadata
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
+METADATA_INPUT = "patient_metadata"
+METADATA_LAYERS = (METADATA_INPUT, "metadata_dense_1", "metadata_norm_1", "metadata_relu_1",
+                   "metadata_dropout_1", "metadata_dense_2", "metadata_norm_2", "metadata_relu_2",
+                   "metadata_dropout_2")
+CONCAT = "image_and_metadata"
+METADATA_UNITS = 64
+METADATA_DROPOUT = 0.3
 
 
 def is_pretrained(weights: str) -> bool:
@@ -71,7 +84,8 @@ def build_backbone(model_name: str, weights: str = "imagenet") -> keras.Model:
 
 def build_model(model_name: str, num_classes: int, img_size: int, weights: str = "imagenet",
                 freeze_backbone: bool = True, dropout_rate: float = 0.2,
-                color_constancy: str = "none", cc_power: float = 6.0) -> keras.Model:
+                color_constancy: str = "none", cc_power: float = 6.0,
+                metadata_encoding: PatientMetadata | None = None) -> keras.Model:
     """Builds the classifier. Its input is a batch of RGB images in [0, 255] of `img_size`.
 
     A frozen backbone is excluded from training and always runs in inference mode, so its
@@ -79,7 +93,8 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
     being fine-tuned also runs in inference mode (the Keras transfer-learning recipe: small
     fine-tuning batches would wreck the statistics). Only a backbone trained from scratch runs in
     training mode and learns its statistics. `color_constancy` (gray_world, shades_of_gray)
-    puts a `ColorConstancy` layer before the backbone.
+    puts a `ColorConstancy` layer before the backbone; `metadata_encoding` adds the metadata
+    input (the model then takes [images, encoded metadata]).
     """
     if num_classes < 2:
         raise UserError(f"need at least 2 classes to train a classifier, got {num_classes}")
@@ -96,11 +111,33 @@ def build_model(model_name: str, num_classes: int, img_size: int, weights: str =
             # float32 output keeps the softmax stable under mixed precision.
             keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
                                name=HEAD_LAYERS[2])]
+    layers = {layer.name: layer for layer in head}
+    if metadata_encoding is not None:
+        layers.update(_metadata_layers(metadata_encoding))
     preprocessing = [] if color_constancy == "none" else [
         ColorConstancy(color_constancy, cc_power, name="color_constancy")]
-    return _connect(keras.Input((img_size, img_size, 3), name="image"), preprocessing, backbone,
-                    head, backbone_training_mode(freeze_backbone, weights),
+    return _connect(_inputs(img_size, metadata_encoding), preprocessing, backbone,
+                    layers.__getitem__, backbone_training_mode(freeze_backbone, weights),
                     f"efficientnetv2_{model_name}")
+
+
+def _metadata_layers(encoding: PatientMetadata) -> dict:
+    if encoding.name != METADATA_INPUT:
+        encoding = PatientMetadata.from_config({**encoding.get_config(), "name": METADATA_INPUT})
+    layers = [encoding]
+    for block in (1, 2):
+        layers += [keras.layers.Dense(METADATA_UNITS, name=f"metadata_dense_{block}"),
+                   keras.layers.BatchNormalization(name=f"metadata_norm_{block}"),
+                   keras.layers.Activation("relu", name=f"metadata_relu_{block}"),
+                   keras.layers.Dropout(METADATA_DROPOUT, name=f"metadata_dropout_{block}")]
+    layers.append(keras.layers.Concatenate(name=CONCAT))
+    return {layer.name: layer for layer in layers}
+
+
+def _inputs(img_size: int | None, encoding: PatientMetadata | None) -> list:
+    image = keras.Input((img_size, img_size, 3), name="image")
+    return [image] if encoding is None else [image, keras.Input((encoding.size,),
+                                                                name="metadata")]
 
 
 def hold_inference_mode(backbone: keras.Model) -> None:
@@ -124,21 +161,67 @@ def backbone_training_mode(freeze_backbone: bool, weights: str) -> bool | None:
     return False if (freeze_backbone or is_pretrained(weights)) else None
 
 
-def _connect(inputs, preprocessing, backbone, head, backbone_training, name) -> keras.Model:
-    features = inputs
-    for layer in preprocessing:
-        features = layer(features)
+def _connect(inputs, preprocessing, backbone, layer, backbone_training, name) -> keras.Model:
+    """The model from its inputs ([image] or [image, metadata]); `layer(name)` gives the head's
+    layers."""
+    features = inputs[0]
+    for step in preprocessing:
+        features = step(features)
     features = backbone(features, training=backbone_training)
-    for layer in head:
-        features = layer(features)
-    return keras.Model(inputs, features, name=name)
+    outputs = _head(layer(HEAD_LAYERS[0])(features), inputs[1:], layer)
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], outputs, name=name)
+
+
+def _head(pooled, metadata: list, layer):
+    """Pooled image features (and the metadata input) -> probabilities."""
+    features = pooled
+    if metadata:
+        branch = metadata[0]
+        for name in METADATA_LAYERS:
+            branch = layer(name)(branch)
+        features = layer(CONCAT)([pooled, branch])
+    for name in HEAD_LAYERS[1:]:
+        features = layer(name)(features)
+    return features
+
+
+def dense_input(model: keras.Model, pooled, metadata=None):
+    """What the output Dense layer sees in inference mode for pooled image features (Grad-CAM
+    multiplies it by the layer's kernel)."""
+    if metadata_encoding_of(model) is None:
+        return pooled
+    branch = model_inputs(model, pooled, metadata)[1]
+    for name in METADATA_LAYERS:
+        branch = model.get_layer(name)(branch, training=False)
+    return model.get_layer(CONCAT)([pooled, branch])
+
+
+def metadata_encoding_of(model: keras.Model) -> PatientMetadata | None:
+    """The metadata encoding of a model with a metadata input; None for an image-only model."""
+    try:
+        layer = model.get_layer(METADATA_INPUT)
+    except ValueError:
+        return None
+    return layer if isinstance(layer, PatientMetadata) else None
+
+
+def model_inputs(model: keras.Model, images, metadata=None):
+    """What to call `model` with: the images, or [images, metadata vectors] for a metadata
+    model (all rows "missing" when `metadata` is None)."""
+    encoding = metadata_encoding_of(model)
+    if encoding is None:
+        return images
+    if metadata is None:
+        metadata = tf.repeat(tf.constant(encoding.missing_vector())[None], tf.shape(images)[0],
+                             axis=0)
+    return [images, metadata]
 
 
 def any_size_twin(model: keras.Model, backbone_training: bool | None) -> keras.Model:
     """The same layers (shared weights) behind an input of any size, for progressive resizing."""
-    return _connect(keras.Input((None, None, 3), name="image"), preprocessing_layers(model),
-                    backbone_of(model), [model.get_layer(name) for name in HEAD_LAYERS],
-                    backbone_training, f"{model.name}_any_size")
+    return _connect(_inputs(None, metadata_encoding_of(model)), preprocessing_layers(model),
+                    backbone_of(model), model.get_layer, backbone_training,
+                    f"{model.name}_any_size")
 
 
 def preprocessing_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -160,18 +243,20 @@ def describe_preprocessing(model: keras.Model) -> str:
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """Images -> pooled backbone features (the input of the head's dropout layer)."""
-    return keras.Model(model.input, model.get_layer(HEAD_LAYERS[0]).output)
+    """Images -> pooled backbone features (image features only: metadata joins after them)."""
+    return keras.Model(model.inputs[0], model.get_layer(HEAD_LAYERS[0]).output)
 
 
 def head_model(model: keras.Model) -> keras.Model:
-    """Pooled features -> probabilities, through the same (shared) head layers as `model`."""
+    """Pooled features (and metadata) -> probabilities, through the same (shared) head layers as
+    `model`: the model the cached-feature epochs train."""
     pooled = model.get_layer(HEAD_LAYERS[0]).output
     features = keras.Input(pooled.shape[1:], name="features")
-    outputs = features
-    for name in HEAD_LAYERS[1:]:
-        outputs = model.get_layer(name)(outputs)
-    return keras.Model(features, outputs, name=f"{model.name}_head")
+    metadata = model.inputs[1:]
+    metadata = [keras.Input(metadata[0].shape[1:], name="metadata")] if metadata else []
+    outputs = _head(features, metadata, model.get_layer)
+    return keras.Model([features, *metadata] if metadata else features, outputs,
+                       name=f"{model.name}_head")
 
 
 def _block_number(layer_name: str) -> int | None:
@@ -205,8 +290,8 @@ def backbone_of(model: keras.Model) -> keras.Model:
 
 
 def image_size(model: keras.Model) -> int:
-    """The input size a model was built for (its input is [None, size, size, 3])."""
-    return int(model.input_shape[1])
+    """The input size a model was built for (its image input is [None, size, size, 3])."""
+    return int(model.inputs[0].shape[1])
 
 
 def count_params(weights) -> int:
@@ -222,7 +307,7 @@ def count_flops(model: keras.Model) -> int:
     from tensorflow.python.framework import convert_to_constants  # pylint: disable=g-direct-tensorflow-import
 
     size = image_size(model)
-    forward = tf.function(lambda images: model(images, training=False))
+    forward = tf.function(lambda images: model(model_inputs(model, images), training=False))
     concrete = forward.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32))
     _, graph_def = convert_to_constants.convert_variables_to_constants_v2_as_graph(concrete)
     with tf.Graph().as_default() as graph:

@@ -15,10 +15,12 @@ from skin_keras.progress import progress
 
 def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path,
                       topk: int = 0) -> None:
-    """predictions.csv (path,label,score,<classes>,[top1..],error) and predictions.json."""
+    """predictions.csv (path,label,score,<classes>,[top1..],[metadata],error) and
+    predictions.json; the metadata column (used / missing) is there for a metadata model."""
     output.mkdir(parents=True, exist_ok=True)
+    with_metadata = bool(rows) and "metadata" in rows[0]
     header = ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
-              "error"]
+              *(["metadata"] if with_metadata else []), "error"]
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as file:
@@ -29,7 +31,9 @@ def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path
                 tops = [f"{t['label']}:{t['score']:.4f}" for t in row.get("top", [])]
                 tops += [""] * (topk - len(tops))
                 score = "" if row["score"] is None else f"{row['score']:.6f}"
-                writer.writerow([row["path"], row["label"], score, *probs, *tops, row["error"]])
+                used = [row["metadata"]] if with_metadata else []
+                writer.writerow([row["path"], row["label"], score, *probs, *tops, *used,
+                                 row["error"]])
 
     atomic.write_atomic(output / "predictions.csv", write_csv)
     atomic.write_json_atomic(output / "predictions.json", rows)

@@ -66,8 +66,9 @@ def read_class_indices(path: str | Path) -> list[str]:
 
 def write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFolder,
                     val: folders.ImageFolder, model: keras.Model,
-                    weights: dict[int, float] | None) -> None:
-    """class_indices.json, flags.cfg and train_params.json of a new run."""
+                    weights: dict[int, float] | None, metadata: dict | None = None) -> None:
+    """class_indices.json, flags.cfg and train_params.json of a new run (`metadata`: the
+    coverage and encoding of a metadata run)."""
     (run_dir / "weights").mkdir(exist_ok=True)
     atomic.write_json_atomic(run_dir / CLASS_INDICES,
                              {str(i): name for i, name in enumerate(train.class_names)})
@@ -91,6 +92,7 @@ def write_run_files(run_dir: Path, config: TrainConfig, train: folders.ImageFold
             "total parameters": model.count_params(),
             "train parameters": models.count_params(model.trainable_weights),
             "preprocessing": models.describe_preprocessing(model),
+            "metadata": metadata,
             # Counting takes seconds for the large models: once per architecture and size.
             "flops": cache.memoized("flops", f"{model.name}/{model.input_shape}/"
                                     f"{model.output_shape}/{models.describe_preprocessing(model)}"

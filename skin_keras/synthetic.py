@@ -50,8 +50,8 @@ def lesion_image(label: int, num_classes: int, size: tuple[int, int],
 
 def write_class_folders(root: str | Path, images_per_class: int | Sequence[int],
                         class_names: Sequence[str] = DEMO_CLASSES, size: tuple[int, int] = (64, 48),
-                        seed: int = 0, extension: str = ".jpg") -> list[Path]:
-    """Writes root/<class>/<class index>_<n><extension> images; returns their paths."""
+                        seed: int = 0, extension: str = ".jpg", prefix: str = "") -> list[Path]:
+    """Writes root/<class>/<prefix><class index>_<n><extension> images; returns their paths."""
     rng = np.random.default_rng(seed)
     if isinstance(images_per_class, int):
         images_per_class = [images_per_class] * len(class_names)
@@ -60,7 +60,7 @@ def write_class_folders(root: str | Path, images_per_class: int | Sequence[int],
         folder = Path(root) / name
         folder.mkdir(parents=True, exist_ok=True)
         for index in range(count):
-            path = folder / f"{label}_{index:04d}{extension}"
+            path = folder / f"{prefix}{label}_{index:04d}{extension}"
             lesion_image(label, len(class_names), size, rng).save(path)
             paths.append(path)
     return paths

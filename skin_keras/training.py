@@ -13,12 +13,15 @@ from pathlib import Path
 
 import keras
 
+import numpy as np
+
 from skin_keras import (decode_check, distribute, feature_cache, folders, input_pipeline,
-                        models, reports, run_folder)
+                        models, patient_metadata, reports, run_folder)
 from skin_keras.checkpointing import FullModelCheckpoints, HeadCheckpoints, RunRecorder
 from skin_keras.config import TrainConfig
 from skin_keras.epoch_log import EpochLog
 from skin_keras.errors import UserError
+from skin_keras.metadata_encoding import PatientMetadata
 from skin_keras.metrics import ConfusionMatrixMetric
 from skin_keras.model_info import ModelInfo
 from skin_keras.recipe import class_weights, finetune_optimizer, make_optimizer, stage_plan
@@ -66,6 +69,12 @@ def compile_models(models_to_compile, optimizer, loss, metric) -> None:
 def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
     """Copies weights and optimizer state (its step count drives the schedule) from a .keras."""
     saved = run_folder.load_for_resume(checkpoint)
+    encodings = [models.metadata_encoding_of(m) for m in (saved, model)]
+    vocabularies = [None if e is None else (e.sexes, e.sites) for e in encodings]
+    if vocabularies[0] != vocabularies[1]:
+        raise UserError(f"--resume: the metadata CSV now gives other categories than the run "
+                        f"was started with ({vocabularies[0]} then, {vocabularies[1]} now); "
+                        "resume with the CSV the run used")
     model.set_weights(saved.get_weights())
     for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
         variable.assign(value)
@@ -94,19 +103,52 @@ def scan_data(config: TrainConfig, class_names=None) -> tuple[folders.ImageFolde
     return train, val
 
 
+@dataclasses.dataclass(frozen=True)
+class MetadataInputs:
+    """A run's patient metadata: its encoding (learned from the training rows), the encoded
+    vectors of the training and validation images, and the coverage summary."""
+
+    encoding: PatientMetadata
+    train: np.ndarray
+    val: np.ndarray
+    summary: dict
+
+
+def read_metadata(config: TrainConfig, train: folders.ImageFolder,
+                  val: folders.ImageFolder) -> MetadataInputs | None:
+    """The run's metadata, or None for an image-only run (--metadata=none, or auto without a
+    metadata.csv)."""
+    path = patient_metadata.resolve(config.metadata, config.data_train)
+    if path is None:
+        if config.metadata.lower() == patient_metadata.AUTO:
+            print("metadata: auto, but no metadata.csv beside the data folders: image only")
+        return None
+    table = patient_metadata.read_table(path)
+    summary = patient_metadata.check_for_training(table, train.paths, val.paths)
+    print(patient_metadata.describe_coverage(summary))
+    train_records, _ = table.lookup(train.paths)
+    encoding = PatientMetadata.fit(train_records, blank_rate=config.metadata_dropout)
+    val_records, _ = table.lookup(val.paths)
+    return MetadataInputs(encoding, encoding.encode_records(train_records),
+                          encoding.encode_records(val_records),
+                          {**summary, **encoding.describe()})
+
+
 def cached_datasets(config: TrainConfig, model: keras.Model, train: folders.ImageFolder,
-                    val: folders.ImageFolder) -> tuple:
+                    val: folders.ImageFolder, metadata: MetadataInputs | None) -> tuple:
     """(train, validation) datasets of cached backbone features for the head (computed where
-    missing)."""
+    missing), with the metadata vectors beside them for a metadata run."""
     cache = feature_cache.FeatureCache(config.feature_cache, model, config.precision)
     print(f"frozen backbone: the head trains on cached features ({cache.folder})")
     train_features, train_ok = cache.features(train.paths, config.cache_views, "train features")
     val_features, val_ok = cache.features(val.paths, 1, "val features")
     return (feature_cache.feature_dataset(
                 train_features[train_ok], train.labels[train_ok], train.num_classes,
-                config.batch_size, training=True, seed=config.seed, sampling=config.sampling),
-            feature_cache.feature_dataset(val_features[val_ok], val.labels[val_ok],
-                                          val.num_classes, config.batch_size))
+                config.batch_size, training=True, seed=config.seed, sampling=config.sampling,
+                metadata=None if metadata is None else metadata.train[train_ok]),
+            feature_cache.feature_dataset(
+                val_features[val_ok], val.labels[val_ok], val.num_classes, config.batch_size,
+                metadata=None if metadata is None else metadata.val[val_ok]))
 
 
 def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
@@ -117,9 +159,11 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
 
     # --- Data ---
     train, val = scan_data(config, resume.class_names if resume else None)
+    metadata = read_metadata(config, train, val)
     weights = class_weights(train.class_counts(), config.class_weight)
     val_dataset = input_pipeline.make_dataset(
-        val.paths, val.labels, val.num_classes, config.img_size, config.batch_size)
+        val.paths, val.labels, val.num_classes, config.img_size, config.batch_size,
+        metadata=None if metadata is None else metadata.val)
     steps_per_epoch = math.ceil(len(train.paths) / config.batch_size)
 
     # --- Model --- (variables of the model, the optimizer and the metric live on every replica)
@@ -128,7 +172,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                                    config.weights, freeze_backbone=config.freeze_layers,
                                    dropout_rate=config.dropout,
                                    color_constancy=config.color_constancy,
-                                   cc_power=config.cc_power)
+                                   cc_power=config.cc_power,
+                                   metadata_encoding=metadata and metadata.encoding)
         # Progressive stages train the same layers at other sizes through a twin with a free
         # input size; the fixed-size model is what gets saved. Both share one optimizer, so the
         # saved file carries the optimizer state that --resume needs.
@@ -157,7 +202,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:  # A new run, or one killed before its first epoch ended: from scratch.
         run_dir = resume.run_dir if resume else run_folder.new_run_dir(config.save_ret)
-        run_folder.write_run_files(run_dir, config, train, val, model, weights)
+        run_folder.write_run_files(run_dir, config, train, val, model, weights,
+                                   metadata.summary if metadata else None)
         log, initial_epoch = EpochLog(train.class_names, config.monitor), 0
         print(f"restarting {run_dir} from scratch (it stopped before its first epoch ended)"
               if resume else f"run folder: {run_dir}")
@@ -175,7 +221,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
             patience=config.patience, verbose=1))
     cached = None
     if head is not None and initial_epoch < config.epochs:
-        cached = cached_datasets(config, model, train, val)
+        cached = cached_datasets(config, model, train, val, metadata)
     elif config.freeze_layers and config.feature_cache != "none":
         print(f"feature cache not used: {config.feature_cache_blocker}")
     checkpoints = None
@@ -205,7 +251,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                                               best_on_disk=log.best_epoch)
             else:
                 fit_model, validation = train_model, val_dataset
-                train_dataset = _stage_dataset(config, train, stage)
+                train_dataset = _stage_dataset(config, train, stage,
+                                               None if metadata is None else metadata.train)
                 checkpoints = FullModelCheckpoints(run_dir / "weights", model, info)
             recorder = RunRecorder(run_dir, log, metric, checkpoints,
                                    stage.log_entry() if progressive else None)
@@ -235,14 +282,14 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     return run_dir
 
 
-def _stage_dataset(config: TrainConfig, train: folders.ImageFolder, stage):
+def _stage_dataset(config: TrainConfig, train: folders.ImageFolder, stage, metadata=None):
     return input_pipeline.make_dataset(
         train.paths, train.labels, train.num_classes, stage.img_size, config.batch_size,
         training=True, seed=config.seed, sampling=config.sampling,
         augmentation=dataclasses.replace(config.augmentation,
                                          randaugment_magnitude=stage.randaugment_magnitude,
                                          mixup_alpha=stage.mixup_alpha),
-        deterministic=config.deterministic)
+        deterministic=config.deterministic, metadata=metadata)
 
 
 def _write_reports(run_dir: Path, log: EpochLog) -> None:

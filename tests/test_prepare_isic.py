@@ -263,6 +263,17 @@ def test_real_ham10000_split(ham_200px, tmp_path):
         assert split_of[first] == split_of[second]
     train = folders.scan_image_folder(tmp_path / "data" / "train", check=False)
     folders.scan_image_folder(tmp_path / "data" / "val", class_names=train.class_names, check=False)
+    # metadata.csv: one row per placed image, the cells of ISIC's metadata CSV.
+    with open(ham_200px / "ISIC_2019_Training_Metadata.csv", newline="") as file:
+        source = {row["image"]: row for row in csv.DictReader(file)}
+    with open(tmp_path / "data" / "metadata.csv", newline="") as file:
+        written = list(csv.DictReader(file))
+    assert sorted(row["image"] for row in written) == sorted(split_of)
+    assert all(row[column] == source[row["image"]][column] for row in written
+               for column in ("age_approx", "sex", "anatom_site_general"))
+    assert audit["metadata missing"] == {  # This copy writes "unknown" where HAM has no value.
+        column: sum(source[image][column] in ("", "unknown") for image in split_of)
+        for column in ("age_approx", "sex", "anatom_site_general")}
 
 
 def test_an_interrupted_run_is_finished_by_running_it_again(download, tmp_path, monkeypatch):

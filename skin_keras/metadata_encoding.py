@@ -1,0 +1,105 @@
+"""The encoding of patient metadata, a Keras layer saved with the model.
+
+    age_approx            -> age / 100 clipped to [0, 1], and a missing indicator
+    sex                   -> one-hot over the training vocabulary + "missing"
+    anatom_site_general   -> one-hot over the training vocabulary + "missing"
+
+`PatientMetadata` is the first layer of the model's metadata input: its vocabularies are part of
+its config, so a saved model knows how to encode raw values and nothing beside it can get lost.
+`encode` (TensorFlow ops) is the one definition of the encoding: training, prediction and the
+exported SavedModel's raw-value signatures call it; a TFLite file takes its output as a second
+input, described in the file's metadata.json. Missing values and categories the training CSV did
+not have become "missing", never an error. In training, the layer blanks whole rows to "missing"
+with probability `blank_rate`, so the model also learns to do without.
+"""
+
+from collections.abc import Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from skin_keras.patient_metadata import AGE_SCALE, COLUMNS, MAX_AGE, MISSING, Record, as_arrays
+
+
+@keras.saving.register_keras_serializable(package="skin_keras")
+class PatientMetadata(keras.layers.Layer):
+    """Encoded metadata [B, size] in, the same out (in training, rows blanked to "missing" with
+    probability `blank_rate`). Holds the vocabularies; `encode` turns raw values into the
+    vector. Always float32."""
+
+    def __init__(self, sexes=(), sites=(), blank_rate: float = 0.0, **kwargs):
+        kwargs["dtype"] = "float32"
+        super().__init__(**kwargs)
+        if not 0 <= blank_rate < 1:
+            raise ValueError(f"blank_rate={blank_rate} must be in [0, 1)")
+        self.sexes, self.sites = tuple(sexes), tuple(sites)
+        self.blank_rate = float(blank_rate)
+
+    @classmethod
+    def fit(cls, records: Sequence[Record], blank_rate: float = 0.0, **kwargs):
+        """The encoding whose vocabularies are the values `records` (the training images') have."""
+        return cls(sorted({r.sex for r in records} - {""}),
+                   sorted({r.anatom_site_general for r in records} - {""}), blank_rate, **kwargs)
+
+    @property
+    def size(self) -> int:
+        return 2 + len(self.sexes) + 1 + len(self.sites) + 1
+
+    def feature_names(self) -> list[str]:
+        return (["age_approx / 100", "age_approx missing"]
+                + [f"sex={value}" for value in self.sexes] + ["sex missing"]
+                + [f"anatom_site_general={value}" for value in self.sites]
+                + ["anatom_site_general missing"])
+
+    def encode(self, ages, sexes, sites) -> tf.Tensor:
+        """Raw values [B] (ages float, NaN or out of [0, 120] = missing; strings, "" or unknown
+        categories = missing) -> float32 [B, size]."""
+        ages = tf.cast(tf.convert_to_tensor(ages), tf.float32)
+        known = tf.math.is_finite(ages) & (ages >= 0.0) & (ages <= MAX_AGE)
+        scaled = tf.where(known, tf.clip_by_value(ages / AGE_SCALE, 0.0, 1.0), 0.0)
+        parts = [scaled[:, None], tf.cast(~known, tf.float32)[:, None]]
+        for values, vocabulary in ((sexes, self.sexes), (sites, self.sites)):
+            values = tf.strings.lower(tf.strings.strip(tf.convert_to_tensor(values, tf.string)))
+            matches = tf.equal(values[:, None], tf.constant(list(vocabulary) or [""],
+                                                            tf.string)[None, :])
+            matches = matches[:, :len(vocabulary)]
+            found = tf.reduce_any(matches, axis=1)
+            parts += [tf.cast(matches, tf.float32), tf.cast(~found, tf.float32)[:, None]]
+        return tf.concat(parts, axis=1)
+
+    def encode_records(self, records: Sequence[Record]) -> np.ndarray:
+        if not records:
+            return np.zeros((0, self.size), np.float32)
+        return self.encode(*as_arrays(records)).numpy()
+
+    def missing_vector(self) -> np.ndarray:
+        """`encode` of a record with nothing known (tested equal), as a NumPy constant that
+        graphs can hold."""
+        return np.array([0.0, 1.0] + [0.0] * len(self.sexes) + [1.0] + [0.0] * len(self.sites)
+                        + [1.0], np.float32)
+
+    def call(self, vectors, training=None):
+        vectors = tf.cast(vectors, tf.float32)
+        if not training or self.blank_rate == 0:
+            return vectors
+        blank = tf.random.uniform(tf.shape(vectors)[:1]) < self.blank_rate
+        return tf.where(blank[:, None], tf.constant(self.missing_vector())[None, :], vectors)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "sexes": list(self.sexes), "sites": list(self.sites),
+                "blank_rate": self.blank_rate}
+
+    def describe(self) -> dict:
+        """For metadata.json and train_params.json: how to build the vector a TFLite file takes."""
+        return {"columns": list(COLUMNS), "vector size": self.size,
+                "vector": self.feature_names(),
+                "age_approx": f"age / {AGE_SCALE:g} clipped to [0, 1]; missing (empty, not a "
+                              f"number, outside [0, {MAX_AGE:g}]): 0 and the indicator 1",
+                "categories": "stripped and lower-cased; empty, 'unknown' or not in the "
+                              "vocabulary: the missing column 1",
+                "vocabulary": {"sex": list(self.sexes), "anatom_site_general": list(self.sites)},
+                "training blank rate": self.blank_rate}
