@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras.patient_metadata import AGE_SCALE, COLUMNS, MAX_AGE, MISSING, Record, as_arrays
+from skin_keras.patient_metadata import AGE_SCALE, COLUMNS, MAX_AGE, Record, as_arrays
 
 
 @keras.saving.register_keras_serializable(package="skin_keras")
