@@ -336,3 +336,21 @@ def test_train_py_auto_finds_metadata_csv_and_reports_bad_ages_in_one_line(
     assert "age_approx value(s) that are not a number in [0, 120], the first 'abc'" in (
         result.stderr)
     assert "Traceback" not in result.stderr
+
+
+def test_grad_cam_of_a_metadata_model_explains_the_image_path():
+    from skin_keras import gradcam  # pylint: disable=g-import-not-at-top
+
+    encoding = PatientMetadata(("female", "male"), ("back",))
+    model = models.build_model("b0", 3, 64, "none", freeze_backbone=False,
+                               metadata_encoding=encoding)
+    images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    vectors = encoding.encode_records([Record(30.0, "male", "back"), MISSING])
+    maps, classes = gradcam.grad_cam(model, images, metadata=vectors)
+    assert maps.shape == (2, 64, 64) and 0 <= maps.min() and maps.max() <= 1
+    # Without a class given it explains the model's prediction (metadata included) ...
+    np.testing.assert_array_equal(classes, model([images, vectors]).numpy().argmax(1))
+    # ... and for a given class the map does not depend on the metadata (the head is linear).
+    fixed = np.array([2, 0])
+    np.testing.assert_allclose(gradcam.grad_cam(model, images, fixed, metadata=vectors)[0],
+                               gradcam.grad_cam(model, images, fixed)[0], atol=1e-5)
