@@ -106,10 +106,11 @@ class FeatureCache:
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
                     batch_size: int, training: bool = False, seed: int | None = None,
-                    sampling: str = "natural", metadata: np.ndarray | None = None
-                    ) -> tf.data.Dataset:
+                    sampling: str = "natural", metadata: np.ndarray | None = None,
+                    blank_metadata=None) -> tf.data.Dataset:
     """Batches of (features, one-hot labels) for the head; ((features, metadata), labels) with
-    `metadata` (encoded vectors, one per image: metadata joins at the head).
+    `metadata` (encoded vectors, one per image: metadata joins at the head; in training
+    `blank_metadata` blanks rows, as `input_pipeline.make_dataset` does).
 
     Training draws one of the cached views of each image at random (the cached counterpart of the
     random flips and rotations) and shuffles, or resamples classes, as `make_dataset` does.
@@ -135,7 +136,8 @@ def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,
         index = tf.cast(index, tf.int64)
         inputs = table[index, view]
         if metadata_table is not None:
-            inputs = (inputs, tf.gather(metadata_table, index))
+            vector = tf.gather(metadata_table, index)
+            inputs = (inputs, vector if blank_metadata is None else blank_metadata(vector))
         return inputs, tf.one_hot(label, num_classes)
 
     return dataset.map(pick).batch(batch_size).prefetch(input_pipeline.AUTOTUNE)

@@ -113,13 +113,13 @@ def _on_images(function, with_metadata: bool):
 def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: int, img_size: int,
                  batch_size: int, training: bool = False, seed: int | None = None,
                  sampling: str = "natural", augmentation: Augmentation | None = None,
-                 deterministic: bool = False, metadata: np.ndarray | None = None
-                 ) -> tf.data.Dataset:
+                 deterministic: bool = False, metadata: np.ndarray | None = None,
+                 blank_metadata=None) -> tf.data.Dataset:
     """Builds the batched dataset of (images, one-hot labels), or of images when `labels` is None.
 
     With `metadata` (encoded vectors [N, size], one per path) the inputs are (images, metadata);
     augmentation changes the images only (MixUp/CutMix keep the metadata of the image they
-    mix into).
+    mix into); in training, `blank_metadata` (`metadata_encoding.row_blanker`) blanks rows.
 
     Training data is shuffled every epoch (or, with `sampling="balanced"`, drawn with equal class
     shares) and augmented; evaluation data keeps the order of `paths`. Training checks every file
@@ -169,6 +169,9 @@ def make_dataset(paths: Sequence[str], labels: np.ndarray | None, num_classes: i
         dataset = dataset.map(_on_images(lambda image, label: (augment(image, augmentation),
                                                                label), with_metadata),
                               num_parallel_calls=random_calls)
+        if with_metadata and blank_metadata is not None:
+            dataset = dataset.map(lambda inputs, label: ((inputs[0], blank_metadata(inputs[1])),
+                                                         label), num_parallel_calls=random_calls)
     dataset = dataset.batch(batch_size)
     if training and augmentation.mixes_batches:
         dataset = dataset.map(_on_images(batch_mixer(augmentation, seed), with_metadata),

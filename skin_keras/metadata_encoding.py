@@ -9,8 +9,9 @@ its config, so a saved model knows how to encode raw values and nothing beside i
 `encode` (TensorFlow ops) is the one definition of the encoding: training, prediction and the
 exported SavedModel's raw-value signatures call it; a TFLite file takes its output as a second
 input, described in the file's metadata.json. Missing values and categories the training CSV did
-not have become "missing", never an error. In training, the layer blanks whole rows to "missing"
-with probability `blank_rate`, so the model also learns to do without.
+not have become "missing", never an error. In training the input pipeline blanks whole rows to
+"missing" (`row_blanker`, with probability --metadata_dropout), so the model also learns to do
+without; the layer itself never changes its input.
 """
 
 from collections.abc import Sequence
@@ -24,23 +25,20 @@ from skin_keras.patient_metadata import AGE_SCALE, COLUMNS, MAX_AGE, Record, as_
 
 @keras.saving.register_keras_serializable(package="skin_keras")
 class PatientMetadata(keras.layers.Layer):
-    """Encoded metadata [B, size] in, the same out (in training, rows blanked to "missing" with
-    probability `blank_rate`). Holds the vocabularies; `encode` turns raw values into the
+    """Encoded metadata [B, size] in, the same out. Holds the vocabularies; `encode` turns raw
+    values into the
     vector. Always float32."""
 
-    def __init__(self, sexes=(), sites=(), blank_rate: float = 0.0, **kwargs):
+    def __init__(self, sexes=(), sites=(), **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
-        if not 0 <= blank_rate < 1:
-            raise ValueError(f"blank_rate={blank_rate} must be in [0, 1)")
         self.sexes, self.sites = tuple(sexes), tuple(sites)
-        self.blank_rate = float(blank_rate)
 
     @classmethod
-    def fit(cls, records: Sequence[Record], blank_rate: float = 0.0, **kwargs):
+    def fit(cls, records: Sequence[Record], **kwargs):
         """The encoding whose vocabularies are the values `records` (the training images') have."""
         return cls(sorted({r.sex for r in records} - {""}),
-                   sorted({r.anatom_site_general for r in records} - {""}), blank_rate, **kwargs)
+                   sorted({r.anatom_site_general for r in records} - {""}), **kwargs)
 
     @property
     def size(self) -> int:
@@ -79,19 +77,14 @@ class PatientMetadata(keras.layers.Layer):
         return np.array([0.0, 1.0] + [0.0] * len(self.sexes) + [1.0] + [0.0] * len(self.sites)
                         + [1.0], np.float32)
 
-    def call(self, vectors, training=None):
-        vectors = tf.cast(vectors, tf.float32)
-        if not training or self.blank_rate == 0:
-            return vectors
-        blank = tf.random.uniform(tf.shape(vectors)[:1]) < self.blank_rate
-        return tf.where(blank[:, None], tf.constant(self.missing_vector())[None, :], vectors)
+    def call(self, vectors):
+        return tf.cast(vectors, tf.float32)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "sexes": list(self.sexes), "sites": list(self.sites),
-                "blank_rate": self.blank_rate}
+        return {**super().get_config(), "sexes": list(self.sexes), "sites": list(self.sites)}
 
     def describe(self) -> dict:
         """For metadata.json and train_params.json: how to build the vector a TFLite file takes."""
@@ -101,5 +94,18 @@ class PatientMetadata(keras.layers.Layer):
                               f"number, outside [0, {MAX_AGE:g}]): 0 and the indicator 1",
                 "categories": "stripped and lower-cased; empty, 'unknown' or not in the "
                               "vocabulary: the missing column 1",
-                "vocabulary": {"sex": list(self.sexes), "anatom_site_general": list(self.sites)},
-                "training blank rate": self.blank_rate}
+                "vocabulary": {"sex": list(self.sexes), "anatom_site_general": list(self.sites)}}
+
+
+def row_blanker(encoding: PatientMetadata, rate: float, seed: int | None = None):
+    """A tf.data map function for training: one encoded vector -> itself, or with probability
+    `rate` the vector of a record with nothing known (a whole row, never part of one).
+
+    In the input pipeline, where the augmentations are, not in the model: the model stays the
+    same function in fit() and predict().
+    """
+    missing = tf.constant(encoding.missing_vector())
+
+    def blank(vector):
+        return tf.where(tf.random.uniform((), seed=seed) < rate, missing, vector)
+    return blank

@@ -21,7 +21,7 @@ from skin_keras.checkpointing import FullModelCheckpoints, HeadCheckpoints, RunR
 from skin_keras.config import TrainConfig
 from skin_keras.epoch_log import EpochLog
 from skin_keras.errors import UserError
-from skin_keras.metadata_encoding import PatientMetadata
+from skin_keras.metadata_encoding import PatientMetadata, row_blanker
 from skin_keras.metrics import ConfusionMatrixMetric
 from skin_keras.model_info import ModelInfo
 from skin_keras.recipe import class_weights, finetune_optimizer, make_optimizer, stage_plan
@@ -112,6 +112,7 @@ class MetadataInputs:
     train: np.ndarray
     val: np.ndarray
     summary: dict
+    blank: object = None  # The training pipeline's row blanker (--metadata_dropout).
 
 
 def read_metadata(config: TrainConfig, train: folders.ImageFolder,
@@ -127,11 +128,14 @@ def read_metadata(config: TrainConfig, train: folders.ImageFolder,
     summary = patient_metadata.check_for_training(table, train.paths, val.paths)
     print(patient_metadata.describe_coverage(summary))
     train_records, _ = table.lookup(train.paths)
-    encoding = PatientMetadata.fit(train_records, blank_rate=config.metadata_dropout)
+    encoding = PatientMetadata.fit(train_records)
     val_records, _ = table.lookup(val.paths)
+    blank = row_blanker(encoding, config.metadata_dropout, config.seed) if (
+        config.metadata_dropout) else None
     return MetadataInputs(encoding, encoding.encode_records(train_records),
                           encoding.encode_records(val_records),
-                          {**summary, **encoding.describe()})
+                          {**summary, **encoding.describe(),
+                           "training dropout": config.metadata_dropout}, blank)
 
 
 def cached_datasets(config: TrainConfig, model: keras.Model, train: folders.ImageFolder,
@@ -145,7 +149,8 @@ def cached_datasets(config: TrainConfig, model: keras.Model, train: folders.Imag
     return (feature_cache.feature_dataset(
                 train_features[train_ok], train.labels[train_ok], train.num_classes,
                 config.batch_size, training=True, seed=config.seed, sampling=config.sampling,
-                metadata=None if metadata is None else metadata.train[train_ok]),
+                metadata=None if metadata is None else metadata.train[train_ok],
+                blank_metadata=metadata and metadata.blank),
             feature_cache.feature_dataset(
                 val_features[val_ok], val.labels[val_ok], val.num_classes, config.batch_size,
                 metadata=None if metadata is None else metadata.val[val_ok]))
@@ -251,8 +256,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                                               best_on_disk=log.best_epoch)
             else:
                 fit_model, validation = train_model, val_dataset
-                train_dataset = _stage_dataset(config, train, stage,
-                                               None if metadata is None else metadata.train)
+                train_dataset = _stage_dataset(config, train, stage, metadata)
                 checkpoints = FullModelCheckpoints(run_dir / "weights", model, info)
             recorder = RunRecorder(run_dir, log, metric, checkpoints,
                                    stage.log_entry() if progressive else None)
@@ -282,14 +286,16 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     return run_dir
 
 
-def _stage_dataset(config: TrainConfig, train: folders.ImageFolder, stage, metadata=None):
+def _stage_dataset(config: TrainConfig, train: folders.ImageFolder, stage,
+                   metadata: MetadataInputs | None):
     return input_pipeline.make_dataset(
         train.paths, train.labels, train.num_classes, stage.img_size, config.batch_size,
         training=True, seed=config.seed, sampling=config.sampling,
         augmentation=dataclasses.replace(config.augmentation,
                                          randaugment_magnitude=stage.randaugment_magnitude,
                                          mixup_alpha=stage.mixup_alpha),
-        deterministic=config.deterministic, metadata=metadata)
+        deterministic=config.deterministic, metadata=metadata and metadata.train,
+        blank_metadata=metadata and metadata.blank)
 
 
 def _write_reports(run_dir: Path, log: EpochLog) -> None:

@@ -13,8 +13,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import CLASSES, REPO, Killed, kill_at_log_write, tiny_config
-from skin_keras import (artifacts, evaluation, exporting, inference, isic, models,
-                        patient_metadata, synthetic, training)
+from skin_keras import (artifacts, evaluation, exporting, inference, isic, metadata_encoding,
+                        models, patient_metadata, synthetic, training)
 from skin_keras.errors import UserError
 from skin_keras.metadata_encoding import PatientMetadata
 from skin_keras.patient_metadata import MISSING, Record
@@ -54,11 +54,13 @@ def test_encoding_of_missing_values_unseen_categories_and_bad_ages():
     assert (vectors[:, 2:5].sum(1) == 1).all() and (vectors[:, 5:].sum(1) == 1).all()
 
 
-def test_training_blanks_whole_rows_at_the_rate_and_inference_never_does():
-    encoding = PatientMetadata(("female", "male"), ("back",), blank_rate=0.3)
+def test_training_blanks_whole_rows_at_the_rate_and_the_model_never_does():
+    encoding = PatientMetadata(("female", "male"), ("back",))
     vectors = np.repeat(encoding.encode_records([Record(50.0, "male", "back")]), 4000, axis=0)
-    np.testing.assert_array_equal(encoding(vectors, training=False), vectors)
-    out = encoding(vectors, training=True).numpy()
+    np.testing.assert_array_equal(encoding(vectors, training=True), vectors)
+    dataset = tf.data.Dataset.from_tensor_slices(vectors).map(
+        metadata_encoding.row_blanker(encoding, 0.3, seed=1))
+    out = np.stack(list(dataset.as_numpy_iterator()))
     blanked = (out == encoding.missing_vector()).all(axis=1)
     kept = (out == vectors).all(axis=1)
     assert (blanked | kept).all()  # Whole rows, never parts of one.
@@ -66,7 +68,7 @@ def test_training_blanks_whole_rows_at_the_rate_and_inference_never_does():
 
 
 def test_a_fused_model_saves_and_reloads_with_its_vocabulary(tmp_path):
-    encoding = PatientMetadata(("female", "male"), ("back", "face"), blank_rate=0.2)
+    encoding = PatientMetadata(("female", "male"), ("back", "face"))
     model = models.build_model("b0", 3, 32, "none", freeze_backbone=False,
                                metadata_encoding=encoding)
     assert [tensor.name for tensor in model.inputs] == ["image", "metadata"]
@@ -78,8 +80,7 @@ def test_a_fused_model_saves_and_reloads_with_its_vocabulary(tmp_path):
     loaded = keras.models.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(loaded([images, vectors], training=False), before, atol=1e-6)
     reloaded = models.metadata_encoding_of(loaded)
-    assert (reloaded.sexes, reloaded.sites, reloaded.blank_rate) == (
-        encoding.sexes, encoding.sites, 0.2)
+    assert (reloaded.sexes, reloaded.sites) == (encoding.sexes, encoding.sites)
     # The metadata reaches the output (the branch is wired), and an image-only model has none.
     assert not np.allclose(before[0], model([images[:1], vectors[1:2]], training=False)[0])
     plain = models.build_model("b0", 3, 32, "none", freeze_backbone=False)
