@@ -105,8 +105,8 @@ def test_bad_metadata_csv_is_one_clear_line(tmp_path, rows, header, message):
 
 
 def test_ages_not_believed_stop_training_and_run_as_missing_in_prediction(tmp_path):
-    path = write_csv(tmp_path / "m.csv", [["a", "abc", "male", ""], ["b", "400", "", "back"],
-                                          ["c.jpg", "35", "female", "face"]])
+    path = write_csv(tmp_path / "m.csv", [["a", "abc", "Male", ""], ["b", "400", "", "back"],
+                                          ["c.jpg", "35", " FEMALE", "Face"]])
     table = patient_metadata.read_table(path)
     assert [image for _, image, _ in table.bad_ages] == ["a", "b"]
     with pytest.raises(UserError, match=r"2 age_approx value\(s\).*'abc' for a \(line 2\)"):
