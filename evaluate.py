@@ -4,8 +4,9 @@ r"""Scores a trained model on a labelled class-folder set (e.g. a held-out test 
 
 Writes metrics.json (the training log's "valid info" schema plus per-class ROC AUC and support),
 confusion_matrix.png, roc_curves.png, misclassified.csv (most confident mistakes first) and
-predictions.csv. --tta averages flipped/rotated views; --explain adds Grad-CAM overlays. The
-flags are the fields of skin_keras.evaluation.EvaluateConfig.
+predictions.csv. --tta averages flipped/rotated views; --explain adds Grad-CAM overlays; a model
+trained with patient metadata takes --metadata=CSV, and --metadata_ablation scores it again with
+the metadata blanked. The flags are the fields of skin_keras.evaluation.EvaluateConfig.
 """
 
 import os

@@ -6,7 +6,8 @@ r"""Exports a trained model as a TF Serving SavedModel and TFLite files, with a 
 Formats: saved_model (TF Serving layout: <output>/saved_model/<name>/<version>/), tflite_fp32,
 tflite_fp16, tflite_dynamic (int8 weights) and tflite_int8 (full integer, calibrated on
 --data_val). Every artifact is checked against the Keras model on up to --parity_images images
-of --data_val; the table is printed and saved as <output>/report.json. The flags are the fields
+of --data_val (a metadata model also on its metadata input: --metadata=CSV, or varied); the
+table is printed and saved as <output>/report.json. The flags are the fields
 of skin_keras.exporting.ExportConfig.
 """
 

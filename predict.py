@@ -4,7 +4,9 @@ r"""Predicts the class of every image in files or folders with a trained model.
 
 --model_path is a run folder (weights/best.keras), a .keras file, or an exported SavedModel
 folder or .tflite file. Writes predictions.csv (path,label,score,<one column per class>,error)
-and predictions.json; unreadable files get an error row and the others are still predicted.
+and predictions.json; unreadable files get an error row and the others are still predicted. A
+model trained with patient metadata takes --metadata=CSV (predictions.csv then says per row
+whether it was used).
 --explain adds Grad-CAM overlays (output/explain/), --save_images labelled copies
 (output/images/). The flags are the fields of skin_keras.inference.PredictConfig.
 """

@@ -6,7 +6,8 @@ r"""Trains an EfficientNetV2 skin-lesion classifier on class folders and writes 
 Put --flagfile first; flags after it override the file. Every run writes <save_ret>/expN/ with
 weights/best.keras (best epoch by --monitor on validation), weights/last.keras, class_indices.json,
 flags.cfg (replays the run), train_params.json, log.json and plots. The flags are the fields of
-skin_keras.config.TrainConfig (`--helpshort` lists them). See README.md.
+skin_keras.config.TrainConfig (`--helpshort` lists them); --metadata=auto fuses the patient
+metadata.csv that prepare_isic writes. See README.md.
 """
 
 import os
