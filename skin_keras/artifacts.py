@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import model_info, models, run_folder
+from skin_keras import calibration, model_info, models, run_folder
 from skin_keras.errors import UserError
 from skin_keras.litert import TFLiteRunner
 from skin_keras.metadata_encoding import PatientMetadata
@@ -72,6 +72,11 @@ class LoadedModel:
             raise UserError(f"{what} needs the Keras model: pass the run folder or .keras file "
                             f"that {self.source} was exported from")
         return self.model
+
+    @property
+    def temperature(self) -> float | None:
+        """A calibrated Keras model's temperature (None: as trained, or not a Keras model)."""
+        return None if self.model is None else calibration.temperature_of(self.model)
 
     @property
     def info(self) -> model_info.ModelInfo:

@@ -156,6 +156,9 @@ class TrainConfig:
                               "draws one of them. 1 = the image as it is (fastest), 8 = all "
                               "that the uncached pipeline draws from.", low=1, high=8)
     # --- Run ---
+    calibrate: bool = option(False, "After training, fit temperature scaling on the validation "
+                             "set: weights/best.keras then outputs calibrated probabilities "
+                             "(python -m skin_keras.calibrate does it for an existing run).")
     seed: int = option(0, "Random seed (shuffling, init, augmentation).")
     deterministic: bool = option(False, "Same flags and data give the same batches and "
                                  "augmentations (slower input pipeline). For bit-identical runs "

@@ -2,7 +2,8 @@
 
 `metrics.json` has the schema of the training log's "valid info" (accuracy, balanced accuracy,
 per-class Precision / Recall / Specificity / F1 score and their means) plus, per class, its ROC
-AUC (one class against the rest, from the probabilities) and support.
+AUC (one class against the rest, from the probabilities) and support, and how calibrated the
+probabilities are (`calibration`: ECE over 15 bins, Brier score, NLL; reliability.png).
 """
 
 import csv
@@ -16,8 +17,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from skin_keras import (atomic, decode_check, folders, inference, metrics, outputs, reports,
-                        robustness, shifts)
+from skin_keras import (atomic, calibration, decode_check, folders, inference, metrics, outputs,
+                        reports, robustness, shifts)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import option
@@ -66,6 +67,7 @@ def metrics_report(labels: np.ndarray, probabilities: np.ndarray, class_names, t
     report["images"] = int(len(labels))
     report["tta views"] = tta
     report["confusion matrix"] = matrix.tolist()
+    report["calibration"] = calibration.calibration_report(probabilities, labels)
     return report
 
 
@@ -147,6 +149,7 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     report = metrics_report(labels, probabilities, loaded.class_names, tta)
     report["model"] = str(loaded.source)
     report["data"] = str(data)
+    report["temperature"] = loaded.temperature
     if records is not None:
         report["metadata"] = {"csv": csv_path, "images with a row": int(found.sum()),
                               "images with any value": sum(not r.is_missing for r in records)}
@@ -160,6 +163,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
                                   output / "confusion_matrix.png",
                                   title=f"{data} ({tta} TTA view{'s' if tta > 1 else ''})")
     plot_roc_curves(labels, probabilities, loaded.class_names, output / "roc_curves.png")
+    calibration.plot_reliability(probabilities, labels, output / "reliability.png",
+                                 title=Path(data).name)
     if explain:
         outputs.explain_files(loaded, rows, output / "explain", batch_size)
     return report
@@ -167,9 +172,13 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
 
 def describe(report: dict, class_names) -> str:
     width = max(len(name) for name in class_names)
+    calibrated = report["calibration"]
     lines = [f"{report['images']} images, {report['tta views']} TTA view(s): accuracy "
              f"{report['accuracy']:.4f}, balanced accuracy {report['balanced accuracy']:.4f}, "
              f"mean ROC AUC {report['mean roc auc'] or float('nan'):.4f}",
+             f"calibration: ECE {calibrated['expected calibration error']:.4f} "
+             f"({calibrated['bins']} bins), Brier {calibrated['brier score']:.4f}, NLL "
+             f"{calibrated['negative log-likelihood']:.4f}",
              f"{'class':<{width}}  {'support':>7}  {'precision':>9}  {'recall':>6}  "
              f"{'specificity':>11}  {'F1':>6}  {'ROC AUC':>7}"]
     for name in class_names:

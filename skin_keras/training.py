@@ -16,7 +16,7 @@ import keras
 import numpy as np
 
 from skin_keras import (decode_check, distribute, feature_cache, folders, input_pipeline,
-                        models, patient_metadata, reports, run_folder)
+                        models, patient_metadata, reports, run_folder, temperature)
 from skin_keras.checkpointing import FullModelCheckpoints, HeadCheckpoints, RunRecorder
 from skin_keras.config import TrainConfig
 from skin_keras.epoch_log import EpochLog
@@ -195,6 +195,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     # --- Run folder ---
     if resume and resume.completed_epochs:
         run_dir, initial_epoch = resume.run_dir, resume.completed_epochs
+        temperature.uncalibrate(run_dir)  # Training goes on from the model as trained.
         log = EpochLog.restore(run_dir, train.class_names, config.monitor)
         with strategy.scope():
             if initial_epoch > config.epochs and config.finetune_epochs:  # Mid fine-tuning.
@@ -283,6 +284,9 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     # --- Report ---
     _write_reports(run_dir, log)
     _summarize(config, log, run_dir)
+    if config.calibrate:
+        print(temperature.describe(temperature.calibrate_run(temperature.CalibrateConfig(
+            model_path=str(run_dir), batch_size=config.batch_size))))
     return run_dir
 
 

@@ -193,8 +193,11 @@ def metadata_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def metadata_run(tmp_path_factory, metadata_data) -> Path:
+    # Calibrated after training (train.py --calibrate), so the prediction and export tests
+    # below also cover a Temperature layer behind a metadata model.
     config = tiny_config(tmp_path_factory.mktemp("metadata_run"), metadata_data, epochs=3,
-                         lr=3e-3, metadata=str(metadata_data / "train_metadata.csv"))
+                         lr=3e-3, metadata=str(metadata_data / "train_metadata.csv"),
+                         calibrate=True)
     return training.train_and_evaluate(config, verbose=0)
 
 
@@ -207,6 +210,9 @@ def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadat
                                        "anatom_site_general": ["site 0", "site 1", "site 2"]}
     assert described["train"]["with a row"] == 36 and described["val"]["with a row"] == 14
     assert "--metadata=" in (metadata_run / "flags.cfg").read_text()
+    fitted = params["calibration"]
+    assert fitted["images"] == 15  # Fitted with the run's own metadata CSV.
+    assert artifacts.load_model(metadata_run).temperature == fitted["temperature"]
 
     rows = inference.predict_to_folder(metadata_run, [metadata_data / "val"], tmp_path / "p",
                                        metadata=str(metadata_data / "metadata.csv"),
@@ -227,12 +233,7 @@ def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadat
     images = np.stack([np.full((32, 32, 3), 120.0, np.float32)])
     np.testing.assert_allclose(loaded.predict_images(images), loaded.predict_images(images,
                                                                                     records))
-    # The TFLite backend gets the same metadata.
-    tflite = inference.predict_to_folder(metadata_run, [metadata_data / "val"], tmp_path / "t",
-                                         metadata=str(metadata_data / "metadata.csv"),
-                                         backend="tflite")
-    np.testing.assert_allclose(
-        np.array([list(row["probabilities"].values()) for row in tflite]), with_csv, atol=1e-4)
+    # (TFLite with the metadata input: test_exports_equal_keras_on_both_inputs.)
 
 
 @pytest.mark.slow
@@ -256,13 +257,13 @@ def test_evaluate_reports_the_metadata_ablation_and_refuses_it_for_image_only_mo
 def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_path):
     report = exporting.export(exporting.ExportConfig(
         model_path=str(metadata_run), data_val=str(metadata_data / "val"),
-        output=str(tmp_path / "x"), formats=("saved_model", "tflite_int8"),
+        output=str(tmp_path / "x"), formats=("saved_model", "tflite_fp32", "tflite_int8"),
         parity_images=15, calibration_images=8))
     assert report["metadata"] == "varied over the vocabulary"
     artifacts_ = report["artifacts"]
     assert artifacts_["saved_model"]["max abs probability difference"] < 1e-5
     assert artifacts_["saved_model"]["image-only signature max abs difference"] < 1e-5
-    # The float TFLite path (the same runner) equals Keras in the predict test (backend=tflite).
+    assert artifacts_["tflite_fp32"]["max abs probability difference"] < 1e-4
     assert artifacts_["tflite_int8"]["max abs probability difference"] < 0.05
     described = json.loads((tmp_path / "x" / "tflite_int8" / "metadata.json").read_text())
     assert described["metadata input"]["shape"] == [1, 9]  # 2 age, 2 + 1 sex, 3 + 1 site.
@@ -274,6 +275,7 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     expected = keras_model.predict_images(images, records)
     for path, tolerance in ((tmp_path / "x" / "saved_model" / "skin", 1e-5),
+                            (tmp_path / "x" / "tflite_fp32" / "skin_fp32.tflite", 1e-4),
                             (tmp_path / "x" / "tflite_int8" / "skin_int8.tflite", 0.05)):
         loaded = artifacts.load_model(path)
         assert loaded.takes_metadata
@@ -307,7 +309,7 @@ def test_metadata_run_resumes_and_the_cached_head_path_trains_the_metadata_branc
     assert len(log) == 3
 
     # Frozen backbone: the head (and the metadata MLP) train on cached image features.
-    frozen = tiny_config(tmp_path / "frozen", metadata_data, freeze_layers=True, epochs=2,
+    frozen = tiny_config(tmp_path / "frozen", metadata_data, freeze_layers=True, epochs=1,
                          metadata=csv_path)
     run = training.train_and_evaluate(frozen, verbose=0)
     model = keras.models.load_model(run / "weights" / "last.keras")

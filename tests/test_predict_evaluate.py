@@ -154,7 +154,12 @@ def test_evaluate_figures_equal_sklearn(loaded, tiny_dataset, tmp_path):
     assert len(wrong) == int((y_true != y_pred).sum()) == report["misclassified"]
     for row in wrong:
         assert row["true"] != row["predicted"]
-    for png in ("confusion_matrix.png", "roc_curves.png"):
+    calibrated = saved["calibration"]
+    assert calibrated["negative log-likelihood"] == pytest.approx(
+        sk_metrics.log_loss(y_true, probabilities, labels=labels), rel=1e-5)
+    assert calibrated["brier score"] == pytest.approx(
+        np.mean(np.sum((probabilities - np.eye(len(labels))[y_true]) ** 2, axis=1)), rel=1e-5)
+    for png in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
         assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
 
 

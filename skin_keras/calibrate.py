@@ -1,0 +1,24 @@
+r"""Calibrates a trained run: fits temperature scaling on its validation set.
+
+    python -m skin_keras.calibrate --model_path=runs/exp3
+
+Fits one temperature T on the run's --data_val (or --data) by minimising the negative
+log-likelihood, keeps the model as trained in weights/best_uncalibrated.keras, writes the
+calibrated model to weights/best.keras (same labels; its probabilities, and those of every
+export made from it, are calibrated) and records T with ECE, NLL and Brier before and after in
+train_params.json. Running it again refits from the model as trained. The flags are the fields of
+skin_keras.temperature.CalibrateConfig.
+"""
+
+from skin_keras import cli, temperature
+
+cli.define_flags(temperature.CalibrateConfig)
+
+
+def main(argv):
+    entry = temperature.calibrate_run(cli.config_from_flags(temperature.CalibrateConfig, argv))
+    print(temperature.describe(entry))
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,124 @@
+"""Calibration: ECE against a NumPy reference, NLL and Brier against scikit-learn, and
+temperature scaling (the fit, the layer, a run calibrated in place)."""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from sklearn import metrics as sk_metrics
+
+from skin_keras import artifacts, calibration, models, temperature
+from skin_keras.errors import UserError
+
+
+def reference_ece(probabilities, labels, bins=15):
+    """Guo et al. (2017): bins (lower, upper] of the top score, |accuracy - confidence|
+    weighted by the share of answers in the bin."""
+    confidence = probabilities.max(1)
+    correct = probabilities.argmax(1) == labels
+    total = 0.0
+    for lower, upper in zip(np.linspace(0, 1, bins + 1)[:-1], np.linspace(0, 1, bins + 1)[1:]):
+        in_bin = (confidence > lower) & (confidence <= upper)
+        if in_bin.any():
+            total += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return total
+
+
+@pytest.fixture
+def predictions():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, 500)
+    logits = rng.normal(size=(500, 4)) + 2.5 * np.eye(4)[labels]
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return probabilities, labels
+
+
+def test_ece_equals_the_reference_and_is_zero_when_scores_match_accuracy(predictions):
+    probabilities, labels = predictions
+    assert calibration.expected_calibration_error(probabilities, labels) == pytest.approx(
+        reference_ece(probabilities, labels), abs=1e-12)
+    overconfident = probabilities ** 0.3 / (probabilities ** 0.3).sum(1, keepdims=True)
+    assert calibration.expected_calibration_error(overconfident, labels) > 0.05
+    # Four answers at 0.75 of which three are right: calibrated.
+    scores = np.array([[0.75, 0.25]] * 4)
+    assert calibration.expected_calibration_error(scores, np.array([0, 0, 0, 1])) == 0.0
+
+
+def test_nll_and_brier_equal_scikit_learn(predictions):
+    probabilities, labels = predictions
+    assert calibration.negative_log_likelihood(probabilities, labels) == pytest.approx(
+        sk_metrics.log_loss(labels, probabilities, labels=range(4)), rel=1e-9)
+    binary = np.stack([1 - probabilities[:, 0], probabilities[:, 0]], axis=1)
+    positive = (labels == 0).astype(int)
+    # Multi-class Brier sums over the classes: with two classes, twice scikit-learn's.
+    assert calibration.brier_score(binary, positive) == pytest.approx(
+        2 * sk_metrics.brier_score_loss(positive, probabilities[:, 0]), rel=1e-9)
+
+
+def test_fitted_temperature_lowers_nll_on_held_out_images_and_keeps_every_label():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 5, 4000)
+    scores = rng.normal(size=(4000, 5)) + 1.5 * np.eye(5)[labels]
+    # With unit Gaussian noise, P(label | scores) = softmax(1.5 * scores) exactly; a model
+    # three times as confident as that has temperature 3.
+    logits = 3 * 1.5 * scores
+    overconfident = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    fit, held_out = slice(0, 2000), slice(2000, None)
+    fitted = temperature.fit_temperature(overconfident[fit], labels[fit])
+    assert fitted == pytest.approx(3.0, rel=0.1)
+    after = calibration.scaled(overconfident[held_out], fitted)
+    assert calibration.negative_log_likelihood(after, labels[held_out]) < (
+        calibration.negative_log_likelihood(overconfident[held_out], labels[held_out]) - 0.1)
+    assert calibration.expected_calibration_error(after, labels[held_out]) < 0.5 * (
+        calibration.expected_calibration_error(overconfident[held_out], labels[held_out]))
+    np.testing.assert_array_equal(after.argmax(1), overconfident[held_out].argmax(1))
+
+
+def test_temperature_layer_equals_numpy_and_survives_save_and_load(tmp_path):
+    model = models.build_model("b0", 3, 32, "none", freeze_backbone=False)
+    calibrated = temperature.with_temperature(model, 2.5)
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    raw = model(images).numpy()
+    np.testing.assert_allclose(calibrated(images), calibration.scaled(raw, 2.5), atol=1e-6)
+    calibrated.save(tmp_path / "c.keras")
+    loaded = keras.models.load_model(tmp_path / "c.keras")
+    assert calibration.temperature_of(loaded) == 2.5 and calibration.temperature_of(model) is None
+    np.testing.assert_allclose(loaded(images), calibrated(images), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = artifacts.load_model(run)
+    entry = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
+    params = json.loads((run / "train_params.json").read_text())
+    assert params["calibration"] == entry
+    assert entry["images"] == 15 and entry["fitted on"] == str(tiny_dataset / "val")
+    assert entry["after"]["negative log-likelihood"] <= entry["before"]["negative log-likelihood"]
+    after = artifacts.load_model(run)
+    assert after.temperature == entry["temperature"] and before.temperature is None
+    images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(after.predict_images(images), calibration.scaled(
+        before.predict_images(images), entry["temperature"]), atol=1e-5)
+    assert (run / "weights" / temperature.UNCALIBRATED).is_file()
+    # (Exports of a calibrated model: test_patient_metadata's metadata_run is calibrated.)
+    # Again: refitted from the model as trained, not calibrated twice.
+    again = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
+    assert again["temperature"] == pytest.approx(entry["temperature"], rel=1e-6)
+    # One class only: a clear message.
+    one_class = tmp_path / "one"
+    shutil.copytree(tiny_dataset / "val" / "Melanoma", one_class / "Melanoma")
+    with pytest.raises(UserError, match="at least two classes"):
+        temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run),
+                                                              data=str(one_class)))
+    with pytest.raises(UserError, match="give a run folder"):
+        temperature.calibrate_run(temperature.CalibrateConfig(
+            model_path=str(run / "weights" / "best.keras")))
+    # A resumed run trains on from the model as trained (best.keras put back).
+    temperature.uncalibrate(run)
+    assert artifacts.load_model(run).temperature is None
+    assert not (run / "weights" / temperature.UNCALIBRATED).exists()
+    assert "calibration" not in json.loads((run / "train_params.json").read_text())
