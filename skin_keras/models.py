@@ -21,10 +21,15 @@ import warnings
 import keras
 import tensorflow as tf
 
+from skin_keras.calibration import Temperature
 from skin_keras.color_constancy import ColorConstancy
 from skin_keras.config import BACKBONES
 from skin_keras.errors import UserError
 from skin_keras.metadata_encoding import PatientMetadata
+
+# The layers of ours a saved model can hold; importing this module registers them with Keras,
+# so `keras.models.load_model` can rebuild any model skin_keras saves.
+CUSTOM_LAYERS = (ColorConstancy, PatientMetadata, Temperature)
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 METADATA_INPUT = "patient_metadata"
