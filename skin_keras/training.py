@@ -7,6 +7,7 @@ fine-tuning), write the reports and say how it went.
 """
 
 import dataclasses
+import json
 import math
 import warnings
 from pathlib import Path
@@ -64,6 +65,18 @@ def compile_models(models_to_compile, optimizer, loss, metric) -> None:
     for model in unique:
         model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
     optimizer.build(list(unique)[-1].trainable_variables)
+
+
+def _check_metadata_vocabulary(run_dir: Path, metadata: "MetadataInputs | None") -> None:
+    """UserError when the metadata CSV now gives other categories than the run recorded (the
+    model's input would mean something else); before any model is built."""
+    params = json.loads((run_dir / run_folder.PARAMS_FILE).read_text())
+    recorded = (params.get("model", {}).get("metadata") or {}).get("vocabulary")
+    now = None if metadata is None else metadata.encoding.describe()["vocabulary"]
+    if recorded != now:
+        raise UserError(f"--resume: the metadata CSV now gives other categories than the run "
+                        f"was started with ({recorded} then, {now} now); resume with the CSV "
+                        "the run used")
 
 
 def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
@@ -165,6 +178,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     # --- Data ---
     train, val = scan_data(config, resume.class_names if resume else None)
     metadata = read_metadata(config, train, val)
+    if resume and resume.completed_epochs:
+        _check_metadata_vocabulary(resume.run_dir, metadata)
     weights = class_weights(train.class_counts(), config.class_weight)
     val_dataset = input_pipeline.make_dataset(
         val.paths, val.labels, val.num_classes, config.img_size, config.batch_size,
