@@ -82,12 +82,6 @@ def _check_metadata_vocabulary(run_dir: Path, metadata: "MetadataInputs | None")
 def restore_training_state(model: keras.Model, checkpoint: Path) -> None:
     """Copies weights and optimizer state (its step count drives the schedule) from a .keras."""
     saved = run_folder.load_for_resume(checkpoint)
-    encodings = [models.metadata_encoding_of(m) for m in (saved, model)]
-    vocabularies = [None if e is None else (e.sexes, e.sites) for e in encodings]
-    if vocabularies[0] != vocabularies[1]:
-        raise UserError(f"--resume: the metadata CSV now gives other categories than the run "
-                        f"was started with ({vocabularies[0]} then, {vocabularies[1]} now); "
-                        "resume with the CSV the run used")
     model.set_weights(saved.get_weights())
     for variable, value in zip(model.optimizer.variables, saved.optimizer.variables):
         variable.assign(value)

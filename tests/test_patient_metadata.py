@@ -247,6 +247,11 @@ def test_evaluate_reports_the_metadata_ablation_and_refuses_it_for_image_only_mo
     assert ablation["with metadata"]["balanced accuracy"] == report["balanced accuracy"]
     blanked = json.loads((tmp_path / "e" / "metadata_blanked" / "metrics.json").read_text())
     assert ablation["metadata blanked"]["balanced accuracy"] == blanked["balanced accuracy"]
+    # The blanked run really ran without metadata: its answers differ from the fed ones.
+    fed, blank = (np.array([list(row["probabilities"].values()) for row in json.loads(
+        (folder / "predictions.json").read_text())]) for folder in (
+            tmp_path / "e", tmp_path / "e" / "metadata_blanked"))
+    assert np.abs(fed - blank).max() > 1e-3
     assert saved["metadata"]["images with a row"] == 14
     with pytest.raises(UserError, match="has no metadata input"):
         evaluation.evaluate_model_path(trained_run, metadata_data / "val", tmp_path / "x",
