@@ -15,10 +15,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import calibration, model_info, models, run_folder
+from skin_keras import calibration, model_info, models, open_set, run_folder
 from skin_keras.errors import UserError
 from skin_keras.litert import TFLiteRunner
 from skin_keras.metadata_encoding import PatientMetadata
+from skin_keras.open_set import UnknownRule
 from skin_keras.patient_metadata import MISSING, as_arrays
 
 
@@ -29,7 +30,9 @@ class LoadedModel:
     `model` is the Keras model, or None for an exported SavedModel or TFLite file (which can
     predict but not be explained with Grad-CAM). A metadata model (`takes_metadata`) is fed
     patient records beside the images: `encoding` turns them into its vector (a SavedModel
-    encodes raw values itself, so it has none).
+    encodes raw values itself, so it has none). A model calibrated with an "unknown" rule
+    (`unknown`, open_set) answers an out-of-distribution score per image beside the
+    probabilities: its `forward` then returns (probabilities, scores).
     """
 
     class_names: list[str]
@@ -41,13 +44,17 @@ class LoadedModel:
     forward: object = None
     encoding: PatientMetadata | None = None
     takes_metadata: bool = False
+    unknown: UnknownRule | None = None
 
     def __post_init__(self):
         if self.model is not None and self.encoding is None:
             self.encoding = models.metadata_encoding_of(self.model)
             self.takes_metadata = self.encoding is not None
+        if self.model is not None and self.unknown is None:
+            detector = open_set.detector_of(self.model)
+            self.unknown = None if detector is None else detector.rule
         if self.forward is None:
-            model = self.model
+            model = models.scored_model(self.model) or self.model
             # One traced graph for every batch (the batch dimension is left free).
             traced = tf.function(lambda images, metadata: model(
                 models.model_inputs(model, images, metadata), training=False),
@@ -57,21 +64,39 @@ class LoadedModel:
     def predict_images(self, images, records=None) -> np.ndarray:
         """Probabilities of images; `records` (patient_metadata.Record per image, None: all
         missing) feed a metadata model and are ignored by others."""
+        return self.predict_scored(images, records)[0]
+
+    def predict_scored(self, images, records=None) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, out-of-distribution scores) of images; the scores are None for a
+        model without an unknown rule."""
         if not self.takes_metadata:
-            return np.asarray(self.forward(images, None))
-        records = list(records) if records is not None else [MISSING] * len(images)
-        if self.encoding is None:
-            return np.asarray(self.forward(images, records))
-        vectors = self.encoding.encode_records(records)
-        if self.model is not None:  # A tensor: the traced graph takes any batch size.
-            vectors = tf.constant(vectors)
-        return np.asarray(self.forward(images, vectors))
+            answer = self.forward(images, None)
+        else:
+            records = list(records) if records is not None else [MISSING] * len(images)
+            if self.encoding is None:
+                answer = self.forward(images, records)
+            else:
+                vectors = self.encoding.encode_records(records)
+                if self.model is not None:  # A tensor: the traced graph takes any batch size.
+                    vectors = tf.constant(vectors)
+                answer = self.forward(images, vectors)
+        if isinstance(answer, (tuple, list)):
+            return np.asarray(answer[0]), np.asarray(answer[1])
+        return np.asarray(answer), None
 
     def require_keras(self, what: str) -> keras.Model:
         if self.model is None:
             raise UserError(f"{what} needs the Keras model: pass the run folder or .keras file "
                             f"that {self.source} was exported from")
         return self.model
+
+    def require_explainable(self) -> keras.Model:
+        """The Keras model of one classifier, which Grad-CAM can explain (not an ensemble)."""
+        model = self.require_keras("Grad-CAM (--explain)")
+        if models.ensemble_members(model):
+            raise UserError(f"{self.source} is an ensemble: Grad-CAM (--explain) explains one "
+                            "model; pass one member (the run's fold_i folder)")
+        return model
 
     @property
     def temperature(self) -> float | None:
@@ -121,10 +146,26 @@ def _load_saved_model(folder: Path) -> LoadedModel:
             feed.update(age_approx=tf.constant(np.nan_to_num(ages, nan=-1.0)),
                         sex=tf.constant(sexes.astype(str)),
                         anatom_site_general=tf.constant(sites.astype(str)))
-        return signature(**feed)["probabilities"].numpy()
+        answer = signature(**feed)
+        if unknown is not None:
+            return answer["probabilities"].numpy(), answer["unknown_score"].numpy()
+        return answer["probabilities"].numpy()
 
+    unknown = read_unknown_rule(folder / "assets" / open_set.RULE_FILE)
     return LoadedModel(read_labels(folder / "assets" / "labels.txt"), img_size, folder,
-                       forward=forward, takes_metadata=takes_metadata)
+                       forward=forward, takes_metadata=takes_metadata, unknown=unknown)
+
+
+def read_unknown_rule(path: Path) -> UnknownRule | None:
+    """The unknown rule an export wrote beside the model (None when there is none)."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        return None if data.get("unknown") is None else UnknownRule.from_dict(data["unknown"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise UserError(f"{path} does not describe an unknown rule ({type(error).__name__}: "
+                        f"{error})") from None
 
 
 def _load_tflite(path: Path) -> LoadedModel:
@@ -135,8 +176,10 @@ def _load_tflite(path: Path) -> LoadedModel:
     encoding = None
     if runner.metadata_size is not None:
         encoding = _tflite_encoding(path, runner.metadata_size)
+    unknown = read_unknown_rule(path.parent / "metadata.json") if runner.scores else None
     return LoadedModel(read_labels(path.parent / "labels.txt"), runner.img_size, path,
-                       forward=runner, encoding=encoding, takes_metadata=encoding is not None)
+                       forward=runner, encoding=encoding, takes_metadata=encoding is not None,
+                       unknown=unknown)
 
 
 def _tflite_encoding(path: Path, size: int) -> PatientMetadata:

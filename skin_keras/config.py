@@ -31,6 +31,26 @@ SAMPLINGS = ("natural", "balanced")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 COLOR_CONSTANCY = ("none", "gray_world", "shades_of_gray")
+# Out-of-distribution scores a calibrated model can carry (open_set.UnknownDetector).
+UNKNOWN_SCORES = ("feature_distance", "max_probability")
+
+
+def unknown_options():
+    """The two fields of the "unknown" rule (TrainConfig with --calibrate, CalibrateConfig)."""
+    return dict(
+        unknown_score=option(UNKNOWN_SCORES[0], "With calibration: the out-of-distribution "
+                             "score of the 'unknown' answer: feature_distance (Mahalanobis "
+                             "distance of the pooled features to the nearest class, fitted on "
+                             "the training images) or max_probability.", choices=UNKNOWN_SCORES),
+        unknown_coverage=option(0.95, "With calibration: the share of validation images the "
+                                "'unknown' threshold keeps; the rest, and new images scoring "
+                                "lower, are flagged unknown. In (0, 1]."))
+
+
+def check_coverage(coverage: float) -> None:
+    if not 0 < coverage <= 1:
+        raise UserError(f"--unknown_coverage={coverage} must be in (0, 1]: the share of "
+                        "in-distribution (validation) images that are kept, e.g. 0.95")
 MAX_EPOCHS = 100000
 
 
@@ -156,9 +176,16 @@ class TrainConfig:
                               "draws one of them. 1 = the image as it is (fastest), 8 = all "
                               "that the uncached pipeline draws from.", low=1, high=8)
     # --- Run ---
+    folds: int = option(0, "K >= 2: K-fold cross-validation of the training images (lesion-"
+                        "grouped by the split.csv prepare_isic writes beside them): one run per "
+                        "fold in <run>/fold_i, out-of-fold predictions and balanced accuracy, "
+                        "and the ensemble of the K members as the run's model (scored on "
+                        "--data_val). 0 = one model.", low=0, high=50)
     calibrate: bool = option(False, "After training, fit temperature scaling on the validation "
                              "set: weights/best.keras then outputs calibrated probabilities "
                              "(python -m skin_keras.calibrate does it for an existing run).")
+    unknown_score: str = unknown_options()["unknown_score"]
+    unknown_coverage: float = unknown_options()["unknown_coverage"]
     seed: int = option(0, "Random seed (shuffling, init, augmentation).")
     deterministic: bool = option(False, "Same flags and data give the same batches and "
                                  "augmentations (slower input pipeline). For bit-identical runs "
@@ -177,6 +204,10 @@ class TrainConfig:
         # Checks that involve several fields.
         check_range("warmup_epochs", self.warmup_epochs, 0, self.epochs - 1)
         check_range("progressive_stages", self.progressive_stages, 1, self.epochs)
+        check_coverage(self.unknown_coverage)
+        if self.folds == 1:
+            raise UserError("--folds=1 is no cross-validation: give K >= 2 folds, or 0 for one "
+                            "model")
         if self.finetune_epochs and not self.freeze_layers:
             raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
                             "--freeze_layers (use --nofreeze_layers alone to train everything)")

@@ -17,8 +17,8 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from sklearn import metrics as sk_metrics
 
-from skin_keras import (atomic, calibration, decode_check, folders, inference, metrics, outputs,
-                        reports, robustness, shifts)
+from skin_keras import (atomic, calibration, decode_check, folders, inference, metrics, models,
+                        open_set, outputs, reports, robustness, shifts)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import option
@@ -39,6 +39,11 @@ class EvaluateConfig(inference.ModelRunConfig):
     metadata_ablation: bool = option(False, "For a metadata model: also score it with every "
                                      "image's metadata blanked to missing (in "
                                      "<output>/metadata_blanked; both in metrics.json).")
+    ood: str = option("", "A folder of images that are none of the classes (searched "
+                      "recursively; python -m skin_keras.ood_images makes one): report how well "
+                      "the out-of-distribution scores tell --data from it (AUROC, overall and "
+                      "per sub-folder) and what the model's unknown rule keeps ('ood' in "
+                      "metrics.json).", path=True)
 
 
 def roc_auc_per_class(labels: np.ndarray, probabilities: np.ndarray, num_classes: int) -> list:
@@ -120,10 +125,11 @@ def labelled_folder(loaded: LoadedModel, data: str | Path) -> folders.ImageFolde
 def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
              batch_size: int = 32, tta: int = 1, explain: bool = False,
              backend: str = "auto", folder: folders.ImageFolder | None = None,
-             quiet: bool = False, metadata: tuple | None = None) -> dict:
+             quiet: bool = False, metadata: tuple | None = None, ood: str = "") -> dict:
     """Scores `loaded` on the class folders in `data` (or the already scanned `folder`); writes
     the report files to `output`. `metadata` = (csv, records, found), the patient records of
-    the folder's images a metadata model is fed (None: every image's metadata missing)."""
+    the folder's images a metadata model is fed (None: every image's metadata missing); `ood`,
+    a folder of images that are none of the classes (`ood_report`)."""
     output = Path(output)
     folder = folder or labelled_folder(loaded, data)
     if not quiet:
@@ -131,8 +137,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     paths = [Path(p) for p in folder.paths]
     csv_path, records, found = metadata or (None, None, None)
     loaded = inference.select_backend(loaded, backend, len(paths) * tta)
-    probabilities, errors = inference.predict_files(loaded, paths, batch_size, tta,
-                                                    show_progress=not quiet, records=records)
+    probabilities, scores, errors = inference.predict_scored_files(
+        loaded, paths, batch_size, tta, show_progress=not quiet, records=records)
     if any(error == inference.MODEL_NAN for error in errors):
         raise UserError(f"{loaded.source} produced NaN for "
                         f"{sum(error == inference.MODEL_NAN for error in errors)} of the images "
@@ -140,7 +146,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     ok = np.array([error is None for error in errors], dtype=bool)
     if not ok.any():
         raise UserError(f"no image in {data} could be read")
-    rows = inference.prediction_rows(paths, probabilities, errors, loaded.class_names)
+    rows = inference.prediction_rows(paths, probabilities, errors, loaded.class_names,
+                                     unknown=None if scores is None else (loaded.unknown, scores))
     output.mkdir(parents=True, exist_ok=True)
     outputs.write_predictions(rows, loaded.class_names, output)
 
@@ -150,6 +157,13 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     report["model"] = str(loaded.source)
     report["data"] = str(data)
     report["temperature"] = loaded.temperature
+    if loaded.unknown is not None:
+        report["unknown"] = {**loaded.unknown.to_dict(), "images flagged": int(
+            loaded.unknown.flags(scores[ok]).sum())}
+    if ood:
+        report["ood"] = ood_report(loaded, ood, [p for p, good in zip(paths, ok) if good],
+                                   probabilities, None if scores is None else scores[ok],
+                                   batch_size, tta)
     if records is not None:
         report["metadata"] = {"csv": csv_path, "images with a row": int(found.sum()),
                               "images with any value": sum(not r.is_missing for r in records)}
@@ -170,6 +184,71 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     return report
 
 
+def ood_report(loaded: LoadedModel, ood: str, in_paths: list, in_probabilities: np.ndarray,
+               in_scores: np.ndarray | None, batch_size: int, tta: int) -> dict:
+    """How well each out-of-distribution score tells the labelled images (in_*) from the images
+    in `ood`: AUROC overall and per sub-folder (kind), the share of `ood` images kept at the
+    threshold that keeps 95% of the labelled ones, and what the model's own unknown rule keeps
+    of both. Scores: max_probability always, the model's rule score, and energy (from the
+    logits) for a Keras model."""
+    listed = inference.list_sources([ood])
+    if not listed:
+        raise UserError(f"--ood={ood}: no files found")
+    probabilities, scores, errors = inference.predict_scored_files(loaded, listed, batch_size,
+                                                                   tta)
+    ok = np.array([error is None for error in errors])
+    if not ok.any():
+        raise UserError(f"--ood={ood}: none of the {len(listed)} files could be read")
+    ood_paths = [p for p, good in zip(listed, ok) if good]
+    inside = {"max_probability": open_set.max_probability(in_probabilities)}
+    outside = {"max_probability": open_set.max_probability(probabilities[ok])}
+    if in_scores is not None and loaded.unknown.score != "max_probability":
+        inside[loaded.unknown.score], outside[loaded.unknown.score] = in_scores, scores[ok]
+    logits = models.logits_model(loaded.model) if loaded.model is not None else None
+    if logits is not None:  # The same images again, for their logits.
+        as_logits = dataclasses.replace(loaded, model=None, unknown=None, forward=lambda
+                                        images, metadata=None: logits(models.model_inputs(
+                                            loaded.model, images, metadata), training=False))
+        in_logits, _ = inference.predict_files(as_logits, in_paths, batch_size, tta, False)
+        out_logits, _ = inference.predict_files(as_logits, ood_paths, batch_size, tta, False)
+        inside["energy"] = open_set.energy(in_logits)
+        outside["energy"] = open_set.energy(out_logits)
+    kinds = sorted({Path(p).relative_to(ood).parts[0] for p in ood_paths
+                    if len(Path(p).relative_to(ood).parts) > 1})
+    report = {"folder": str(ood), "images": len(ood_paths), "labelled images": len(in_paths),
+              "bad files": [f"{p}: {e}" for p, e in zip(listed, errors) if e], "scores": {}}
+    for name in inside:
+        entry = {"auroc": open_set.auroc(inside[name], outside[name]),
+                 "ood kept at 95% coverage": open_set.fpr_at_coverage(inside[name],
+                                                                      outside[name], 0.95)}
+        for kind in kinds:
+            chosen = np.array([Path(p).relative_to(ood).parts[0] == kind for p in ood_paths])
+            entry[f"auroc {kind}"] = open_set.auroc(inside[name], outside[name][chosen])
+        report["scores"][name] = entry
+    if loaded.unknown is not None:
+        rule = loaded.unknown
+        report["unknown rule"] = {**rule.to_dict(),
+                                  "labelled images kept": float(np.mean(~rule.flags(in_scores))),
+                                  "ood images flagged": float(np.mean(rule.flags(scores[ok])))}
+    return report
+
+
+def describe_ood(report: dict) -> str:
+    lines = [f"out-of-distribution: {report['images']} images of {report['folder']} against "
+             f"{report['labelled images']} labelled images"]
+    for name, entry in report["scores"].items():
+        kinds = ", ".join(f"{key.removeprefix('auroc ')} {value:.3f}"
+                          for key, value in entry.items() if key.startswith("auroc "))
+        lines.append(f"  {name:<16} AUROC {entry['auroc']:.3f} ({kinds or 'one kind'}); "
+                     f"{entry['ood kept at 95% coverage']:.1%} of them kept at 95% coverage")
+    if "unknown rule" in report:
+        rule = report["unknown rule"]
+        lines.append(f"  the model's rule ({rule['unknown when']}): keeps "
+                     f"{rule['labelled images kept']:.1%} of the labelled images, flags "
+                     f"{rule['ood images flagged']:.1%} of the others")
+    return "\n".join(lines)
+
+
 def describe(report: dict, class_names) -> str:
     width = max(len(name) for name in class_names)
     calibrated = report["calibration"]
@@ -179,6 +258,9 @@ def describe(report: dict, class_names) -> str:
              f"calibration: ECE {calibrated['expected calibration error']:.4f} "
              f"({calibrated['bins']} bins), Brier {calibrated['brier score']:.4f}, NLL "
              f"{calibrated['negative log-likelihood']:.4f}",
+             *([f"unknown ({report['unknown']['unknown when']}): "
+                f"{report['unknown']['images flagged']} of the {report['images']} images"]
+               if "unknown" in report else []),
              f"{'class':<{width}}  {'support':>7}  {'precision':>9}  {'recall':>6}  "
              f"{'specificity':>11}  {'F1':>6}  {'ROC AUC':>7}"]
     for name in class_names:
@@ -193,7 +275,7 @@ def describe(report: dict, class_names) -> str:
 def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | Path | None = None,
                         batch_size: int = 32, tta: int = 1, explain: bool = False,
                         backend: str = "auto", shift_names=(), metadata: str = "none",
-                        metadata_ablation: bool = False) -> dict:
+                        metadata_ablation: bool = False, ood: str = "") -> dict:
     """evaluate.py's job: loads the model, scores it on `data`, prints and writes the report;
     with `shift_names`, also under those shifts (the robustness report, returned instead).
     `metadata_ablation` scores a metadata model a second time with the metadata blanked.
@@ -211,6 +293,10 @@ def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | 
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output={output} is a file, not a folder")
+    if ood and shift_names:
+        raise UserError("--ood and --shifts: run them one at a time")
+    if explain:
+        loaded.require_explainable()  # Say so before predicting, not after.
     folder = labelled_folder(loaded, data)
     records, found = inference.metadata_records(loaded, metadata, folder.paths)
     patient = None if records is None else (metadata, records, found)
@@ -226,8 +312,10 @@ def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | 
         print(f"report written to {output}")
         return result
     report = evaluate(loaded, data, output, batch_size, tta, explain, backend, folder=folder,
-                      metadata=patient)
+                      metadata=patient, ood=ood)
     print(describe(report, loaded.class_names))
+    if ood:
+        print(describe_ood(report["ood"]))
     if metadata_ablation:
         blanked = evaluate(loaded, data, output / "metadata_blanked", batch_size, tta,
                            backend=backend, folder=folder, quiet=True)
@@ -247,4 +335,4 @@ def run_evaluate(config: EvaluateConfig) -> dict:
                                batch_size=config.batch_size, tta=config.tta,
                                explain=config.explain, backend=config.backend,
                                shift_names=config.shifts, metadata=config.metadata,
-                               metadata_ablation=config.metadata_ablation)
+                               metadata_ablation=config.metadata_ablation, ood=config.ood)

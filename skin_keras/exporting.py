@@ -18,6 +18,7 @@ training used, so preprocessing cannot drift. TFLite files may contain TFLite bu
 """
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -30,7 +31,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, folders, input_pipeline, litert, models, patient_metadata
+from skin_keras import (atomic, folders, input_pipeline, litert, models, open_set,
+                        patient_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
@@ -91,10 +93,19 @@ def check_output_folder(output: Path) -> None:
 
 def _serving_outputs(model: keras.Model, class_names: tf.Tensor, images: tf.Tensor,
                      metadata: tf.Tensor | None = None) -> dict:
-    probabilities = model(models.model_inputs(model, images, metadata), training=False)
+    """probabilities, label, score; and for a model with an unknown rule, unknown_score and
+    unknown (the score below the rule's threshold)."""
+    scored = models.scored_model(model)
+    inputs = models.model_inputs(model, images, metadata)
+    if scored is None:
+        probabilities, unknown = model(inputs, training=False), {}
+    else:
+        probabilities, unknown_score = scored(inputs, training=False)
+        rule = open_set.detector_of(model).rule
+        unknown = {"unknown_score": unknown_score, "unknown": unknown_score < rule.threshold}
     return {"probabilities": probabilities,
             "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
-            "score": tf.reduce_max(probabilities, axis=-1)}
+            "score": tf.reduce_max(probabilities, axis=-1), **unknown}
 
 
 def next_version(model_base: Path) -> int:
@@ -150,6 +161,9 @@ def write_saved_model(loaded: LoadedModel, model_base: Path, version: int) -> Pa
     # The graph holds the class names as a constant; labels.txt is for people and clients.
     (staging / "assets").mkdir(exist_ok=True)
     (staging / "assets" / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
+    if loaded.unknown is not None:
+        (staging / "assets" / open_set.RULE_FILE).write_text(
+            json.dumps({"unknown": loaded.unknown.to_dict()}, indent=2))
     os.replace(staging, target)  # TF Serving must never see a half-written version.
     return target
 
@@ -157,13 +171,15 @@ def write_saved_model(loaded: LoadedModel, model_base: Path, version: int) -> Pa
 # --- TFLite for phones ---
 
 def tflite_predict(model_content: bytes, images: np.ndarray,
-                   metadata: np.ndarray | None = None) -> tuple[np.ndarray, float]:
-    """Probabilities of each image [N, H, W, 3] in [0, 255] (and its encoded metadata), and the
-    mean seconds per image."""
+                   metadata: np.ndarray | None = None) -> tuple[np.ndarray, object, float]:
+    """Probabilities of each image [N, H, W, 3] in [0, 255] (and its encoded metadata), its
+    out-of-distribution scores (None for a model without them) and the mean seconds per
+    image."""
     runner = litert.TFLiteRunner(model_content)
     start = time.perf_counter()
-    probabilities = runner(images, metadata)
-    return probabilities, (time.perf_counter() - start) / len(images)
+    answer = runner(images, metadata)
+    latency = (time.perf_counter() - start) / len(images)
+    return (*answer, latency) if runner.scores else (answer, None, latency)
 
 
 def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: Path,
@@ -186,6 +202,11 @@ def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: P
             **info.metadata}}),
         "output": {"shape": [1, len(loaded.class_names)], "dtype": "float32",
                    "meaning": "class probabilities, in the order of labels.txt"},
+        **({} if loaded.unknown is None else {
+            "unknown": loaded.unknown.to_dict(),
+            "score output": {"shape": [1], "dtype": "float32", "meaning": (
+                f"out-of-distribution score ({loaded.unknown.score}): the image is none of "
+                f"the classes when it is below the threshold")}}),
         "class_names": loaded.class_names,
         "source": str(loaded.source),
     })
@@ -194,11 +215,20 @@ def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: P
 
 # --- Parity ---
 
-def parity(reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray) -> dict:
+def parity(reference: np.ndarray, probabilities: np.ndarray, labels: np.ndarray,
+           unknown: tuple | None = None) -> dict:
+    """Agreement with the Keras model; `unknown` = (rule, Keras scores, scores) for a model with
+    an unknown rule: also how often both call the same images unknown."""
     agree = float(np.mean(reference.argmax(1) == probabilities.argmax(1)))
-    return {"top1 agreement": agree,
-            "max abs probability difference": float(np.max(np.abs(reference - probabilities))),
-            "accuracy": float(np.mean(probabilities.argmax(1) == labels))}
+    entry = {"top1 agreement": agree,
+             "max abs probability difference": float(np.max(np.abs(reference - probabilities))),
+             "accuracy": float(np.mean(probabilities.argmax(1) == labels))}
+    if unknown is not None:
+        rule, reference_scores, scores = unknown
+        entry["unknown agreement"] = float(np.mean(rule.flags(reference_scores)
+                                                   == rule.flags(scores)))
+        entry["max abs score difference"] = float(np.max(np.abs(reference_scores - scores)))
+    return entry
 
 
 def parity_records(loaded: LoadedModel, paths: list, metadata: str) -> list | None:
@@ -244,9 +274,11 @@ def export(config: ExportConfig) -> dict:
     vectors = None if records is None else loaded.encoding.encode_records(records)
     loaded.predict_images(images[:1], records and records[:1])  # Trace once, so latency
     start = time.perf_counter()                                  # measures inference only.
-    reference = np.concatenate([loaded.predict_images(images[i:i + 32],
-                                                      records and records[i:i + 32])
-                                for i in range(0, len(images), 32)])
+    answers = [loaded.predict_scored(images[i:i + 32], records and records[i:i + 32])
+               for i in range(0, len(images), 32)]
+    reference = np.concatenate([answer[0] for answer in answers])
+    reference_scores = None if loaded.unknown is None else np.concatenate(
+        [answer[1] for answer in answers])
     keras_latency = (time.perf_counter() - start) / len(images)
     report = {"model": str(loaded.source), "parity images": len(paths),
               "data": str(config.data_val),
@@ -266,7 +298,7 @@ def export(config: ExportConfig) -> dict:
         print(f"exporting {fmt} ...", flush=True)
         if fmt == "saved_model":
             entry = _export_saved_model(loaded, output, config, paths, images, reference, labels,
-                                        records)
+                                        records, reference_scores)
         else:
             kind = fmt.removeprefix("tflite_")
             calibration = [val.paths[i] for i in sample_images(val, config.calibration_images, 1)]
@@ -279,11 +311,12 @@ def export(config: ExportConfig) -> dict:
                 raise ExportError(f"{fmt} needs ops that are not TFLite built-ins: "
                                   f"{', '.join(litert.custom_ops(content))}")
             path = write_tflite(loaded, kind, content, output / fmt, config.name)
-            probabilities, latency = tflite_predict(content, images, vectors)
+            probabilities, scores, latency = tflite_predict(content, images, vectors)
             entry = {"path": str(path), "file size bytes": path.stat().st_size,
                      "mean latency ms": 1000 * latency,
                      "ops": sorted(litert.TFLiteRunner(content).op_names()),
-                     **parity(reference, probabilities, labels)}
+                     **parity(reference, probabilities, labels, loaded.unknown and (
+                         loaded.unknown, reference_scores, scores))}
         report["artifacts"][fmt] = entry
         if entry["top1 agreement"] < MIN_TOP1_AGREEMENT:
             if fmt == "tflite_int8":
@@ -317,7 +350,7 @@ def _raw_metadata(records) -> dict:
 
 
 def _export_saved_model(loaded, output, config, paths, images, reference, labels,
-                        records) -> dict:
+                        records, reference_scores) -> dict:
     model_base = output / "saved_model" / config.name
     version = config.version or next_version(model_base)
     target = write_saved_model(loaded, model_base, version)
@@ -326,13 +359,15 @@ def _export_saved_model(loaded, output, config, paths, images, reference, labels
     by_images = served.signatures["serving_images"]
     by_bytes(image_bytes=tf.constant([Path(paths[0]).read_bytes()]),
              **_raw_metadata(records and records[:1]))  # Warm-up.
-    probabilities, start = [], time.perf_counter()
+    answers, start = [], time.perf_counter()
     for i in range(0, len(paths), 16):
         contents = tf.constant([Path(p).read_bytes() for p in paths[i:i + 16]])
-        probabilities.append(by_bytes(image_bytes=contents, **_raw_metadata(
-            records and records[i:i + 16]))["probabilities"].numpy())
+        answers.append(by_bytes(image_bytes=contents, **_raw_metadata(
+            records and records[i:i + 16])))
     latency = (time.perf_counter() - start) / len(paths)
-    probabilities = np.concatenate(probabilities)
+    probabilities = np.concatenate([answer["probabilities"].numpy() for answer in answers])
+    unknown = None if loaded.unknown is None else (loaded.unknown, reference_scores, np.concatenate(
+        [answer["unknown_score"].numpy() for answer in answers]))
     from_images = by_images(images=tf.constant(images[:16]), **_raw_metadata(
         records and records[:16]))["probabilities"].numpy()
     size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file())
@@ -340,7 +375,7 @@ def _export_saved_model(loaded, output, config, paths, images, reference, labels
              "mean latency ms": 1000 * latency,
              "images signature max abs difference": float(
                  np.max(np.abs(from_images - reference[:16]))),
-             **parity(reference, probabilities, labels)}
+             **parity(reference, probabilities, labels, unknown)}
     if records is not None:  # Without metadata: the Keras model with every row missing.
         image_only = served.signatures["serving_image_only"](image_bytes=tf.constant(
             [Path(p).read_bytes() for p in paths[:16]]))["probabilities"].numpy()

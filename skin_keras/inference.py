@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import folders, input_pipeline, litert, outputs, patient_metadata
+from skin_keras import folders, input_pipeline, litert, models, outputs, patient_metadata
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
@@ -143,8 +143,21 @@ def metadata_records(loaded: LoadedModel, metadata: str, paths: Sequence[Path]
 def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
                   tta: int = 1, show_progress: bool = True, records: Sequence | None = None
                   ) -> tuple[np.ndarray, list[str | None]]:
-    """Class probabilities of every file ([N, C], NaN rows for files that failed) and errors.
-    `records` (one patient_metadata.Record per path) feed a metadata model.
+    """Class probabilities of every file ([N, C], NaN rows for files that failed) and errors
+    (`predict_scored_files` without the scores)."""
+    probabilities, _, errors = predict_scored_files(loaded, paths, batch_size, tta,
+                                                    show_progress, records)
+    return probabilities, errors
+
+
+def predict_scored_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
+                         tta: int = 1, show_progress: bool = True,
+                         records: Sequence | None = None
+                         ) -> tuple[np.ndarray, np.ndarray | None, list[str | None]]:
+    """Class probabilities of every file ([N, C], NaN rows for files that failed), its
+    out-of-distribution score ([N], averaged over TTA views; None for a model without an
+    unknown rule) and errors. `records` (one patient_metadata.Record per path) feed a metadata
+    model.
 
     Files that fail the cheap check never reach the model; a file that still fails to decode is
     dropped by the pipeline and matched back by index, so every row stays with its file. A file
@@ -155,6 +168,7 @@ def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 
     errors = file_errors(paths)
     good = [i for i, error in enumerate(errors) if error is None]
     probabilities = np.full((len(paths), len(loaded.class_names)), np.nan, dtype=np.float32)
+    scores = None if loaded.unknown is None else np.full(len(paths), np.nan, np.float32)
     decoded = np.zeros(len(paths), bool)
     if good:
         dataset = input_pipeline.indexed_images([paths[i] for i in good], loaded.img_size,
@@ -164,16 +178,32 @@ def predict_files(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 
         for indices, images in batches:
             rows = np.asarray(good)[indices.numpy()]
             batch_records = None if records is None else [records[r] for r in rows]
-            views = [loaded.predict_images(view, batch_records)
+            views = [loaded.predict_scored(view, batch_records)
                      for view in tta_views(images, tta)]
-            probabilities[rows] = np.mean(views, axis=0)
+            probabilities[rows] = np.mean([view[0] for view in views], axis=0)
+            if scores is not None:
+                scores[rows] = np.mean([view[1] for view in views], axis=0)
             decoded[rows] = True
     for i in good:
         if not decoded[i]:
             errors[i] = "could not be decoded"
         elif not np.isfinite(probabilities[i]).all():
             errors[i] = MODEL_NAN
-    return probabilities, errors
+    return probabilities, scores, errors
+
+
+def predict_features(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
+                     what: str = "features") -> tuple[np.ndarray, list[str | None]]:
+    """The pooled image features of a Keras model's backbone for every file ([N, D], NaN rows
+    for files that failed), and errors."""
+    extractor = models.feature_model(loaded.require_keras("Features"))
+    traced = tf.function(lambda images: extractor(images, training=False),
+                         reduce_retracing=True)
+    as_features = dataclasses.replace(
+        loaded, class_names=[what] * extractor.output_shape[-1], model=None,
+        takes_metadata=False, encoding=None, unknown=None,
+        forward=lambda images, metadata=None: traced(images))
+    return predict_files(as_features, paths, batch_size)
 
 
 def check_model_answered(errors: list[str | None], source: Path) -> None:
@@ -186,15 +216,21 @@ def check_model_answered(errors: list[str | None], source: Path) -> None:
 
 def prediction_rows(paths: Sequence[Path], probabilities: np.ndarray, errors: list[str | None],
                     class_names: Sequence[str], topk: int = 0,
-                    metadata_used: np.ndarray | None = None) -> list[dict]:
+                    metadata_used: np.ndarray | None = None, unknown=None) -> list[dict]:
     """One dict per file: path, label, score, one probability per class, top-k, error; for a
-    metadata model also "metadata": whether the file's patient metadata was used."""
+    metadata model also "metadata": whether the file's patient metadata was used; with
+    `unknown` = (rule, scores), "unknown" (the score below the rule's threshold) and
+    "unknown_score"."""
     rows = []
     for index, (path, probs, error) in enumerate(zip(paths, probabilities, errors)):
         row = {"path": str(path), "label": "", "score": None,
                "probabilities": {name: None for name in class_names}, "error": error or ""}
         if metadata_used is not None:
             row["metadata"] = "used" if metadata_used[index] else "missing"
+        if unknown is not None:
+            rule, scores = unknown
+            flagged = None if error else bool(rule.flags(scores[index]))
+            row.update(unknown=flagged, unknown_score=None if error else float(scores[index]))
         if error is None:
             order = np.argsort(-probs, kind="stable")
             row.update(label=class_names[order[0]], score=float(probs[order[0]]),
@@ -218,7 +254,7 @@ def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], out
         raise UserError(f"--output={output} is a file, not a folder")
     loaded = load_model(model_path)
     if explain:
-        loaded.require_keras("Grad-CAM (--explain)")  # Say so before predicting, not after.
+        loaded.require_explainable()  # Say so before predicting, not after.
     if not 0 <= topk <= len(loaded.class_names):
         raise UserError(f"--topk={topk} is out of range [0, {len(loaded.class_names)}]")
     paths = list_sources(sources)
@@ -226,10 +262,12 @@ def predict_to_folder(model_path: str | Path, sources: Sequence[str | Path], out
         raise UserError(f"no files found in {', '.join(map(str, sources))}")
     records, found = metadata_records(loaded, metadata, paths)
     loaded = select_backend(loaded, backend, len(paths) * tta)
-    probabilities, errors = predict_files(loaded, paths, batch_size, tta, records=records)
+    probabilities, scores, errors = predict_scored_files(loaded, paths, batch_size, tta,
+                                                         records=records)
     rows = prediction_rows(paths, probabilities, errors, loaded.class_names, topk,
                            metadata_used=None if records is None else np.array(
-                               [not record.is_missing for record in records]))
+                               [not record.is_missing for record in records]),
+                           unknown=None if scores is None else (loaded.unknown, scores))
     outputs.write_predictions(rows, loaded.class_names, output, topk)
     print(outputs.summary_table(rows, loaded.class_names))
     check_model_answered(errors, loaded.source)

@@ -37,7 +37,10 @@ class TFLiteRunner:
         self.interpreter = Interpreter(model_content=model_content, num_threads=os.cpu_count())
         self.interpreter.allocate_tensors()
         self._find_inputs()
-        self.output = self.interpreter.get_output_details()[0]
+        outputs = self.interpreter.get_output_details()
+        self.output = next(d for d in outputs if len(d["shape"]) == 2)
+        # A model with an unknown rule (open_set) has a second output: its score per image.
+        self.score_output = next((d for d in outputs if len(d["shape"]) == 1), None)
         self.img_size = int(self.input["shape"][1])
         self.batch_one_only = False
 
@@ -47,13 +50,19 @@ class TFLiteRunner:
         self.metadata_input = next((d for d in details if len(d["shape"]) == 2), None)
 
     @property
+    def scores(self) -> bool:
+        """Whether calls return (probabilities, out-of-distribution scores)."""
+        return self.score_output is not None
+
+    @property
     def metadata_size(self) -> int | None:
         """Length of the metadata vector a metadata model takes; None for image-only models."""
         return None if self.metadata_input is None else int(self.metadata_input["shape"][1])
 
-    def __call__(self, images, metadata=None) -> np.ndarray:
+    def __call__(self, images, metadata=None):
         """Probabilities of images [B, H, W, 3] in [0, 255] (with encoded metadata [B, size]
-        for a metadata model; it is required there)."""
+        for a metadata model; it is required there); (probabilities, scores) for a model with a
+        score output."""
         images = np.asarray(images, np.float32)
         if self.input["dtype"] == np.uint8:  # Full-integer models take pixel values as-is.
             images = np.clip(np.round(images), 0, 255)
@@ -61,10 +70,13 @@ class TFLiteRunner:
             if metadata is None:
                 raise ValueError("this TFLite model takes encoded metadata beside the images")
             metadata = self._quantize(np.asarray(metadata, np.float32), self.metadata_input)
-        return np.concatenate([
-            self._invoke(images[start:start + self.CHUNK],
-                         None if metadata is None else metadata[start:start + self.CHUNK])
-            for start in range(0, len(images), self.CHUNK)])
+        answers = [self._invoke(images[start:start + self.CHUNK],
+                                None if metadata is None else metadata[start:start + self.CHUNK])
+                   for start in range(0, len(images), self.CHUNK)]
+        probabilities = np.concatenate([answer[0] for answer in answers])
+        if not self.scores:
+            return probabilities
+        return probabilities, np.concatenate([answer[1] for answer in answers])
 
     @staticmethod
     def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
@@ -91,18 +103,22 @@ class TFLiteRunner:
         self._find_inputs()
         return resized
 
-    def _invoke(self, images: np.ndarray, metadata: np.ndarray | None) -> np.ndarray:
+    def _invoke(self, images: np.ndarray, metadata: np.ndarray | None) -> tuple:
+        """(probabilities, scores or None) of one chunk."""
         batch = images.shape[0]
         if batch != self.input["shape"][0] and (self.batch_one_only or not self._resize(batch)):
-            return np.concatenate([
-                self._invoke(image[None], None if metadata is None else metadata[i:i + 1])
-                for i, image in enumerate(images)])
+            answers = [self._invoke(image[None], None if metadata is None else metadata[i:i + 1])
+                       for i, image in enumerate(images)]
+            return (np.concatenate([answer[0] for answer in answers]),
+                    None if not self.scores else np.concatenate([a[1] for a in answers]))
         self.interpreter.set_tensor(self.input["index"], images.astype(self.input["dtype"]))
         if self.metadata_input is not None:
             self.interpreter.set_tensor(self.metadata_input["index"],
                                         metadata.astype(self.metadata_input["dtype"]))
         self.interpreter.invoke()
-        return self.interpreter.get_tensor(self.output["index"]).astype(np.float32)
+        return (self.interpreter.get_tensor(self.output["index"]).astype(np.float32),
+                None if not self.scores else
+                self.interpreter.get_tensor(self.score_output["index"]).astype(np.float32))
 
     def op_names(self) -> set[str]:
         return {op["op_name"] for op in self.interpreter._get_ops_details()}  # pylint: disable=protected-access
@@ -114,6 +130,7 @@ def traced_source(model: keras.Model, folder: str) -> str:
     every kind of conversion); returns `folder`."""
     size = models.image_size(model)
     encoding = models.metadata_encoding_of(model)
+    model = models.scored_model(model) or model  # Probabilities, and a score if it has one.
     archive = keras.export.ExportArchive()
     archive.track(model)
     image_spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="image")

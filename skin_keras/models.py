@@ -26,10 +26,11 @@ from skin_keras.color_constancy import ColorConstancy
 from skin_keras.config import BACKBONES
 from skin_keras.errors import UserError
 from skin_keras.metadata_encoding import PatientMetadata
+from skin_keras.open_set import UnknownDetector, detector_of
 
 # The layers of ours a saved model can hold; importing this module registers them with Keras,
 # so `keras.models.load_model` can rebuild any model skin_keras saves.
-CUSTOM_LAYERS = (ColorConstancy, PatientMetadata, Temperature)
+CUSTOM_LAYERS = (ColorConstancy, PatientMetadata, Temperature, UnknownDetector)
 
 HEAD_LAYERS = ("avg_pool", "head_dropout", "predictions")
 METADATA_INPUT = "patient_metadata"
@@ -202,12 +203,23 @@ def dense_input(model: keras.Model, pooled, metadata=None):
 
 
 def metadata_encoding_of(model: keras.Model) -> PatientMetadata | None:
-    """The metadata encoding of a model with a metadata input; None for an image-only model."""
+    """The metadata encoding of a model with a metadata input (an ensemble's: its first
+    member's); None for an image-only model."""
+    members = ensemble_members(model)
+    if members:
+        return metadata_encoding_of(members[0])
     try:
         layer = model.get_layer(METADATA_INPUT)
     except ValueError:
         return None
     return layer if isinstance(layer, PatientMetadata) else None
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The member classifiers of an ensemble (cross_validation.ensemble_model); [] for one
+    classifier."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model) and any(
+        inner.name == HEAD_LAYERS[2] for inner in layer.layers)]
 
 
 def model_inputs(model: keras.Model, images, metadata=None):
@@ -222,6 +234,75 @@ def model_inputs(model: keras.Model, images, metadata=None):
     return [images, metadata]
 
 
+def _rebuilt(model: keras.Model, outputs, name: str | None = None) -> keras.Model:
+    """A model of the same inputs (and layers, weights shared) with other outputs."""
+    return keras.Model(model.inputs if len(model.inputs) > 1 else model.inputs[0], outputs,
+                       name=name or model.name)
+
+
+def has_pooled_features(model: keras.Model) -> bool:
+    """Whether the model has the one backbone's pooled features (not an ensemble)."""
+    return any(layer.name == HEAD_LAYERS[0] for layer in model.layers)
+
+
+def with_detector(model: keras.Model, detector: UnknownDetector | None) -> keras.Model:
+    """The same layers with `detector` (open_set) at the output in place of any earlier one;
+    None: without one. The detector reads the pooled image features (the probabilities where
+    there are none)."""
+    previous = detector_of(model)
+    output = previous.input[0] if previous is not None else model.outputs[0]
+    if detector is None:
+        return model if previous is None else _rebuilt(model, output)
+    features = model.get_layer(HEAD_LAYERS[0]).output if has_pooled_features(model) else output
+    return _rebuilt(model, detector([output, features]))
+
+
+def scored_model(model: keras.Model) -> keras.Model | None:
+    """inputs -> [probabilities, out-of-distribution score [B]]; None without a detector."""
+    detector = detector_of(model)
+    if detector is None:
+        return None
+    return _rebuilt(model, [model.outputs[0], _Score(detector, name="unknown_score")(
+        detector.input)], f"{model.name}_scored")
+
+
+class _Score(keras.layers.Layer):
+    """The detector's score as a layer of the (never saved) two-output model."""
+
+    def __init__(self, detector: UnknownDetector, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.detector = detector
+
+    def call(self, inputs):
+        return self.detector.score(*inputs)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0][:1]
+
+
+def logits_model(model: keras.Model) -> keras.Model | None:
+    """inputs -> the output Dense layer's logits (before its softmax); None for a model without
+    one (an ensemble)."""
+    try:
+        dense = model.get_layer(HEAD_LAYERS[2])
+    except ValueError:
+        return None
+    return _rebuilt(model, _Logits(dense, name="logits")(dense.input), f"{model.name}_logits")
+
+
+class _Logits(keras.layers.Layer):
+    def __init__(self, dense: keras.layers.Dense, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.dense = dense
+
+    def call(self, inputs):
+        return keras.ops.matmul(keras.ops.cast(inputs, "float32"), self.dense.kernel) + (
+            self.dense.bias)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.dense.units)
+
+
 def any_size_twin(model: keras.Model, backbone_training: bool | None) -> keras.Model:
     """The same layers (shared weights) behind an input of any size, for progressive resizing."""
     return _connect(_inputs(None, metadata_encoding_of(model)), preprocessing_layers(model),
@@ -230,7 +311,11 @@ def any_size_twin(model: keras.Model, backbone_training: bool | None) -> keras.M
 
 
 def preprocessing_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The layers between the image input and the backbone (colour constancy), in order."""
+    """The layers between the image input and the backbone (colour constancy), in order (an
+    ensemble's: its first member's)."""
+    members = ensemble_members(model)
+    if members:
+        return preprocessing_layers(members[0])
     return [layer for layer in model.layers if isinstance(layer, ColorConstancy)]
 
 

@@ -15,12 +15,16 @@ from skin_keras.progress import progress
 
 def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path,
                       topk: int = 0) -> None:
-    """predictions.csv (path,label,score,<classes>,[top1..],[metadata],error) and
-    predictions.json; the metadata column (used / missing) is there for a metadata model."""
+    """predictions.csv (path,label,score,<classes>,[top1..],[metadata],[unknown,
+    unknown_score],error) and predictions.json; the metadata column (used / missing) is there
+    for a metadata model, unknown (true / false) and its score for a model with an unknown
+    rule."""
     output.mkdir(parents=True, exist_ok=True)
     with_metadata = bool(rows) and "metadata" in rows[0]
+    with_unknown = bool(rows) and "unknown" in rows[0]
     header = ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
-              *(["metadata"] if with_metadata else []), "error"]
+              *(["metadata"] if with_metadata else []),
+              *(["unknown", "unknown_score"] if with_unknown else []), "error"]
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as file:
@@ -32,8 +36,10 @@ def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path
                 tops += [""] * (topk - len(tops))
                 score = "" if row["score"] is None else f"{row['score']:.6f}"
                 used = [row["metadata"]] if with_metadata else []
+                unknown = [] if not with_unknown else ["", ""] if row["unknown"] is None else [
+                    str(row["unknown"]).lower(), f"{row['unknown_score']:.6g}"]
                 writer.writerow([row["path"], row["label"], score, *probs, *tops, *used,
-                                 row["error"]])
+                                 *unknown, row["error"]])
 
     atomic.write_atomic(output / "predictions.csv", write_csv)
     atomic.write_json_atomic(output / "predictions.json", rows)
@@ -49,6 +55,10 @@ def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
     lines += [f"{name:<{width}}  {count:>7}" for name, count in counts.items()]
     errors = [row for row in rows if row["error"]]
     lines.append(f"{'unreadable':<{width}}  {len(errors):>7}")
+    if rows and "unknown" in rows[0]:
+        lines.append(f"{'of which unknown':<{width}}  "
+                     f"{sum(bool(row['unknown']) for row in rows):>7}  (none of the classes: "
+                     "score below the rule's threshold; the label is still the nearest class)")
     lines += [f"  {row['path']}: {row['error']}" for row in errors]
     return "\n".join(lines)
 
@@ -84,7 +94,7 @@ def save_labelled_images(rows: list[dict], folder: Path) -> None:
 def explain_files(loaded: LoadedModel, rows: list[dict], folder: Path,
                   batch_size: int = 16) -> list[Path]:
     """Grad-CAM overlays of the predicted class for every readable file; returns their paths."""
-    model = loaded.require_keras("Grad-CAM (--explain)")
+    model = loaded.require_explainable()
     folder.mkdir(parents=True, exist_ok=True)
     paths = [Path(row["path"]) for row in rows]
     names = unique_names(paths)

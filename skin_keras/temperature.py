@@ -20,8 +20,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from skin_keras import atomic, calibration, evaluation, inference, model_info, run_folder
+from skin_keras import (atomic, calibration, evaluation, inference, model_info, models,
+                        open_set, run_folder)
 from skin_keras.artifacts import load_model
+from skin_keras.config import check_coverage, unknown_options
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
 
@@ -71,9 +73,12 @@ class CalibrateConfig:
                            "patient metadata; none = the run's own --metadata.", path=True,
                            keywords=("none",))
     batch_size: int = option(32, "Images per batch.", low=1, high=65536)
+    unknown_score: str = unknown_options()["unknown_score"]
+    unknown_coverage: float = unknown_options()["unknown_coverage"]
 
     def __post_init__(self):
         check_options(self)
+        check_coverage(self.unknown_coverage)
 
 
 def calibrate_run(config: CalibrateConfig) -> dict:
@@ -117,22 +122,60 @@ def calibrate_run(config: CalibrateConfig) -> dict:
 
     # --- Fit, write ---
     temperature = fit_temperature(probabilities, labels)
+    calibrated_probabilities = calibration.scaled(probabilities, temperature)
+    detector, kept = fit_unknown_rule(loaded, config, calibrated_probabilities, paths, ok,
+                                      trained["data_train"])
     entry = {"temperature": temperature, "fitted on": str(data), "images": int(ok.sum()),
              "before": calibration.calibration_report(probabilities, labels),
-             "after": calibration.calibration_report(
-                 calibration.scaled(probabilities, temperature), labels),
+             "after": calibration.calibration_report(calibrated_probabilities, labels),
+             "unknown": {**detector.rule.to_dict(), "validation images kept": kept},
              "uncalibrated model": f"weights/{UNCALIBRATED}"}
     if not (weights / UNCALIBRATED).is_file():
         atomic.write_atomic(weights / UNCALIBRATED,
                             lambda tmp: shutil.copyfile(weights / "best.keras", tmp),
                             suffix=".keras")
-    calibrated = with_temperature(loaded.require_keras("Calibration"), temperature)
+    calibrated = models.with_detector(with_temperature(loaded.require_keras("Calibration"),
+                                                       temperature), detector)
+    detector.set_weights(detector.fitted)
     info = model_info.ModelInfo.of(calibrated, loaded.class_names)
     atomic.write_atomic(weights / "best.keras",
                         lambda tmp: model_info.save_model(calibrated, tmp, info),
                         suffix=".keras")
     atomic.write_json_atomic(params_path, {**params, "calibration": entry})
     return entry
+
+
+def fit_unknown_rule(loaded, config: CalibrateConfig, probabilities: np.ndarray, paths: list,
+                     ok: np.ndarray, data_train: str) -> tuple[open_set.UnknownDetector, float]:
+    """The detector of the "unknown" answer (its weights in `.fitted`): for feature_distance,
+    class means and covariance of the training images' pooled features; the threshold keeps
+    config.unknown_coverage of the validation images (`probabilities`, calibrated, of
+    paths[ok]). Returns it with the share of validation images it keeps."""
+    model = loaded.require_keras("Calibration")
+    score, fitted = config.unknown_score, []
+    if score == "feature_distance" and not models.has_pooled_features(model):
+        print("note: this model has no single backbone (an ensemble): the unknown rule uses "
+              "max_probability")
+        score = "max_probability"
+    if score == "max_probability":
+        scores = open_set.max_probability(probabilities)
+    else:
+        train = evaluation.labelled_folder(loaded, data_train)
+        print(f"unknown rule: pooled features of the {len(train.paths)} training images")
+        train_features, errors = inference.predict_features(loaded, [Path(p) for p in train.paths],
+                                                            config.batch_size, "train features")
+        good = np.array([error is None for error in errors])
+        fitted = open_set.fit_feature_distance(train_features[good], train.labels[good],
+                                               len(loaded.class_names))
+        val_features, _ = inference.predict_features(loaded, paths, config.batch_size,
+                                                     "val features")
+        scores = open_set.feature_distance(val_features[ok], *fitted)
+    threshold = open_set.threshold_for_coverage(scores, config.unknown_coverage)
+    detector = open_set.UnknownDetector(score, threshold, config.unknown_coverage,
+                                        len(loaded.class_names), fitted[0].shape[0] if fitted
+                                        else 0, name="unknown_detector")
+    detector.fitted = list(fitted)
+    return detector, float(np.mean(scores >= threshold))
 
 
 def uncalibrate(run_dir: Path) -> None:
@@ -157,5 +200,8 @@ def describe(entry: dict) -> str:
             f"{before['negative log-likelihood']:.4f}, Brier {before['brier score']:.4f}\n"
             f"  after:  ECE {after['expected calibration error']:.4f}, NLL "
             f"{after['negative log-likelihood']:.4f}, Brier {after['brier score']:.4f}\n"
-            f"  weights/best.keras is calibrated (labels unchanged); the model as trained is "
+            + (f"  unknown: {entry['unknown']['unknown when']} (keeps "
+               f"{entry['unknown']['validation images kept']:.1%} of the validation images)\n"
+               if "unknown" in entry else "")
+            + f"  weights/best.keras is calibrated (labels unchanged); the model as trained is "
             f"{entry['uncalibrated model']}")

@@ -9,6 +9,7 @@ fine-tuning), write the reports and say how it went.
 import dataclasses
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -16,8 +17,9 @@ import keras
 
 import numpy as np
 
-from skin_keras import (decode_check, distribute, feature_cache, folders, input_pipeline,
-                        models, patient_metadata, reports, run_folder, temperature)
+from skin_keras import (cross_validation, decode_check, distribute, feature_cache, folders,
+                        input_pipeline, models, patient_metadata, reports, run_folder,
+                        temperature)
 from skin_keras.checkpointing import FullModelCheckpoints, HeadCheckpoints, RunRecorder
 from skin_keras.config import TrainConfig
 from skin_keras.epoch_log import EpochLog
@@ -42,15 +44,22 @@ class TrainingDiverged(UserError):
         self.run_dir = run_dir
 
 
-def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto") -> Path:
-    """Trains a classifier as `config` says and returns the run folder it wrote.
+def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
+                       run_dir: Path | None = None) -> Path:
+    """Trains a classifier as `config` says (with --folds, K members and their ensemble:
+    cross_validation) and returns the run folder it wrote: `run_dir`, or a new
+    <save_ret>/expN.
 
     Raises TrainingDiverged (after writing the run folder) when the run diverged.
     """
+    if verbose == "auto":  # Keras' live bar in a terminal; one line per epoch in a log file.
+        verbose = 1 if sys.stdout.isatty() else 2
+    if config.folds:
+        return cross_validation.train_folds(config, train_and_evaluate, verbose)
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(config.precision)
     try:
-        return _train_and_evaluate(config, verbose)
+        return _train_and_evaluate(config, verbose, run_dir)
     finally:  # The dtype policy is global: leave it as it was for whatever runs next.
         keras.mixed_precision.set_global_policy(previous_policy)
 
@@ -163,7 +172,7 @@ def cached_datasets(config: TrainConfig, model: keras.Model, train: folders.Imag
                 metadata=None if metadata is None else metadata.val[val_ok]))
 
 
-def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
+def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path | None) -> Path:
     resume = run_folder.check_resumable(config) if config.resume else None
     strategy = distribute.make_strategy(config.strategy)
     distribute.check_batch_size(strategy, config.batch_size)
@@ -216,7 +225,12 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
                 HeadCheckpoints(run_dir / "weights", model, info, head).resume(initial_epoch, log)
         print(f"resuming {run_dir} after epoch {initial_epoch}")
     else:  # A new run, or one killed before its first epoch ended: from scratch.
-        run_dir = resume.run_dir if resume else run_folder.new_run_dir(config.save_ret)
+        if resume:
+            run_dir = resume.run_dir
+        elif run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        else:
+            run_dir = run_folder.new_run_dir(config.save_ret)
         run_folder.write_run_files(run_dir, config, train, val, model, weights,
                                    metadata.summary if metadata else None)
         log, initial_epoch = EpochLog(train.class_names, config.monitor), 0
@@ -295,7 +309,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str) -> Path:
     _summarize(config, log, run_dir)
     if config.calibrate:
         print(temperature.describe(temperature.calibrate_run(temperature.CalibrateConfig(
-            model_path=str(run_dir), batch_size=config.batch_size))))
+            model_path=str(run_dir), batch_size=config.batch_size,
+            unknown_score=config.unknown_score, unknown_coverage=config.unknown_coverage))))
     return run_dir
 
 

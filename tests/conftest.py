@@ -4,6 +4,7 @@ Everything is offline and small (16-64 px images, weights=None). Tests that need
 HAM10000 images read ../shared/datasets and skip with a reason where it is absent.
 """
 
+import csv
 import os
 import sys
 from pathlib import Path
@@ -92,6 +93,39 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, img_size=64,
                          color_constancy="shades_of_gray")
     return training.train_and_evaluate(config, verbose=0)
+
+
+def informative_csv(root: Path) -> Path:
+    """metadata.csv for a class-folder set whose site names the class (except every 4th image,
+    left blank, and one image without a row)."""
+    rows = []
+    for index, path in enumerate(sorted(root.glob("*/*/*.jpg"))):
+        if path.stem == "v0_0001":
+            continue
+        site = "" if index % 4 == 0 else f"site {CLASSES.index(path.parent.name)}"
+        rows.append([path.stem, str(20 + 10 * CLASSES.index(path.parent.name)),
+                     ("male", "female")[index % 2], site])
+    rows[1][1] = "abc"  # An age that is not believed (prediction runs it as missing).
+    with open(root / "metadata.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "age_approx", "sex", "anatom_site_general"])
+        writer.writerows(rows)
+    return root / "metadata.csv"
+
+
+@pytest.fixture(scope="session")
+def metadata_data(tmp_path_factory) -> Path:
+    """tiny_dataset's images (val files named v*) with metadata.csv, whose sites name the
+    classes, and train_metadata.csv, the same without its one unbelievable age."""
+    root = tmp_path_factory.mktemp("metadata_data")
+    synthetic.write_class_folders(root / "train", 12, CLASSES, size=(48, 36), seed=1)
+    synthetic.write_class_folders(root / "val", 5, CLASSES, size=(48, 36), seed=2, prefix="v")
+    informative_csv(root)
+    rows = list(csv.reader(open(root / "metadata.csv")))
+    rows[2][1] = "61"  # Training needs every age believed: a copy without the bad one.
+    with open(root / "train_metadata.csv", "w", newline="") as file:
+        csv.writer(file).writerows(rows)
+    return root
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Calibration: ECE against a NumPy reference, NLL and Brier against scikit-learn, and
 temperature scaling (the fit, the layer, a run calibrated in place)."""
 
+import csv
 import json
 import shutil
 
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from skin_keras import artifacts, calibration, models, temperature
+from skin_keras import artifacts, calibration, evaluation, models, ood_images, temperature
 from skin_keras.errors import UserError
 
 
@@ -93,7 +94,8 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
     before = artifacts.load_model(run)
-    entry = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
+    entry = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run),
+                                                                  unknown_coverage=0.8))
     params = json.loads((run / "train_params.json").read_text())
     assert params["calibration"] == entry
     assert entry["images"] == 15 and entry["fitted on"] == str(tiny_dataset / "val")
@@ -105,6 +107,23 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
         before.predict_images(images), entry["temperature"]), atol=1e-5)
     assert (run / "weights" / temperature.UNCALIBRATED).is_file()
     # (Exports of a calibrated model: test_patient_metadata's metadata_run is calibrated.)
+
+    # The unknown rule: fitted on the training features, its threshold keeps 80% of val.
+    assert after.unknown.score == "feature_distance" and after.unknown.coverage == 0.8
+    assert entry["unknown"]["validation images kept"] == pytest.approx(12 / 15)
+    ood = tmp_path / "ood"
+    ood_images.make_ood_folder(ood_images.OodConfig(output=str(ood), count=2, size=48))
+    report = evaluation.evaluate_model_path(run, tiny_dataset / "val", tmp_path / "e",
+                                            backend="keras", ood=str(ood))
+    assert report["unknown"]["images flagged"] == 3
+    assert report["ood"]["unknown rule"]["labelled images kept"] == pytest.approx(12 / 15)
+    assert set(report["ood"]["scores"]) == {"max_probability", "feature_distance", "energy"}
+    assert set(report["ood"]["scores"]["energy"]) == {
+        "auroc", "ood kept at 95% coverage", *(f"auroc {kind}" for kind in
+                                               ood_images.FAR_KINDS)}
+    rows = list(csv.DictReader(open(tmp_path / "e" / "predictions.csv")))
+    assert sum(row["unknown"] == "true" for row in rows) == 3
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ood"] == report["ood"]
     # Again: refitted from the model as trained, not calibrated twice.
     again = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
     assert again["temperature"] == pytest.approx(entry["temperature"], rel=1e-6)

@@ -111,7 +111,7 @@ def test_report_figures_can_be_recomputed(exported, trained_run, tiny_dataset):
     reference = loaded.model.predict(images, verbose=0)
     for kind in ("fp32", "fp16"):
         entry = report["artifacts"][f"tflite_{kind}"]
-        probabilities, _ = exporting.tflite_predict(Path(entry["path"]).read_bytes(), images)
+        probabilities, _, _ = exporting.tflite_predict(Path(entry["path"]).read_bytes(), images)
         assert entry["top1 agreement"] == np.mean(probabilities.argmax(1) == reference.argmax(1))
         assert entry["max abs probability difference"] == pytest.approx(
             np.max(np.abs(probabilities - reference)), abs=1e-6)
@@ -130,7 +130,7 @@ def test_tflite_matches_keras_on_real_dermoscopy_images(exported, trained_run, h
     tolerances = {"fp32": 1e-4, "fp16": 5e-3, "dynamic": 0.1}
     for kind, tolerance in tolerances.items():
         content = (output / f"tflite_{kind}" / f"skin_{kind}.tflite").read_bytes()
-        probabilities, _ = exporting.tflite_predict(content, images)
+        probabilities, _, _ = exporting.tflite_predict(content, images)
         np.testing.assert_allclose(probabilities, reference, atol=tolerance, err_msg=kind)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import CLASSES, REPO, Killed, kill_at_log_write, tiny_config
+from conftest import REPO, Killed, kill_at_log_write, tiny_config
 from skin_keras import (artifacts, evaluation, exporting, inference, isic, metadata_encoding,
                         models, patient_metadata, synthetic, training)
 from skin_keras.errors import UserError
@@ -164,33 +164,6 @@ def test_prepare_isic_writes_metadata_csv_with_missing_counts(tmp_path):
 
 # --- Training, resuming, predicting, evaluating, exporting ---
 
-def informative_csv(root: Path) -> Path:
-    """metadata.csv for a class-folder set whose site names the class (except every 4th image,
-    left blank, and one image without a row)."""
-    rows = []
-    for index, path in enumerate(sorted(root.glob("*/*/*.jpg"))):
-        if path.stem == "v0_0001":
-            continue
-        site = "" if index % 4 == 0 else f"site {CLASSES.index(path.parent.name)}"
-        rows.append([path.stem, str(20 + 10 * CLASSES.index(path.parent.name)),
-                     ("male", "female")[index % 2], site])
-    rows[1][1] = "abc"  # An age that is not believed (prediction runs it as missing).
-    return write_csv(root / "metadata.csv", rows)
-
-
-@pytest.fixture(scope="session")
-def metadata_data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("metadata_data")
-    synthetic.write_class_folders(root / "train", 12, CLASSES, size=(48, 36), seed=1)
-    synthetic.write_class_folders(root / "val", 5, CLASSES, size=(48, 36), seed=2, prefix="v")
-    informative_csv(root)
-    rows = list(csv.reader(open(root / "metadata.csv")))
-    rows[2][1] = "61"  # Training needs every age believed: a copy without the bad one.
-    with open(root / "train_metadata.csv", "w", newline="") as file:
-        csv.writer(file).writerows(rows)
-    return root
-
-
 @pytest.fixture(scope="session")
 def metadata_run(tmp_path_factory, metadata_data) -> Path:
     # Calibrated after training (train.py --calibrate), so the prediction and export tests
@@ -220,7 +193,7 @@ def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadat
     used = {Path(row["path"]).stem: row["metadata"] for row in rows}
     assert used["v0_0001"] == "missing" and used["v0_0002"] == "used"
     header = (tmp_path / "p" / "predictions.csv").read_text().splitlines()[0]
-    assert header.endswith(",metadata,error")
+    assert header.endswith(",metadata,unknown,unknown_score,error")  # --calibrate: a rule.
     # Metadata changes the answers; no CSV runs every image as missing, like blank rows.
     blank = inference.predict_to_folder(metadata_run, [metadata_data / "val"], tmp_path / "b",
                                         backend="keras")
@@ -262,11 +235,16 @@ def test_evaluate_reports_the_metadata_ablation_and_refuses_it_for_image_only_mo
 def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_path):
     report = exporting.export(exporting.ExportConfig(
         model_path=str(metadata_run), data_val=str(metadata_data / "val"),
-        output=str(tmp_path / "x"), formats=("saved_model", "tflite_int8"),
+        output=str(tmp_path / "x"), formats=("saved_model", "tflite_fp32", "tflite_int8"),
         parity_images=10, calibration_images=4))
     assert report["metadata"] == "varied over the vocabulary"
     artifacts_ = report["artifacts"]
     assert artifacts_["saved_model"]["max abs probability difference"] < 1e-5
+    # The unknown rule (--calibrate fits one) travels: same scores, same images flagged.
+    threshold = artifacts.load_model(metadata_run).unknown.threshold  # About -1e3.
+    for fmt in ("saved_model", "tflite_fp32"):
+        assert artifacts_[fmt]["unknown agreement"] == 1.0
+        assert artifacts_[fmt]["max abs score difference"] < 1e-4 * abs(threshold)
     assert artifacts_["saved_model"]["image-only signature max abs difference"] < 1e-5
     # int8: the metadata input is uint8 too (quantized with the file's scale by the runner).
     assert artifacts_["tflite_int8"]["max abs probability difference"] < 0.05
@@ -278,19 +256,22 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2"),
                Record(70.0, "other", "site 0")]
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    expected = keras_model.predict_images(images, records)
+    expected, expected_scores = keras_model.predict_scored(images, records)
     for path, tolerance in ((tmp_path / "x" / "saved_model" / "skin", 1e-5),
+                            (tmp_path / "x" / "tflite_fp32" / "skin_fp32.tflite", 1e-5),
                             (tmp_path / "x" / "tflite_int8" / "skin_int8.tflite", 0.05)):
         loaded = artifacts.load_model(path)
-        assert loaded.takes_metadata
-        np.testing.assert_allclose(loaded.predict_images(images, records), expected,
-                                   atol=tolerance)
+        assert loaded.takes_metadata and loaded.unknown == keras_model.unknown
+        probabilities, scores = loaded.predict_scored(images, records)
+        np.testing.assert_allclose(probabilities, expected, atol=tolerance)
+        if tolerance < 0.01:
+            np.testing.assert_allclose(scores, expected_scores, rtol=1e-4)
     served = tf.saved_model.load(str(tmp_path / "x" / "saved_model" / "skin" / "1"))
     assert set(served.signatures) == {"serving_default", "serving_images", "serving_image_only"}
 
 
 @pytest.mark.slow
-def test_metadata_run_resumes_and_the_cached_head_path_trains_the_metadata_branch(
+def test_metadata_run_resumes_only_with_the_same_vocabulary(
         metadata_data, tmp_path, monkeypatch):
     csv_path = str(tmp_path / "metadata.csv")
     original = (metadata_data / "train_metadata.csv").read_text()
@@ -312,18 +293,7 @@ def test_metadata_run_resumes_and_the_cached_head_path_trains_the_metadata_branc
     log = json.loads((run_dir / "log.json").read_text())
     assert len(log) == 3
 
-    # Frozen backbone: the head (and the metadata MLP) train on cached image features.
-    frozen = tiny_config(tmp_path / "frozen", metadata_data, freeze_layers=True, epochs=1,
-                         metadata=csv_path)
-    run = training.train_and_evaluate(frozen, verbose=0)
-    model = keras.models.load_model(run / "weights" / "last.keras")
-    kernel = model.get_layer("metadata_dense_1").kernel.numpy()
-    fresh = models.build_model("b0", 3, 32, "none", metadata_encoding=models.metadata_encoding_of(
-        model))
-    assert kernel.shape == fresh.get_layer("metadata_dense_1").kernel.shape
-    assert any((tmp_path / "frozen" / "features").iterdir())
-    bias = model.get_layer("metadata_dense_1").bias.numpy()
-    assert np.abs(bias).max() > 0  # Zero-initialised: it moved, so the branch trained.
+    # (The frozen backbone's cached-feature head with metadata: test_cross_validation.)
 
 
 @pytest.mark.slow

@@ -48,6 +48,9 @@ def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
          f"--resume={run}"], cwd=tmp_path, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"resuming {run} after epoch {completed}" in result.stdout
+    # Not a terminal: one line per epoch, no progress bar redrawn into one endless line.
+    assert max(len(line) for line in (result.stdout + result.stderr).splitlines()) <= 400
+    assert len(re.findall(r"^9/9 - .*loss: ", result.stdout, re.M)) == epochs - completed
     assert re.search(rf"best epoch \d+/{epochs} by val_balanced_accuracy: val accuracy",
                      result.stdout)
     assert result.stdout.rstrip().endswith(f"run folder: {run}")

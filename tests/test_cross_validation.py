@@ -1,0 +1,136 @@
+"""--folds=K: lesion-grouped folds, per-fold resume, out-of-fold figures and the ensemble."""
+
+import csv
+import dataclasses
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import CLASSES, Killed, tiny_config
+from sklearn import metrics as sk_metrics
+
+from skin_keras import artifacts, cross_validation, exporting, folders, synthetic, training
+from skin_keras.errors import UserError
+from skin_keras.patient_metadata import MISSING, Record
+
+
+def _folder(labels, names=CLASSES) -> folders.ImageFolder:
+    return folders.ImageFolder(Path("/nowhere/train"), tuple(names),
+                               tuple(f"/nowhere/train/{i:03d}.jpg" for i in range(len(labels))),
+                               np.asarray(labels))
+
+
+def test_folds_keep_lesions_together_and_stratify(tmp_path):
+    data = tmp_path / "data"
+    synthetic.write_class_folders(data / "train", 8, CLASSES, size=(24, 24), seed=1)
+    train = folders.scan_image_folder(data / "train")
+    # split.csv beside train/ (as prepare_isic writes it): images in pairs of one lesion.
+    with open(data / "split.csv", "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "class", "lesion_id", "split"])
+        for index, path in enumerate(train.paths):
+            writer.writerow([Path(path).stem, "", f"L{index // 2}", "train"])
+    groups, how = cross_validation.lesion_groups(train)
+    assert "lesion_id from" in how and len(np.unique(groups)) == 12
+    fold_of = cross_validation.assign_folds(train, groups, 3, seed=0)
+    for group in np.unique(groups):
+        assert len(set(fold_of[groups == group])) == 1  # A lesion never spans two folds.
+    for fold in range(3):
+        assert set(train.labels[fold_of == fold]) == {0, 1, 2}
+    # Without split.csv every image is its own group, and the run says so.
+    (data / "split.csv").unlink()
+    assert "every image is its own group" in cross_validation.lesion_groups(train)[1]
+
+
+def test_folds_that_cannot_hold_every_class_are_refused():
+    labels = np.r_[np.zeros(10, int), np.ones(10, int), [2, 2, 2]]
+    groups = np.r_[np.arange(20), [20, 20, 21]].astype(str)  # Class 2: two lesions.
+    with pytest.raises(UserError, match="'Melanoma' has images of only 2 lesion.*--folds=2"):
+        cross_validation.assign_folds(_folder(labels), groups, 3, seed=0)
+    with pytest.raises(UserError, match="only 1 lesion: it cannot be in both"):
+        cross_validation.assign_folds(_folder(labels), np.r_[groups[:20], ["x"] * 3], 2, 0)
+
+
+def test_one_fold_is_refused(tiny_dataset, tmp_path):
+    with pytest.raises(UserError, match="--folds=1 is no cross-validation"):
+        tiny_config(tmp_path, tiny_dataset, folds=1)
+
+
+@pytest.mark.slow
+def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
+        metadata_data, tmp_path, monkeypatch):
+    # Frozen backbones: members train their heads and metadata branches on cached features
+    # (computed once: the cache is keyed by file content).
+    config = tiny_config(tmp_path, metadata_data, folds=2, epochs=1, freeze_layers=True,
+                         metadata=str(metadata_data / "train_metadata.csv"))
+    train_and_evaluate = training.train_and_evaluate
+
+    def killed_in_fold_2(member_config, verbose="auto", run_dir=None):
+        if run_dir is not None and run_dir.name == "fold_2":
+            raise Killed
+        return train_and_evaluate(member_config, verbose, run_dir)
+
+    monkeypatch.setattr(training, "train_and_evaluate", killed_in_fold_2)
+    with pytest.raises(Killed):
+        train_and_evaluate(config, verbose=0)
+    monkeypatch.undo()
+    run = tmp_path / "runs" / "exp1"
+    params = json.loads((run / "train_params.json").read_text())
+    assert params["cross-validation"]["finished folds"] == [1]
+    first = (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns
+
+    resumed = training.train_and_evaluate(dataclasses.replace(config, resume=str(run)),
+                                          verbose=0)
+    assert resumed == run
+    assert (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns == first  # Kept.
+    assert json.loads((run / "train_params.json").read_text())["cross-validation"][
+        "finished folds"] == [1, 2]
+
+    # Out of fold: each training image once, predicted by the member that validated on it;
+    # that member's figures on its fold are its training log's best epoch.
+    with open(run / cross_validation.OOF_FILE, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert sorted(Path(row["path"]).name for row in rows) == sorted(
+        Path(p).name for p in folders.scan_image_folder(metadata_data / "train").paths)
+    metrics = json.loads((run / cross_validation.METRICS_FILE).read_text())
+    assert metrics["out of fold"]["balanced accuracy"] == pytest.approx(
+        sk_metrics.balanced_accuracy_score([row["class"] for row in rows],
+                                           [row["label"] for row in rows]))
+    for member in metrics["members"]:
+        log = json.loads((run / f"fold_{member['fold']}" / "log.json").read_text())
+        assert member["on its fold"]["balanced accuracy"] == pytest.approx(
+            log["epoch:1"]["valid info"]["balanced accuracy"])
+        fold_rows = [row for row in rows if row["fold"] == str(member["fold"])]
+        assert len(fold_rows) == len(folders.scan_image_folder(
+            run / "folds" / f"fold_{member['fold']}" / "val").paths)
+
+    # The metadata branch trained on cached features (its zero-initialised bias moved).
+    member = keras.models.load_model(run / "fold_1" / "weights" / "last.keras")
+    assert np.abs(member.get_layer("metadata_dense_1").bias.numpy()).max() > 0
+    assert any((tmp_path / "features").iterdir())
+
+    # The ensemble is the run's model: the mean of its members, in Keras and exported.
+    ensemble = artifacts.load_model(run)
+    members = [artifacts.load_model(run / f"fold_{fold}") for fold in (1, 2)]
+    assert ensemble.takes_metadata
+    images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2")]
+    expected = ensemble.predict_images(images, records)
+    np.testing.assert_allclose(expected, np.mean([m.predict_images(images, records)
+                                                  for m in members], axis=0), atol=1e-6)
+    report = exporting.export(exporting.ExportConfig(
+        model_path=str(run), data_val=str(metadata_data / "val"), output=str(tmp_path / "x"),
+        formats=("saved_model", "tflite_fp32"), parity_images=6))
+    assert all(entry["top1 agreement"] == 1.0 for entry in report["artifacts"].values())
+    for path in (tmp_path / "x" / "saved_model" / "skin", tmp_path / "x" / "tflite_fp32" /
+                 "skin_fp32.tflite"):
+        exported = artifacts.load_model(path)
+        np.testing.assert_allclose(exported.predict_images(images, records), expected,
+                                   atol=1e-5)
+    # At 32 px the last feature map is 1x1 and XNNPACK cannot resize the graph to a batch of
+    # 3: the runner fell back to one image at a time, with the same answers.
+    assert exported.forward.batch_one_only
+    with pytest.raises(UserError, match="is an ensemble: Grad-CAM"):
+        ensemble.require_explainable()
