@@ -96,13 +96,18 @@ def assign_folds(train: folders.ImageFolder, groups: np.ndarray, folds: int,
 
 
 def _link_tree(root: Path, train: folders.ImageFolder, chosen: np.ndarray) -> None:
-    """root/<class>/<file name> links to the chosen images (made again from scratch)."""
+    """root/<class>/<file name> links to the chosen images (made again from scratch); a name
+    that two sub-folders of a class share gets a _2, _3, ... suffix."""
     shutil.rmtree(root, ignore_errors=True)
     for index in np.flatnonzero(chosen):
-        source = Path(train.paths[index]).resolve()
-        target = root / train.class_names[train.labels[index]] / Path(train.paths[index]).name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(source, target)
+        path = Path(train.paths[index])
+        folder = root / train.class_names[train.labels[index]]
+        folder.mkdir(parents=True, exist_ok=True)
+        target, copy = folder / path.name, 1
+        while target.is_symlink():
+            copy += 1
+            target = folder / f"{path.stem}_{copy}{path.suffix}"
+        os.symlink(path.resolve(), target)
 
 
 def _member_config(config: TrainConfig, run_dir: Path, fold: int, metadata: str

@@ -160,6 +160,10 @@ def fit_unknown_rule(loaded, config: CalibrateConfig, probabilities: np.ndarray,
     if score == "max_probability":
         scores = open_set.max_probability(probabilities)
     else:
+        if not Path(data_train).is_dir():
+            raise UserError(f"the feature_distance unknown rule is fitted on the run's training "
+                            f"images, and {data_train} is not there any more: restore it, or "
+                            "--unknown_score=max_probability")
         train = evaluation.labelled_folder(loaded, data_train)
         print(f"unknown rule: pooled features of the {len(train.paths)} training images")
         train_features, errors = inference.predict_features(loaded, [Path(p) for p in train.paths],

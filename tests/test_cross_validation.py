@@ -11,7 +11,8 @@ import pytest
 from conftest import CLASSES, Killed, tiny_config
 from sklearn import metrics as sk_metrics
 
-from skin_keras import artifacts, cross_validation, exporting, folders, synthetic, training
+from skin_keras import (artifacts, calibration, cross_validation, exporting, folders, synthetic,
+                        training)
 from skin_keras.errors import UserError
 from skin_keras.patient_metadata import MISSING, Record
 
@@ -63,8 +64,10 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
         metadata_data, tmp_path, monkeypatch):
     # Frozen backbones: members train their heads and metadata branches on cached features
     # (computed once: the cache is keyed by file content).
+    # Calibrated: the ensemble gets a temperature and a max_probability unknown rule, whose
+    # score is a second output of its exports.
     config = tiny_config(tmp_path, metadata_data, folds=2, epochs=1, freeze_layers=True,
-                         metadata=str(metadata_data / "train_metadata.csv"))
+                         metadata=str(metadata_data / "train_metadata.csv"), calibrate=True)
     train_and_evaluate = training.train_and_evaluate
 
     def killed_in_fold_2(member_config, verbose="auto", run_dir=None):
@@ -114,21 +117,26 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     # The ensemble is the run's model: the mean of its members, in Keras and exported.
     ensemble = artifacts.load_model(run)
     members = [artifacts.load_model(run / f"fold_{fold}") for fold in (1, 2)]
-    assert ensemble.takes_metadata
+    assert ensemble.takes_metadata and ensemble.unknown.score == "max_probability"
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2")]
-    expected = ensemble.predict_images(images, records)
-    np.testing.assert_allclose(expected, np.mean([m.predict_images(images, records)
-                                                  for m in members], axis=0), atol=1e-6)
+    expected, expected_scores = ensemble.predict_scored(images, records)
+    np.testing.assert_allclose(expected, calibration.scaled(np.mean(
+        [m.predict_images(images, records) for m in members], axis=0), ensemble.temperature),
+        atol=1e-6)
+    np.testing.assert_allclose(expected_scores, expected.max(axis=1), atol=1e-6)
     report = exporting.export(exporting.ExportConfig(
         model_path=str(run), data_val=str(metadata_data / "val"), output=str(tmp_path / "x"),
         formats=("saved_model", "tflite_fp32"), parity_images=6))
-    assert all(entry["top1 agreement"] == 1.0 for entry in report["artifacts"].values())
+    for entry in report["artifacts"].values():
+        assert entry["top1 agreement"] == 1.0 and entry["unknown agreement"] == 1.0
     for path in (tmp_path / "x" / "saved_model" / "skin", tmp_path / "x" / "tflite_fp32" /
                  "skin_fp32.tflite"):
         exported = artifacts.load_model(path)
-        np.testing.assert_allclose(exported.predict_images(images, records), expected,
-                                   atol=1e-5)
+        assert exported.unknown == ensemble.unknown
+        probabilities, scores = exported.predict_scored(images, records)
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
     # At 32 px the last feature map is 1x1 and XNNPACK cannot resize the graph to a batch of
     # 3: the runner fell back to one image at a time, with the same answers.
     assert exported.forward.batch_one_only
