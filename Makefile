@@ -20,11 +20,13 @@ data/demo/train: | venv
 demo: venv data/demo/train
 	$(PY) train.py --flagfile=configs/demo.cfg
 
+# Two worker processes (pytest-xdist), each test file on one of them: the suite's TensorFlow
+# work keeps about one core busy, so two halve the wall time on a 2-core machine.
 test: venv
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: venv
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean-demo:
 	rm -rf data/demo
