@@ -295,6 +295,9 @@ def evaluate_model_path(model_path: str | Path, data: str | Path, output: str | 
         raise UserError(f"--output={output} is a file, not a folder")
     if ood and shift_names:
         raise UserError("--ood and --shifts: run them one at a time")
+    if ood and not Path(ood).is_dir():
+        raise UserError(f"--ood={ood} is not a folder (python -m skin_keras.ood_images makes "
+                        "one)")
     if explain:
         loaded.require_explainable()  # Say so before predicting, not after.
     folder = labelled_folder(loaded, data)

@@ -124,6 +124,9 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
     rows = list(csv.DictReader(open(tmp_path / "e" / "predictions.csv")))
     assert sum(row["unknown"] == "true" for row in rows) == 3
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ood"] == report["ood"]
+    with pytest.raises(UserError, match="--ood=.* is not a folder"):  # Said before any work.
+        evaluation.evaluate_model_path(run, tiny_dataset / "val", tmp_path / "f",
+                                       ood=str(tmp_path / "none"))
     # Again: refitted from the model as trained, not calibrated twice.
     again = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
     assert again["temperature"] == pytest.approx(entry["temperature"], rel=1e-6)
