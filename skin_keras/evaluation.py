@@ -163,7 +163,8 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
     if ood:
         report["ood"] = ood_report(loaded, ood, [p for p, good in zip(paths, ok) if good],
                                    probabilities, None if scores is None else scores[ok],
-                                   batch_size, tta)
+                                   batch_size, tta, records and [
+                                       r for r, good in zip(records, ok) if good])
     if records is not None:
         report["metadata"] = {"csv": csv_path, "images with a row": int(found.sum()),
                               "images with any value": sum(not r.is_missing for r in records)}
@@ -185,12 +186,14 @@ def evaluate(loaded: LoadedModel, data: str | Path, output: str | Path,
 
 
 def ood_report(loaded: LoadedModel, ood: str, in_paths: list, in_probabilities: np.ndarray,
-               in_scores: np.ndarray | None, batch_size: int, tta: int) -> dict:
+               in_scores: np.ndarray | None, batch_size: int, tta: int,
+               in_records: list | None = None) -> dict:
     """How well each out-of-distribution score tells the labelled images (in_*) from the images
     in `ood`: AUROC overall and per sub-folder (kind), the share of `ood` images kept at the
     threshold that keeps 95% of the labelled ones, and what the model's own unknown rule keeps
     of both. Scores: max_probability always, the model's rule score, and energy (from the
-    logits) for a Keras model."""
+    logits, with `in_records`, the labelled images' patient records, for a metadata model) for
+    a Keras model."""
     listed = inference.list_sources([ood])
     if not listed:
         raise UserError(f"--ood={ood}: no files found")
@@ -209,7 +212,8 @@ def ood_report(loaded: LoadedModel, ood: str, in_paths: list, in_probabilities: 
         as_logits = dataclasses.replace(loaded, model=None, unknown=None, forward=lambda
                                         images, metadata=None: logits(models.model_inputs(
                                             loaded.model, images, metadata), training=False))
-        in_logits, _ = inference.predict_files(as_logits, in_paths, batch_size, tta, False)
+        in_logits, _ = inference.predict_files(as_logits, in_paths, batch_size, tta, False,
+                                               records=in_records)
         out_logits, _ = inference.predict_files(as_logits, ood_paths, batch_size, tta, False)
         inside["energy"] = open_set.energy(in_logits)
         outside["energy"] = open_set.energy(out_logits)

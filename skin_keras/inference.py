@@ -187,20 +187,21 @@ def predict_scored_files(loaded: LoadedModel, paths: Sequence[Path], batch_size:
     for i in good:
         if not decoded[i]:
             errors[i] = "could not be decoded"
-        elif not np.isfinite(probabilities[i]).all():
-            errors[i] = MODEL_NAN
+        elif not np.isfinite(probabilities[i]).all() or (
+                scores is not None and not np.isfinite(scores[i])):
+            errors[i] = MODEL_NAN  # A NaN score would pass as "not unknown".
     return probabilities, scores, errors
 
 
-def predict_features(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32,
-                     what: str = "features") -> tuple[np.ndarray, list[str | None]]:
+def predict_features(loaded: LoadedModel, paths: Sequence[Path], batch_size: int = 32
+                     ) -> tuple[np.ndarray, list[str | None]]:
     """The pooled image features of a Keras model's backbone for every file ([N, D], NaN rows
     for files that failed), and errors."""
     extractor = models.feature_model(loaded.require_keras("Features"))
     traced = tf.function(lambda images: extractor(images, training=False),
                          reduce_retracing=True)
     as_features = dataclasses.replace(
-        loaded, class_names=[what] * extractor.output_shape[-1], model=None,
+        loaded, class_names=["feature"] * extractor.output_shape[-1], model=None,
         takes_metadata=False, encoding=None, unknown=None,
         forward=lambda images, metadata=None: traced(images))
     return predict_files(as_features, paths, batch_size)

@@ -167,13 +167,15 @@ def fit_unknown_rule(loaded, config: CalibrateConfig, probabilities: np.ndarray,
         train = evaluation.labelled_folder(loaded, data_train)
         print(f"unknown rule: pooled features of the {len(train.paths)} training images")
         train_features, errors = inference.predict_features(loaded, [Path(p) for p in train.paths],
-                                                            config.batch_size, "train features")
+                                                            config.batch_size)
         good = np.array([error is None for error in errors])
         fitted = open_set.fit_feature_distance(train_features[good], train.labels[good],
                                                len(loaded.class_names))
-        val_features, _ = inference.predict_features(loaded, paths, config.batch_size,
-                                                     "val features")
+        val_features, _ = inference.predict_features(loaded, paths, config.batch_size)
         scores = open_set.feature_distance(val_features[ok], *fitted)
+    if not np.isfinite(scores).all():
+        raise UserError(f"the model gave non-finite {score} scores for some validation images: "
+                        "no unknown threshold can be chosen")
     threshold = open_set.threshold_for_coverage(scores, config.unknown_coverage)
     detector = open_set.UnknownDetector(score, threshold, config.unknown_coverage,
                                         len(loaded.class_names), fitted[0].shape[0] if fitted

@@ -1,13 +1,14 @@
 """The "unknown" answer: scores, the coverage threshold, the detector layer, the OOD folder."""
 
 import hashlib
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from skin_keras import models, ood_images, open_set
+from skin_keras import artifacts, inference, models, ood_images, open_set
 from skin_keras.config import TrainConfig
 from skin_keras.errors import UserError
 from skin_keras.temperature import CalibrateConfig
@@ -105,3 +106,21 @@ def test_ood_folder_has_every_kind_is_seeded_and_never_overwrites(tiny_dataset, 
     no_lesions = ood_images.make_ood_folder(ood_images.OodConfig(output=str(tmp_path / "c"),
                                                                  count=1, size=40))
     assert set(no_lesions) == set(ood_images.FAR_KINDS)
+
+
+def test_a_nan_score_is_the_model_s_error_not_a_known_image(tiny_dataset):
+    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:4]
+
+    def forward(images, metadata=None):
+        scores = np.zeros(len(images), np.float32)
+        scores[0] = np.nan  # Only the first image of each batch.
+        return np.full((len(images), 3), 1 / 3, np.float32), scores
+
+    loaded = artifacts.LoadedModel(["a", "b", "c"], 32, Path("m"), forward=forward,
+                                   unknown=open_set.UnknownRule(-1.0, 0.95))
+    _, scores, errors = inference.predict_scored_files(loaded, paths, batch_size=2,
+                                                       show_progress=False)
+    assert errors == [inference.MODEL_NAN, None, inference.MODEL_NAN, None]
+    rows = inference.prediction_rows(paths, np.full((4, 3), 1 / 3), errors, ["a", "b", "c"],
+                                     unknown=(loaded.unknown, scores))
+    assert [row["unknown"] for row in rows] == [None, False, None, False]
