@@ -3,8 +3,8 @@
 A model path can be a run folder (weights/best.keras), a `.keras` file (its class names in its
 own record, `model_info`; files written before the record existed use the class_indices.json of
 their run folder), or what export.py wrote: a SavedModel folder (or its TF Serving base folder)
-or a `.tflite` file with the labels.txt beside it. The image size comes from the model itself:
-nothing the user must repeat on the command line.
+or a `.tflite` or `.onnx` file (class names inside it, or in the labels.txt beside it). The image
+size comes from the model itself: nothing the user must repeat on the command line.
 """
 
 import dataclasses
@@ -15,7 +15,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import calibration, model_info, models, open_set, run_folder
+from skin_keras import (calibration, model_info, models, open_set, run_folder,
+                        tflite_metadata)
 from skin_keras.errors import UserError
 from skin_keras.litert import TFLiteRunner
 from skin_keras.metadata_encoding import PatientMetadata
@@ -161,40 +162,97 @@ def read_unknown_rule(path: Path) -> UnknownRule | None:
     if not path.is_file():
         return None
     try:
-        data = json.loads(path.read_text())
-        return None if data.get("unknown") is None else UnknownRule.from_dict(data["unknown"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        return _unknown_rule(json.loads(path.read_text()))
+    except (OSError, ValueError) as error:
         raise UserError(f"{path} does not describe an unknown rule ({type(error).__name__}: "
                         f"{error})") from None
 
 
+def _unknown_rule(description: dict) -> UnknownRule | None:
+    try:
+        return (None if description.get("unknown") is None
+                else UnknownRule.from_dict(description["unknown"]))
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ValueError(f"no valid unknown rule: {type(error).__name__}: {error}") from None
+
+
 def _load_tflite(path: Path) -> LoadedModel:
+    """A .tflite file: its class names, unknown rule and metadata encoding from what export.py
+    packed inside it (tflite_metadata), else from the labels.txt and metadata.json beside it;
+    a plain converted file without either names its classes by index."""
     try:
-        runner = TFLiteRunner(path.read_bytes())
-    except (ValueError, RuntimeError) as error:
+        content = path.read_bytes()
+        runner = TFLiteRunner(content)
+    except (OSError, ValueError, RuntimeError) as error:
         raise UserError(f"{path} is not a readable TFLite model: {error}") from error
-    encoding = None
-    if runner.metadata_size is not None:
-        encoding = _tflite_encoding(path, runner.metadata_size)
-    unknown = read_unknown_rule(path.parent / "metadata.json") if runner.scores else None
-    return LoadedModel(read_labels(path.parent / "labels.txt"), runner.img_size, path,
-                       forward=runner, encoding=encoding, takes_metadata=encoding is not None,
-                       unknown=unknown)
+    packed = tflite_metadata.read(content)
+    return _exported_file(path, runner, int(runner.output["shape"][1]),
+                          packed and packed["class_names"], packed and packed["description"],
+                          f"the metadata packed in {path}" if packed else None)
 
 
-def _tflite_encoding(path: Path, size: int) -> PatientMetadata:
-    """The metadata encoding of a metadata TFLite file, from the metadata.json beside it."""
-    described = path.parent / "metadata.json"
+def _load_onnx(path: Path) -> LoadedModel:
+    """An .onnx file export.py wrote (class names and description in its metadata properties),
+    or a plain converted one (labels.txt beside it, or classes named by index)."""
+    from skin_keras.onnx_runtime import ONNXRunner  # pylint: disable=g-import-not-at-top
+
     try:
-        vocabulary = json.loads(described.read_text())["metadata input"]["vocabulary"]
+        runner = ONNXRunner(path.read_bytes())
+        description = runner.description()
+    except Exception as error:  # pylint: disable=broad-except
+        # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base class but Exception.
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise UserError(f"{path} is not a readable ONNX model: {reason}") from None
+    return _exported_file(path, runner, runner.classes,
+                          description and description.get("class_names"), description,
+                          f"the metadata properties of {path}" if description else None)
+
+
+def _exported_file(path: Path, runner, classes: int, class_names: list | None,
+                   description: dict | None, where: str | None) -> LoadedModel:
+    """A TFLite or ONNX file's model: class names and description as found in the file, else
+    from the labels.txt and metadata.json beside it."""
+    beside = path.parent / "metadata.json"
+    if description is None and beside.is_file():
+        try:
+            description = json.loads(beside.read_text())
+        except (OSError, ValueError) as error:
+            raise UserError(f"{beside} is not readable ({type(error).__name__}: {error})"
+                            ) from None
+    where = where or beside
+    if class_names is None and (path.parent / "labels.txt").is_file():
+        class_names = read_labels(path.parent / "labels.txt")
+    elif class_names is None:
+        class_names = [f"class {i}" for i in range(classes)]
+        print(f"{path}: no labels in the file nor a labels.txt beside it: the classes are named "
+              "by their index")
+    if len(class_names) != classes:
+        raise UserError(f"{path} answers {classes} classes but its labels name "
+                        f"{len(class_names)}: the files do not belong together")
+    encoding = unknown = None
+    try:
+        if runner.metadata_size is not None:
+            encoding = _tflite_encoding(description, runner.metadata_size)
+        if runner.scores and description is not None:
+            unknown = _unknown_rule(description)
+    except ValueError as error:
+        raise UserError(f"{path}: {where} {error}; keep the metadata.json export.py wrote "
+                        "beside the file") from None
+    return LoadedModel(list(class_names), runner.img_size, path, forward=runner,
+                       encoding=encoding, takes_metadata=encoding is not None, unknown=unknown)
+
+
+def _tflite_encoding(description: dict | None, size: int) -> PatientMetadata:
+    """The metadata encoding of a metadata TFLite file from its description (metadata.json)."""
+    try:
+        vocabulary = description["metadata input"]["vocabulary"]
         encoding = PatientMetadata(vocabulary["sex"], vocabulary["anatom_site_general"])
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} takes patient metadata, but {described} does not say how to "
-                        f"encode it ({type(error).__name__}: {error}); keep the metadata.json "
-                        "export.py wrote beside the file") from None
+    except (KeyError, TypeError) as error:
+        raise ValueError(f"does not say how to encode the patient metadata the model takes "
+                         f"({type(error).__name__}: {error})") from None
     if encoding.size != size:
-        raise UserError(f"{path} takes a metadata vector of {size} values but {described} "
-                        f"describes {encoding.size}: the files do not belong together")
+        raise ValueError(f"describes a metadata vector of {encoding.size} values but the model "
+                         f"takes {size}")
     return encoding
 
 
@@ -208,8 +266,8 @@ def resolve_keras_file(model_path: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"model path {path} does not exist")
     if path.suffix != ".keras":
-        raise UserError(f"{path} is not a model: give a run folder, a .keras or .tflite file or "
-                        "a SavedModel folder")
+        raise UserError(f"{path} is not a model: give a run folder, a .keras, .tflite or .onnx "
+                        "file or a SavedModel folder")
     return path
 
 
@@ -243,12 +301,15 @@ def class_names_of(keras_file: Path) -> list[str]:
 
 
 def load_model(model_path: str | Path) -> LoadedModel:
-    """Loads a run folder, a .keras file, an exported SavedModel folder or a .tflite file."""
+    """Loads a run folder, a .keras file, an exported SavedModel folder, a .tflite or an .onnx
+    file."""
     path = Path(model_path)
     if path.is_dir() and (saved_model := find_saved_model(path)) is not None:
         return _load_saved_model(saved_model)
     if path.is_file() and path.suffix == ".tflite":
         return _load_tflite(path)
+    if path.is_file() and path.suffix == ".onnx":
+        return _load_onnx(path)
     keras_file = resolve_keras_file(path)
     class_names = class_names_of(keras_file)
     try:

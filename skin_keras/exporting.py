@@ -7,9 +7,15 @@
       (negative = missing), sex and anatom_site_general: string [None] ("" = missing), encoded
       in the graph; serving_image_only takes image_bytes alone (metadata missing).
     <output>/tflite_<kind>/<name>_<kind>.tflite + labels.txt + metadata.json
+        TFLite Metadata embedded (tflite_metadata: what MediaPipe Tasks' ImageClassifier reads;
+        labels.txt and metadata.json packed inside too)
         kind: fp32, fp16, dynamic (int8 weights) or int8 (full integer, uint8 input); a
         metadata model's file takes the encoded vector as a second input, "metadata" [1, size],
         described in metadata.json ("metadata input": order, vocabularies, scaling)
+    <output>/onnx/<name>.onnx + labels.txt + metadata.json
+        input "image" [B, H, W, 3] float32 in [0, 255] (and "metadata"), outputs "probabilities"
+        (and "unknown_score"); class names and the description in its metadata properties;
+        its parity row is run with ONNX Runtime (onnx_runtime)
     <output>/report.json                     parity of every artifact with the Keras model
 
 Both the served graph and the TFLite inputs use `input_pipeline.decode_and_resize`, the function
@@ -31,13 +37,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import (atomic, folders, input_pipeline, litert, models, open_set,
-                        patient_metadata)
+from skin_keras import (atomic, folders, input_pipeline, litert, models, onnx_runtime,
+                        open_set, patient_metadata, tflite_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
 
-FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS)
+FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + ("onnx",)
 # Float and weight-only TFLite files must agree with Keras on at least this share of top-1 labels.
 MIN_TOP1_AGREEMENT = 0.99
 
@@ -182,35 +188,75 @@ def tflite_predict(model_content: bytes, images: np.ndarray,
     return (*answer, latency) if runner.scores else (answer, None, latency)
 
 
-def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: Path,
-                 name: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}_{kind}.tflite"
-    atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(model_content))
-    atomic.write_text_atomic(folder / "labels.txt", "\n".join(loaded.class_names) + "\n")
+def describe_file(loaded: LoadedModel, fmt: str, file_name: str, input_dtype: str) -> dict:
+    """What a phone or ONNX file takes and answers (metadata.json, and packed in the file)."""
     info, size = loaded.info, loaded.img_size
-    atomic.write_json_atomic(folder / "metadata.json", {
+    batch = 1 if fmt.startswith("tflite") else "any"
+    return {
         "model": info.architecture,
-        "format": f"tflite_{kind}",
-        "file": path.name,
-        "input": {"shape": [1, size, size, 3], "dtype": "uint8" if kind == "int8" else "float32",
-                  **info.input},
+        "format": fmt,
+        "file": file_name,
+        "input": {"shape": [batch, size, size, 3], "dtype": input_dtype, **info.input},
         "preprocessing inside the model": info.preprocessing,
         **({} if info.metadata is None else {"metadata input": {
-            "name": "metadata", "shape": [1, info.metadata["vector size"]],
+            "name": "metadata", "shape": [batch, info.metadata["vector size"]],
             "dtype": "float32 (quantized like the image input in int8 files)",
             **info.metadata}}),
-        "output": {"shape": [1, len(loaded.class_names)], "dtype": "float32",
+        "output": {"shape": [batch, len(loaded.class_names)], "dtype": "float32",
                    "meaning": "class probabilities, in the order of labels.txt"},
         **({} if loaded.unknown is None else {
             "unknown": loaded.unknown.to_dict(),
-            "score output": {"shape": [1], "dtype": "float32", "meaning": (
+            "score output": {"shape": [batch], "dtype": "float32", "meaning": (
                 f"out-of-distribution score ({loaded.unknown.score}): the image is none of "
                 f"the classes when it is below the threshold")}}),
         "class_names": loaded.class_names,
         "source": str(loaded.source),
-    })
+    }
+
+
+def write_beside(loaded: LoadedModel, folder: Path, description: dict) -> None:
+    """labels.txt and metadata.json beside an exported file, for runtimes that do not read
+    what is inside it."""
+    atomic.write_text_atomic(folder / "labels.txt", "\n".join(loaded.class_names) + "\n")
+    atomic.write_json_atomic(folder / "metadata.json", description)
+
+
+def write_tflite(loaded: LoadedModel, kind: str, model_content: bytes, folder: Path,
+                 name: str) -> Path:
+    """<folder>/<name>_<kind>.tflite with TFLite Metadata embedded (tflite_metadata: what
+    MediaPipe Tasks reads, and labels.txt and metadata.json packed inside), and the same two
+    files beside it for runtimes that do not read packed files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}_{kind}.tflite"
+    description = describe_file(loaded, f"tflite_{kind}", path.name,
+                                "uint8" if kind == "int8" else "float32")
+    content = tflite_metadata.embed(model_content, description, loaded.class_names, name=name,
+                                    scores=loaded.unknown is not None,
+                                    takes_metadata=loaded.takes_metadata)
+    atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+    write_beside(loaded, folder, description)
     return path
+
+
+def _export_onnx(loaded: LoadedModel, output: Path, name: str, images, vectors, reference,
+                 labels, reference_scores) -> dict:
+    folder = output / "onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.onnx"
+    description = describe_file(loaded, "onnx", path.name, "float32")
+    content = onnx_runtime.convert(loaded.model, description)
+    atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+    write_beside(loaded, folder, description)
+    runner = onnx_runtime.ONNXRunner(path.read_bytes())  # Checked as shipped.
+    runner(images[:1], None if vectors is None else vectors[:1])  # Warm-up.
+    start = time.perf_counter()
+    answer = runner(images, vectors)
+    latency = (time.perf_counter() - start) / len(images)
+    probabilities, scores = answer if runner.scores else (answer, None)
+    return {"path": str(path), "file size bytes": path.stat().st_size,
+            "mean latency ms": 1000 * latency, "runtime": "onnxruntime",
+            **parity(reference, probabilities, labels, loaded.unknown and (
+                loaded.unknown, reference_scores, scores))}
 
 
 # --- Parity ---
@@ -299,6 +345,9 @@ def export(config: ExportConfig) -> dict:
         if fmt == "saved_model":
             entry = _export_saved_model(loaded, output, config, paths, images, reference, labels,
                                         records, reference_scores)
+        elif fmt == "onnx":
+            entry = _export_onnx(loaded, output, config.name, images, vectors, reference, labels,
+                                 reference_scores)
         else:
             kind = fmt.removeprefix("tflite_")
             calibration = [val.paths[i] for i in sample_images(val, config.calibration_images, 1)]
@@ -311,6 +360,7 @@ def export(config: ExportConfig) -> dict:
                 raise ExportError(f"{fmt} needs ops that are not TFLite built-ins: "
                                   f"{', '.join(litert.custom_ops(content))}")
             path = write_tflite(loaded, kind, content, output / fmt, config.name)
+            content = path.read_bytes()  # Checked as shipped, metadata embedded.
             probabilities, scores, latency = tflite_predict(content, images, vectors)
             entry = {"path": str(path), "file size bytes": path.stat().st_size,
                      "mean latency ms": 1000 * latency,

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import folders, input_pipeline, litert, models, outputs, patient_metadata
+from skin_keras import (folders, input_pipeline, litert, models, onnx_runtime, outputs,
+                        patient_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError
 from skin_keras.options import check_options, option
 from skin_keras.progress import progress
 
 MAX_TTA_VIEWS = 8  # The symmetries of a square: input_pipeline.dihedral_views.
-BACKENDS = ("auto", "keras", "tflite")
+BACKENDS = ("auto", "keras", "tflite", "onnx")
 # "auto" converts a .keras model to TFLite for a job of at least this many images (views
 # included); a conversion done once is reused by every later job.
 AUTO_TFLITE_MIN_IMAGES = 500
@@ -32,7 +33,8 @@ class ModelRunConfig:
     """What predict.py and evaluate.py share: which model, how to run it."""
 
     model_path: str = option(None, "Run folder (uses weights/best.keras), a .keras file, an "
-                             "exported SavedModel folder or a .tflite file.", required=True)
+                             "exported SavedModel folder, a .tflite or an .onnx file.",
+                             required=True)
     batch_size: int = option(32, "Images per batch.", low=1, high=65536)
     tta: int = option(1, "Test-time augmentation: average 1-8 flipped/rotated views (1 = off).",
                       low=1, high=MAX_TTA_VIEWS)
@@ -41,7 +43,8 @@ class ModelRunConfig:
     backend: str = option(
         "auto", "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, "
         "cached in ~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with "
-        "XNNPACK, 1.3-1.7x Keras' speed on a CPU (benchmarks/README.md). auto: tflite on a "
+        "XNNPACK, 1.3-1.7x Keras' speed on a CPU (benchmarks/README.md); onnx: an ONNX copy "
+        "(cached in the same place, onnx/) run by ONNX Runtime. auto: tflite on a "
         "CPU-only machine when the copy is cached or the job has at least "
         f"{AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.", choices=BACKENDS)
     metadata: str = option("none", "For a model trained with --metadata: a CSV with an image "
@@ -72,20 +75,23 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend={backend}; choose one of {', '.join(BACKENDS)}")
     if loaded.model is None or backend == "keras":  # Exported models run as they are.
-        if backend == "tflite" and loaded.source.suffix != ".tflite":
-            raise UserError(f"--backend=tflite needs a run folder, .keras or .tflite file, not "
-                            f"the SavedModel {loaded.source}")
+        suffix = {"tflite": ".tflite", "onnx": ".onnx"}.get(backend)
+        if suffix and loaded.source.suffix != suffix:
+            raise UserError(f"--backend={backend} needs a run folder, .keras or {suffix} file, "
+                            f"not {loaded.source}")
         return loaded
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return loaded
+    converter = onnx_runtime if backend == "onnx" else litert
+    name = "ONNX" if backend == "onnx" else "TFLite"
     try:
-        runner = litert.cached_copy(loaded.source, loaded.model, convert_if_missing=(
-            backend == "tflite" or images >= AUTO_TFLITE_MIN_IMAGES))
+        runner = converter.cached_copy(loaded.source, loaded.model, convert_if_missing=(
+            backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES))
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if backend == "tflite":
-            raise UserError(f"{loaded.source} cannot be converted to TFLite: {reason}") from None
-        print(f"TFLite conversion failed ({reason}); predicting with Keras")
+        if backend != "auto":
+            raise UserError(f"{loaded.source} cannot be converted to {name}: {reason}") from None
+        print(f"{name} conversion failed ({reason}); predicting with Keras")
         return loaded
     # The Keras model stays attached: Grad-CAM still uses it.
     return loaded if runner is None else dataclasses.replace(loaded, forward=runner)

@@ -5,7 +5,6 @@ copy `--backend=tflite` runs). The converter reads a SavedModel traced once with
 [1, H, W, 3] float32 input; `TFLiteRunner` takes any batch.
 """
 
-import functools
 import os
 import tempfile
 from pathlib import Path
@@ -124,24 +123,29 @@ class TFLiteRunner:
         return {op["op_name"] for op in self.interpreter._get_ops_details()}  # pylint: disable=protected-access
 
 
-def traced_source(model: keras.Model, folder: str) -> str:
-    """Writes `model` with a fixed [1, H, W, 3] float32 input (and [1, size] encoded metadata
-    for a metadata model) as a SavedModel for the TFLite converter (tracing it once serves
-    every kind of conversion); returns `folder`."""
+def traced_source(model: keras.Model, folder: str, batch: int | None = 1,
+                  named_outputs: bool = False) -> str:
+    """Writes `model` with a [batch, H, W, 3] float32 input "image" (and [batch, size] encoded
+    "metadata" for a metadata model) as a SavedModel for the TFLite or ONNX converter (tracing
+    it once serves every kind of conversion); returns `folder`. TFLite takes batch 1;
+    `named_outputs` answers {"probabilities", "unknown_score"} in place of a list."""
     size = models.image_size(model)
     encoding = models.metadata_encoding_of(model)
-    model = models.scored_model(model) or model  # Probabilities, and a score if it has one.
+    scored = models.scored_model(model)  # Probabilities and a score, if it has a rule.
+    model = scored or model
+
+    def call(*inputs):
+        answer = model(inputs[0] if encoding is None else list(inputs), training=False)
+        if not named_outputs:
+            return answer
+        return dict(zip(("probabilities", "unknown_score"), answer if scored else [answer]))
+
     archive = keras.export.ExportArchive()
     archive.track(model)
-    image_spec = tf.TensorSpec([1, size, size, 3], tf.float32, name="image")
-    if encoding is None:
-        archive.add_endpoint("serve", functools.partial(model.__call__, training=False),
-                             input_signature=[image_spec])
-    else:
-        archive.add_endpoint("serve", lambda image, metadata: model([image, metadata],
-                                                                    training=False),
-                             input_signature=[image_spec, tf.TensorSpec(
-                                 [1, encoding.size], tf.float32, name="metadata")])
+    specs = [tf.TensorSpec([batch, size, size, 3], tf.float32, name="image")]
+    if encoding is not None:
+        specs.append(tf.TensorSpec([batch, encoding.size], tf.float32, name="metadata"))
+    archive.add_endpoint("serve", call, input_signature=specs)
     archive.write_out(folder, verbose=False)
     return folder
 

@@ -75,6 +75,18 @@ def kill_at_log_write(monkeypatch, epochs_logged: int) -> None:
     monkeypatch.setattr(atomic, "write_json_atomic", dies)
 
 
+def embedded_metadata(content: bytes):
+    """The TFLite Metadata of a .tflite file, parsed with the schema's generated classes."""
+    from ai_edge_litert import schema_py_generated as schema
+    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb
+
+    model = schema.ModelT.InitFromPackedBuf(content, 0)
+    entry = next(e for e in model.metadata if e.name.decode() == "TFLITE_METADATA")
+    buffer = bytes(model.buffers[entry.buffer].data)
+    assert buffer[4:8] == b"M001"  # The schema's file identifier.
+    return fb.ModelMetadataT.InitFromPackedBuf(buffer, 0), model
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     """train/ and val/ with three classes of synthetic 48x36 JPEGs (12 and 5 per class)."""

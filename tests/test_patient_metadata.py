@@ -237,7 +237,7 @@ def test_evaluate_reports_the_metadata_ablation_and_refuses_it_for_image_only_mo
 def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_path):
     report = exporting.export(exporting.ExportConfig(
         model_path=str(metadata_run), data_val=str(metadata_data / "val"),
-        output=str(tmp_path / "x"), formats=("saved_model", "tflite_int8"),
+        output=str(tmp_path / "x"), formats=("saved_model", "tflite_int8", "onnx"),
         parity_images=10, calibration_images=4))
     assert report["metadata"] == "varied over the vocabulary"
     artifacts_ = report["artifacts"]
@@ -261,7 +261,9 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
                Record(70.0, "other", "site 0")]
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     expected, expected_scores = keras_model.predict_scored(images, records)
+    assert artifacts_["onnx"]["max abs probability difference"] < 1e-5
     for path, tolerance in ((tmp_path / "x" / "saved_model" / "skin", 1e-5),
+                            (tmp_path / "x" / "onnx" / "skin.onnx", 1e-5),
                             (tmp_path / "x" / "tflite_int8" / "skin_int8.tflite", 0.05)):
         loaded = artifacts.load_model(path)
         assert loaded.takes_metadata and loaded.unknown == keras_model.unknown
