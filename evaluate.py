@@ -9,11 +9,7 @@ trained with patient metadata takes --metadata=CSV, and --metadata_ablation scor
 the metadata blanked. The flags are the fields of skin_keras.evaluation.EvaluateConfig.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
-from skin_keras import cli, evaluation  # pylint: disable=g-import-not-at-top
+from skin_keras import cli, evaluation  # cli first: it quiets TensorFlow's start-up.
 
 cli.define_flags(evaluation.EvaluateConfig)
 

@@ -11,11 +11,7 @@ table is printed and saved as <output>/report.json. The flags are the fields
 of skin_keras.exporting.ExportConfig.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
-from skin_keras import cli, exporting  # pylint: disable=g-import-not-at-top
+from skin_keras import cli, exporting  # cli first: it quiets TensorFlow's start-up.
 
 cli.define_flags(exporting.ExportConfig)
 

@@ -11,11 +11,7 @@ whether it was used).
 (output/images/). The flags are the fields of skin_keras.inference.PredictConfig.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
-from skin_keras import cli, inference  # pylint: disable=g-import-not-at-top
+from skin_keras import cli, inference  # cli first: it quiets TensorFlow's start-up.
 
 cli.define_flags(inference.PredictConfig)
 

@@ -10,12 +10,8 @@ skin_keras.config.TrainConfig (`--helpshort` lists them); --metadata=auto fuses 
 metadata.csv that prepare_isic writes. See README.md.
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TensorFlow is imported.
-
-from skin_keras import cli, training  # pylint: disable=g-import-not-at-top
-from skin_keras.config import TrainConfig  # pylint: disable=g-import-not-at-top
+from skin_keras import cli, training  # cli first: it quiets TensorFlow's start-up.
+from skin_keras.config import TrainConfig
 
 cli.define_flags(TrainConfig)
 

@@ -194,7 +194,7 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
                                       "val_accuracy": peer_result["val_accuracy"]})
     if "predict" in only:
         model = make_model(workdir, args.model, classes, args.img_size)
-        for backend in ("tflite", "keras"):
+        for backend in ("tflite", "onnx", "keras"):
             record("skin_keras", f"predict_{backend}", run_json(
                 ours + ["predict", f"--model_path={model}", f"--data={data / 'train'},{data / 'val'}",
                         f"--backend={backend}", f"--repeats={args.repeats}"] + common))
@@ -229,6 +229,8 @@ def print_table(results: dict) -> None:
     add("frozen recipe s, warm cache", get(ours, "frozen_warm", "seconds"),
         get(peer, "frozen", "seconds"), higher_is_better=False)
     add("predict img/s (TFLite backend)", get(ours, "predict_tflite", "img_s"),
+        get(peer, "predict", "img_s"))
+    add("predict img/s (ONNX Runtime backend)", get(ours, "predict_onnx", "img_s"),
         get(peer, "predict", "img_s"))
     add("predict img/s (Keras backend)", get(ours, "predict_keras", "img_s"),
         get(peer, "predict", "img_s"))

@@ -1,5 +1,5 @@
 """What every top-level script shares: flags generated from its config class, quiet TensorFlow
-start-up and one-line user errors."""
+start-up (importing this module does it: import it first) and one-line user errors."""
 
 import inspect
 import os
@@ -9,8 +9,11 @@ import typing
 
 from absl import app, flags, logging
 
+from skin_keras import console
 from skin_keras.errors import UserError
 from skin_keras.options import specs
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 
 
 def _base_type(annotation):
@@ -27,6 +30,10 @@ def define_flags(config_class, flag_values=flags.FLAGS) -> None:
     caller = inspect.getmodule(inspect.stack()[1].frame)
     module_name = sys.argv[0] if caller is None or caller.__name__ == "__main__" else (
         caller.__name__)
+    if "verbose" not in flag_values:
+        flags.DEFINE_boolean("verbose", False, "Also show TensorFlow's start-up and internal "
+                             "messages (CUDA probing, deprecation warnings).",
+                             flag_values=flag_values, module_name=module_name)
     for field in specs(config_class):
         meta, default = field.metadata, field.default
         kind = _base_type(field.type)

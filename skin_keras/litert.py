@@ -13,7 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import atomic, cache, input_pipeline, models
+from skin_keras import atomic, cache, console, input_pipeline, models
 
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -33,8 +33,10 @@ class TFLiteRunner:
     def __init__(self, model_content: bytes):
         from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top
 
-        self.interpreter = Interpreter(model_content=model_content, num_threads=os.cpu_count())
-        self.interpreter.allocate_tensors()
+        with console.quiet_native_stderr():  # "Created TensorFlow Lite XNNPACK delegate"
+            self.interpreter = Interpreter(model_content=model_content,
+                                           num_threads=os.cpu_count())
+            self.interpreter.allocate_tensors()
         self._find_inputs()
         outputs = self.interpreter.get_output_details()
         self.output = next(d for d in outputs if len(d["shape"]) == 2)

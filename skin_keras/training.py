@@ -64,6 +64,19 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
         keras.mixed_precision.set_global_policy(previous_policy)
 
 
+class KnownStepsProgbar(keras.callbacks.ProgbarLogger):
+    """Keras' progress bar with the epoch's length from the first epoch on (`1/Unknown`
+    otherwise: the pipeline that drops a file failing to decode cannot tell its length)."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def set_params(self, params):
+        super().set_params(params)
+        self.target = self.target or self.steps
+
+
 def compile_models(models_to_compile, optimizer, loss, metric) -> None:
     """Compiles the model(s) with one optimizer, loss and metric, and builds the optimizer.
 
@@ -243,7 +256,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
     # --- Train ---
     callbacks = [keras.callbacks.TerminateOnNaN(),
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
-                                             profile_batch=0)]
+                                             profile_batch=0),
+                 KnownStepsProgbar(steps_per_epoch)]
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitor, mode="min" if log.minimize else "max",

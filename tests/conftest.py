@@ -11,15 +11,17 @@ from pathlib import Path
 
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Converted TFLite models are cached here, never in the home folder (subprocesses inherit it).
 os.environ["SKIN_KERAS_CACHE"] = tempfile.mkdtemp(prefix="skin_keras_cache_")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from skin_keras import console  # pylint: disable=g-import-not-at-top
+
+console.quiet_tensorflow_startup()  # The suite's log as the scripts' (no CUDA probing noise).
 
 import pytest  # pylint: disable=g-import-not-at-top
 import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # Two logical CPUs, so MirroredStrategy can be tested on one CPU. This must happen before
 # TensorFlow runs any op; the default strategy still uses one device.

@@ -50,6 +50,9 @@ def test_killed_run_resumes_to_a_complete_run_folder(tmp_path, tiny_dataset):
     assert f"resuming {run} after epoch {completed}" in result.stdout
     # Not a terminal: one line per epoch, no progress bar redrawn into one endless line.
     assert max(len(line) for line in (result.stdout + result.stderr).splitlines()) <= 400
+    # Nor TensorFlow's start-up noise (console.py): CUDA probing, oneDNN notes, deprecations.
+    for noise in ("cuInit", "cuda", "oneDNN", "deprecated", "absl::InitializeLog", "retracing"):
+        assert noise not in result.stdout + result.stderr, noise
     assert len(re.findall(r"^9/9 - .*loss: ", result.stdout, re.M)) == epochs - completed
     assert re.search(rf"best epoch \d+/{epochs} by val_balanced_accuracy: val accuracy",
                      result.stdout)

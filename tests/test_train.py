@@ -136,6 +136,16 @@ def test_train_script_user_errors_are_one_line(tmp_path, tiny_dataset, make_args
 
 
 @pytest.mark.slow
+def test_the_progress_bar_knows_the_epoch_length_from_the_first_epoch(tmp_path, tiny_dataset,
+                                                                      capsys):
+    # The live bar of a terminal (verbose=1) on the file pipeline (no feature cache), whose
+    # length TensorFlow cannot know: 36 images in batches of 8 are 5 steps, not "1/Unknown".
+    training.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=1), verbose=1)
+    shown = capsys.readouterr().out
+    assert "Unknown" not in shown and "5/5" in shown
+
+
+@pytest.mark.slow
 def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     """A few real HAM10000 images per class, lesion-disjoint train/val, one short epoch."""
     ground_truth = ham_200px / "ISIC_2019_Training_GroundTruth.csv"
