@@ -282,8 +282,8 @@ def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
         capture_output=True, text=True, check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"export.py: error: {tmp_path / 'notes.txt'} is not a model: give a run folder, a .keras "
-        "or .tflite file or a SavedModel folder")
+        f"export.py: error: {tmp_path / 'notes.txt'} is not a model: give a run folder, a .keras, "
+        ".tflite or .onnx file or a SavedModel folder")
 
 
 @pytest.mark.slow
