@@ -24,11 +24,12 @@ def measure_train(args) -> dict:
 
     from skin_keras import metrics, models, training  # pylint: disable=g-import-not-at-top
 
+    keras.mixed_precision.set_global_policy(args.precision)
     model = models.build_model(args.model, args.classes, args.img_size, "none",
                                freeze_backbone=False)
     training.compile_models((model,), keras.optimizers.SGD(0.01, momentum=0.9),
                             keras.losses.CategoricalCrossentropy(),
-                            metrics.ConfusionMatrixMetric(args.classes))
+                            metrics.ConfusionMatrixMetric(args.classes), args.jit_compile)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3))
     labels = np.eye(args.classes)[rng.integers(0, args.classes, args.batch_size)]
@@ -90,6 +91,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="float32", help="train: the Keras dtype policy")
+    parser.add_argument("--jit_compile", default="auto", help="train: auto, on or off (XLA)")
     args = parser.parse_args()
     result = {"train": measure_train, "predict": measure_predict,
               "pipeline": measure_pipeline}[args.what](args)

@@ -30,6 +30,7 @@ CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SAMPLINGS = ("natural", "balanced")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
+JIT_COMPILES = ("auto", "on", "off")
 COLOR_CONSTANCY = ("none", "gray_world", "shades_of_gray")
 # Out-of-distribution scores a calibrated model can carry (open_set.UnknownDetector).
 UNKNOWN_SCORES = ("feature_distance", "max_probability")
@@ -118,6 +119,9 @@ class TrainConfig:
     precision: str = option("float32", "Compute dtype: float32, or mixed precision (float16 on "
                             "GPUs, bfloat16 on TPUs and recent CPUs); weights and the softmax "
                             "output stay float32.", choices=PRECISIONS)
+    jit_compile: str = option("auto", "XLA compilation of the training step: auto (Keras' "
+                              "choice: on with a GPU or TPU, off on CPU-only machines), on or "
+                              "off.", choices=JIT_COMPILES)
     strategy: str = option("auto", "tf.distribute strategy: auto (several GPUs: mirrored; else "
                            "one device), one_device, mirrored (all GPUs, else all logical CPUs) "
                            "or tpu (TPU_NAME); multi_worker is refused (Keras 3 fit() fails "

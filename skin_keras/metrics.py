@@ -93,10 +93,12 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         true = ops.cast(class_labels(y_true), "int32")
         predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
         index = true * self.num_classes + predicted
-        weights = None if sample_weight is None else ops.reshape(
-            ops.cast(sample_weight, "float32"), (-1,))
-        counts = ops.bincount(index, weights=weights, minlength=self.num_classes ** 2)
-        counts = ops.reshape(ops.cast(counts, "float32"), (self.num_classes, self.num_classes))
+        # A one-hot sum, not bincount: its output size is fixed, which XLA (--jit_compile)
+        # needs (bincount's depends on the largest index).
+        cells = ops.one_hot(index, self.num_classes ** 2, dtype="float32")
+        if sample_weight is not None:
+            cells = cells * ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))
+        counts = ops.reshape(ops.sum(cells, axis=0), (self.num_classes, self.num_classes))
         self.matrix.assign_add(counts)
 
     def result(self):

@@ -77,15 +77,19 @@ class KnownStepsProgbar(keras.callbacks.ProgbarLogger):
         self.target = self.target or self.steps
 
 
-def compile_models(models_to_compile, optimizer, loss, metric) -> None:
+def compile_models(models_to_compile, optimizer, loss, metric, jit_compile: str = "auto"
+                   ) -> None:
     """Compiles the model(s) with one optimizer, loss and metric, and builds the optimizer.
+    `jit_compile` is --jit_compile: auto leaves XLA to Keras (on with an accelerator, off on
+    CPU-only machines), on/off force it.
 
     Creating the optimizer's slots here, outside tf.function, saves tracing the training step
     twice (about half a minute for B0 on a 2-core CPU).
     """
     unique = {id(m): m for m in models_to_compile}.values()
     for model in unique:
-        model.compile(optimizer=optimizer, loss=loss, metrics=[metric])
+        model.compile(optimizer=optimizer, loss=loss, metrics=[metric],
+                      jit_compile={"on": True, "off": False}.get(jit_compile, "auto"))
     optimizer.build(list(unique)[-1].trainable_variables)
 
 
@@ -220,7 +224,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
         metric = ConfusionMatrixMetric(train.num_classes)
         loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
         compile_models((model, train_model) + ((head,) if head else ()),
-                       make_optimizer(config, steps_per_epoch), loss, metric)
+                       make_optimizer(config, steps_per_epoch), loss, metric,
+                       config.jit_compile)
     info = ModelInfo.of(model, train.class_names)
 
     # --- Run folder ---
@@ -232,7 +237,7 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
             if initial_epoch > config.epochs and config.finetune_epochs:  # Mid fine-tuning.
                 models.unfreeze_top_blocks(models.backbone_of(model), config.unfreeze_blocks)
                 compile_models((model, train_model), finetune_optimizer(config, steps_per_epoch),
-                               loss, metric)
+                               loss, metric, config.jit_compile)
             restore_training_state(model, run_dir / "weights" / "last.keras")
             if head is not None:
                 HeadCheckpoints(run_dir / "weights", model, info, head).resume(initial_epoch, log)
@@ -278,7 +283,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
                         models.unfreeze_top_blocks(models.backbone_of(model),
                                                    config.unfreeze_blocks)
                         compile_models((model, train_model),
-                                       finetune_optimizer(config, steps_per_epoch), loss, metric)
+                                       finetune_optimizer(config, steps_per_epoch), loss, metric,
+                                       config.jit_compile)
                 print(f"fine-tuning: epochs {stage.first_epoch + 1}-{stage.last_epoch}, "
                       f"{models.count_params(model.trainable_weights):,} trainable parameters, "
                       f"lr {config.finetune_lr}")

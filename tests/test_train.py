@@ -146,6 +146,28 @@ def test_the_progress_bar_knows_the_epoch_length_from_the_first_epoch(tmp_path, 
 
 
 @pytest.mark.slow
+def test_jit_compile_on_trains_with_xla(tmp_path, tiny_dataset, monkeypatch):
+    # The frozen recipe: the head, the model fit() runs, is what XLA compiles (seconds; the
+    # whole B0 takes a minute and a half to compile on this CPU, the same code path).
+    compiled = []
+
+    def spy(models_to_compile, *args):
+        original(models_to_compile, *args)
+        compiled.extend(models_to_compile)
+
+    original = training.compile_models
+    monkeypatch.setattr(training, "compile_models", spy)
+    run = training.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=2,
+                                                  freeze_layers=True, jit_compile="on"),
+                                      verbose=0)
+    assert compiled and all(model.jit_compile is True for model in compiled)
+    log = read_json(run / "log.json")
+    assert list(log) == ["epoch:1", "epoch:2"]
+    assert all(np.isfinite(entry["train info"]["loss"]) for entry in log.values())
+    assert read_json(run / "train_params.json")["train parameters"]["jit_compile"] == "on"
+
+
+@pytest.mark.slow
 def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     """A few real HAM10000 images per class, lesion-disjoint train/val, one short epoch."""
     ground_truth = ham_200px / "ISIC_2019_Training_GroundTruth.csv"
