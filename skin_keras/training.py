@@ -54,6 +54,9 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
     """
     if verbose == "auto":  # Keras' live bar in a terminal; one line per epoch in a log file.
         verbose = 1 if sys.stdout.isatty() else 2
+    note = distribute.precision_note(config.precision) if run_dir is None else None
+    if note:  # Once per command, not per cross-validation member.
+        print(f"note: {note}")
     if config.folds:
         return cross_validation.train_folds(config, train_and_evaluate, verbose)
     previous_policy = keras.mixed_precision.global_policy()

@@ -58,3 +58,18 @@ def test_multi_worker_is_refused_with_the_reason(monkeypatch):
     monkeypatch.setenv("TF_CONFIG", "{not json")
     with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
         distribute.make_strategy("auto")
+
+
+def test_a_mixed_precision_the_cpu_can_only_emulate_is_said(tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
+    assert distribute.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx512f", "avx512_vnni"}
+    assert distribute.cpu_flags(str(tmp_path / "absent")) is None
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx512f"})
+    assert "no bfloat16 instructions" in distribute.precision_note("mixed_bfloat16")
+    assert "emulate float16" in distribute.precision_note("mixed_float16")
+    assert distribute.precision_note("float32") is None
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert distribute.precision_note("mixed_bfloat16") is None  # This machine's CPU.
+    monkeypatch.setattr(distribute, "cpu_flags", lambda: None)  # Unknown: nothing to say.
+    assert distribute.precision_note("mixed_bfloat16") is None
