@@ -244,7 +244,11 @@ def _export_onnx(loaded: LoadedModel, output: Path, name: str, images, vectors, 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.onnx"
     description = describe_file(loaded, "onnx", path.name, "float32")
-    content = onnx_runtime.convert(loaded.model, description)
+    try:
+        content = onnx_runtime.convert(loaded.model, description)
+    except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        raise ExportError(f"onnx: tf2onnx could not convert {loaded.source}: {reason}") from None
     atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
     write_beside(loaded, folder, description)
     runner = onnx_runtime.ONNXRunner(path.read_bytes())  # Checked as shipped.

@@ -13,7 +13,8 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import REPO, embedded_metadata
-from skin_keras import artifacts, evaluation, exporting, folders, inference, input_pipeline, litert
+from skin_keras import (artifacts, evaluation, exporting, folders, inference, input_pipeline,
+                        litert, onnx_runtime)
 from skin_keras.errors import UserError
 
 
@@ -182,8 +183,8 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
 
 
 @pytest.mark.slow
-def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run, tmp_path,
-                                                         capsys):
+def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run, tiny_dataset,
+                                                         tmp_path, monkeypatch):
     import onnx
 
     output, report = exported
@@ -215,6 +216,16 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run
     broken.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(UserError, match="is not a readable ONNX model"):
         artifacts.load_model(broken)
+    # A model tf2onnx cannot convert: one line naming it, not tf2onnx's traceback.
+    def fails(model, description):
+        raise ValueError("unsupported op Foo\nmore detail")
+
+    monkeypatch.setattr(onnx_runtime, "convert", fails)
+    with pytest.raises(exporting.ExportError, match="tf2onnx could not convert .*: unsupported "
+                       "op Foo$"):
+        exporting.export(exporting.ExportConfig(
+            model_path=str(trained_run), output=str(tmp_path / "x"),
+            data_val=str(tiny_dataset / "val"), formats=("onnx",), parity_images=2))
 
 
 @pytest.mark.slow
