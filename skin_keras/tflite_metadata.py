@@ -10,15 +10,18 @@ and the patient-metadata encoding), so one file carries everything `artifacts.lo
 `predict.py` need. `read` gets them back (None from a plain converted file).
 
 Written with the schema's generated flatbuffer classes that ship in `mediapipe`
-(`mediapipe.tasks.metadata`): its `metadata_writers` do not import from the PyPI wheels
+(`mediapipe/tasks/metadata`, loaded alone by `schema()`): its `metadata_writers` do not import from the PyPI wheels
 (`No module named 'mediapipe.tasks.cc'`, a compiled helper missing from 0.10.35 and 1.2.3), and
 tflite-support, which had a working writer, is unmaintained and has no wheels for Python 3.11
 with NumPy 2.
 """
 
+import functools
+import importlib.util
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 
@@ -91,9 +94,26 @@ def read(content: bytes) -> dict | None:
     return {"class_names": labels, "description": description}
 
 
+@functools.cache
+def schema():
+    """The TFLite Metadata schema's generated classes, the file `mediapipe` ships
+    (mediapipe/tasks/metadata/metadata_schema_py_generated.py), loaded on its own: it needs
+    only flatbuffers, while importing the `mediapipe` package loads OpenCV and its graph runtime
+    (4 s, and libGL)."""
+    spec = importlib.util.find_spec("mediapipe")  # Finds the package without importing it.
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the mediapipe package is not installed (requirements.txt)")
+    path = Path(spec.submodule_search_locations[0]) / "tasks" / "metadata" / (
+        "metadata_schema_py_generated.py")
+    module_spec = importlib.util.spec_from_file_location("tflite_metadata_schema", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def _model_metadata(description: dict, class_names: list[str], *, name: str, scores: bool,
                     takes_metadata: bool):
-    from mediapipe.tasks.metadata import metadata_schema_py_generated as fb  # pylint: disable=g-import-not-at-top
+    fb = schema()
 
     def stats(low, high):
         value = fb.StatsT()
