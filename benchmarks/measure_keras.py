@@ -99,9 +99,24 @@ def main():
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+    from importlib import metadata  # pylint: disable=g-import-not-at-top
+
+    from skin_keras import distribute  # pylint: disable=g-import-not-at-top
+
+    flags = distribute.cpu_flags() or set()
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(),
                       "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
-                                   "python": sys.version.split()[0]}}))
+                                   "python": sys.version.split()[0],
+                                   **{name: metadata.version(name) for name in (
+                                       "ai-edge-litert", "onnxruntime", "numpy")}},
+                      "cpu": {"flags": sorted(flags & {
+                          "avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16",
+                          "amx_tile", "fma"}), "count": os.cpu_count()},
+                      "threads": {
+                          "intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+                          "inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+                          **{name: os.environ.get(name) for name in (
+                              "TF_ENABLE_ONEDNN_OPTS", "OMP_NUM_THREADS")}}}))
 
 
 if __name__ == "__main__":

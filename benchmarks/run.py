@@ -5,7 +5,7 @@ r"""Speed benchmarks of skin_keras, optionally side by side with the PyTorch/tor
     python benchmarks/run.py --peer --rounds=3 --only=train,predict    # medians of 3 rounds
 
 Run by hand (not in CI), on an otherwise idle machine. Prints one table and writes
-benchmarks/results.json. Each measurement runs in its own process (its peak memory is its own):
+benchmarks/results.json (with the CPU's relevant flags, library versions and thread settings). Each measurement runs in its own process (its peak memory is its own):
 
   train img/s         full fine-tune steps (every layer trains), random batch, median of --steps
   frozen recipe s     `train.py` with the seed's frozen-backbone recipe for --epochs epochs, end to
@@ -138,8 +138,9 @@ def main():
     # This process never imports TensorFlow: a child's peak memory (ru_maxrss) starts from its
     # parent's at fork.
     def record(side, name, value):
-        if "versions" in value:
-            results["machine"][f"{side} versions"] = value.pop("versions")
+        for key in ("versions", "cpu", "threads"):  # What the measurement ran on and with.
+            if key in value:
+                results["machine"][f"{side} {key}"] = value.pop(key)
         results[side].setdefault(name, []).append(value)
         print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
 
