@@ -189,7 +189,8 @@ def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
         converter.representative_dataset = representative_images
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
-    return converter.convert()
+    with console.quiet_native_stderr():  # "fully_quantize: 0, inference_type: 6, ..." (int8)
+        return converter.convert()
 
 
 def custom_ops(model_content: bytes) -> list[str]:
