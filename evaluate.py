@@ -9,7 +9,11 @@ trained with patient metadata takes --metadata=CSV, and --metadata_ablation scor
 the metadata blanked. The flags are the fields of skin_keras.evaluation.EvaluateConfig.
 """
 
-from skin_keras import cli, evaluation  # cli first: it quiets TensorFlow's start-up.
+from skin_keras import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
+
+from skin_keras import cli, evaluation  # noqa: E402
 
 cli.define_flags(evaluation.EvaluateConfig)
 

@@ -11,7 +11,11 @@ table is printed and saved as <output>/report.json. The flags are the fields
 of skin_keras.exporting.ExportConfig.
 """
 
-from skin_keras import cli, exporting  # cli first: it quiets TensorFlow's start-up.
+from skin_keras import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
+
+from skin_keras import cli, exporting  # noqa: E402
 
 cli.define_flags(exporting.ExportConfig)
 

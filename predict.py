@@ -11,7 +11,11 @@ whether it was used).
 (output/images/). The flags are the fields of skin_keras.inference.PredictConfig.
 """
 
-from skin_keras import cli, inference  # cli first: it quiets TensorFlow's start-up.
+from skin_keras import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
+
+from skin_keras import cli, inference  # noqa: E402
 
 cli.define_flags(inference.PredictConfig)
 

@@ -10,8 +10,12 @@ skin_keras.config.TrainConfig (`--helpshort` lists them); --metadata=auto fuses 
 metadata.csv that prepare_isic writes. See README.md.
 """
 
-from skin_keras import cli, training  # cli first: it quiets TensorFlow's start-up.
-from skin_keras.config import TrainConfig
+from skin_keras import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
+
+from skin_keras import cli, training  # noqa: E402
+from skin_keras.config import TrainConfig  # noqa: E402
 
 cli.define_flags(TrainConfig)
 

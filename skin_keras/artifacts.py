@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from skin_keras import (calibration, model_info, models, open_set, run_folder,
                         tflite_metadata)
-from skin_keras.errors import UserError
+from skin_keras.errors import UserError, first_line
 from skin_keras.litert import TFLiteRunner
 from skin_keras.metadata_encoding import PatientMetadata
 from skin_keras.open_set import UnknownRule
@@ -130,7 +130,7 @@ def _load_saved_model(folder: Path) -> LoadedModel:
         served = tf.saved_model.load(str(folder))
     except (ValueError, OSError, tf.errors.OpError) as error:
         raise UserError(f"{folder} could not be loaded as a SavedModel: "
-                        f"{str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
+                        f"{first_line(error)}"
                         ) from error
     if "serving_images" not in served.signatures:
         raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
@@ -201,7 +201,7 @@ def _load_onnx(path: Path) -> LoadedModel:
         description = runner.description()
     except Exception as error:  # pylint: disable=broad-except
         # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base class but Exception.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        reason = first_line(error)
         raise UserError(f"{path} is not a readable ONNX model: {reason}") from None
     return _exported_file(path, runner, runner.classes,
                           description and description.get("class_names"), description,
@@ -232,7 +232,7 @@ def _exported_file(path: Path, runner, classes: int, class_names: list | None,
     encoding = unknown = None
     try:
         if runner.metadata_size is not None:
-            encoding = _tflite_encoding(description, runner.metadata_size)
+            encoding = _metadata_encoding(description, runner.metadata_size)
         if runner.scores and description is not None:
             unknown = _unknown_rule(description)
     except ValueError as error:
@@ -242,8 +242,9 @@ def _exported_file(path: Path, runner, classes: int, class_names: list | None,
                        encoding=encoding, takes_metadata=encoding is not None, unknown=unknown)
 
 
-def _tflite_encoding(description: dict | None, size: int) -> PatientMetadata:
-    """The metadata encoding of a metadata TFLite file from its description (metadata.json)."""
+def _metadata_encoding(description: dict | None, size: int) -> PatientMetadata:
+    """The metadata encoding of a metadata TFLite or ONNX file from its description
+    (metadata.json)."""
     try:
         vocabulary = description["metadata input"]["vocabulary"]
         encoding = PatientMetadata(vocabulary["sex"], vocabulary["anatom_site_general"])

@@ -10,7 +10,11 @@ train_params.json. Running it again refits from the model as trained. The flags 
 skin_keras.temperature.CalibrateConfig.
 """
 
-from skin_keras import cli, temperature
+from skin_keras import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
+
+from skin_keras import cli, temperature  # noqa: E402
 
 cli.define_flags(temperature.CalibrateConfig)
 

@@ -1,5 +1,5 @@
-"""What every top-level script shares: flags generated from its config class, quiet TensorFlow
-start-up (importing this module does it: import it first) and one-line user errors."""
+"""What every top-level script shares: flags generated from its config class (and --verbose,
+which console.py reads) and one-line user errors."""
 
 import inspect
 import os
@@ -9,11 +9,9 @@ import typing
 
 from absl import app, flags, logging
 
-from skin_keras import console
 from skin_keras.errors import UserError
 from skin_keras.options import specs
 
-console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 
 
 def _base_type(annotation):

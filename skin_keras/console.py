@@ -39,7 +39,8 @@ def quiet_tensorflow_startup() -> None:
     """Imports TensorFlow and Keras without their start-up noise (CUDA probing on machines
     without a GPU: "failed call to cuInit", "Could not find cuda drivers"; oneDNN and
     CPU-instruction notes) and hides the deprecation warnings and tf.function retracing notes
-    of their internals. Run it before anything imports TensorFlow (cli does, on import)."""
+    of their internals. The entry points that run TensorFlow call it before importing anything
+    else."""
     if VERBOSE or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

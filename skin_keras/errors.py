@@ -6,3 +6,10 @@ class UserError(ValueError):
     (`exit_code`: 2, unless a subclass says otherwise)."""
 
     exit_code = 2
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message reduced to its first line (its type's name when it has none),
+    for one-line user errors that wrap a library's multi-line ones."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

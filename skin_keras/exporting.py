@@ -40,7 +40,7 @@ import tensorflow as tf
 from skin_keras import (atomic, folders, input_pipeline, litert, models, onnx_runtime,
                         open_set, patient_metadata, tflite_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
-from skin_keras.errors import UserError
+from skin_keras.errors import UserError, first_line
 from skin_keras.options import check_options, option
 
 FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + ("onnx",)
@@ -247,7 +247,7 @@ def _export_onnx(loaded: LoadedModel, output: Path, name: str, images, vectors, 
     try:
         content = onnx_runtime.convert(loaded.model, description)
     except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        reason = first_line(error)
         raise ExportError(f"onnx: tf2onnx could not convert {loaded.source}: {reason}") from None
     atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
     write_beside(loaded, folder, description)

@@ -16,7 +16,7 @@ import tensorflow as tf
 from skin_keras import (folders, input_pipeline, litert, models, onnx_runtime, outputs,
                         patient_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
-from skin_keras.errors import UserError
+from skin_keras.errors import UserError, first_line
 from skin_keras.options import check_options, option
 from skin_keras.progress import progress
 
@@ -88,7 +88,7 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
         runner = converter.cached_copy(loaded.source, loaded.model, convert_if_missing=(
             backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES))
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         if backend != "auto":
             raise UserError(f"{loaded.source} cannot be converted to {name}: {reason}") from None
         print(f"{name} conversion failed ({reason}); predicting with Keras")

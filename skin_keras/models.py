@@ -24,7 +24,7 @@ import tensorflow as tf
 from skin_keras.calibration import Temperature
 from skin_keras.color_constancy import ColorConstancy
 from skin_keras.config import BACKBONES
-from skin_keras.errors import UserError
+from skin_keras.errors import UserError, first_line
 from skin_keras.metadata_encoding import PatientMetadata
 from skin_keras.open_set import UnknownDetector, detector_of
 
@@ -82,7 +82,7 @@ def build_backbone(model_name: str, weights: str = "imagenet") -> keras.Model:
                 warnings.simplefilter("ignore")
                 backbone.load_weights(weights)
         except (ValueError, OSError, KeyError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise UserError(f"--weights={weights} does not fit EfficientNetV2-{model_name.upper()}: "
                             f"{reason}") from error
     return backbone

@@ -26,7 +26,7 @@ from skin_keras import atomic, cache, litert
 
 CLASS_NAMES_KEY = "class_names"
 DESCRIPTION_KEY = "skin_keras"
-OPSET = 17  # ONNX Runtime 1.16+ (2023) runs it; tf2onnx's default is older.
+OPSET = 17  # ONNX Runtime 1.32 (requirements.txt) runs it; tf2onnx 1.17 would pick 15.
 
 
 def convert(model: keras.Model, description: dict | None = None) -> bytes:

@@ -22,7 +22,7 @@ import tensorflow as tf
 from skin_keras import atomic, cache, folders, models
 from skin_keras.config import TrainConfig
 from skin_keras.epoch_log import LOG_FILE, MATRICES_FILE
-from skin_keras.errors import UserError
+from skin_keras.errors import UserError, first_line
 
 CLASS_INDICES = "class_indices.json"
 PARAMS_FILE = "train_params.json"
@@ -160,5 +160,5 @@ def load_for_resume(path: Path) -> keras.Model:
     try:
         return keras.models.load_model(path)
     except (ValueError, OSError, TypeError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first_line(error)
         raise UserError(f"{path} could not be loaded to resume from: {reason}") from None

@@ -10,10 +10,10 @@ and the patient-metadata encoding), so one file carries everything `artifacts.lo
 `predict.py` need. `read` gets them back (None from a plain converted file).
 
 Written with the schema's generated flatbuffer classes that ship in `mediapipe`
-(`mediapipe/tasks/metadata`, loaded alone by `schema()`): its `metadata_writers` do not import from the PyPI wheels
-(`No module named 'mediapipe.tasks.cc'`, a compiled helper missing from 0.10.35 and 1.2.3), and
-tflite-support, which had a working writer, is unmaintained and has no wheels for Python 3.11
-with NumPy 2.
+(`mediapipe/tasks/metadata`, loaded alone by `schema()`): its `metadata_writers` do not import
+from the PyPI wheels (`No module named 'mediapipe.tasks.cc'`, a compiled helper missing from
+1.2.3), and tflite-support, which had a working writer, cannot be installed beside TensorFlow
+2.21 (its last release, 0.4.4, requires protobuf < 4; TensorFlow 2.21 requires >= 6.31.1).
 """
 
 import functools
