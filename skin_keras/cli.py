@@ -77,6 +77,10 @@ def run(main) -> None:
             return main(argv)
         except UserError as error:
             sys.stderr.write(f"{program}: error: {error}\n")
+            if getattr(error, "exit_at_once", False):  # Skip teardown that would wait or fail.
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(error.exit_code)
             sys.exit(error.exit_code)
         except KeyboardInterrupt:
             sys.stderr.write(f"{program}: interrupted\n")

@@ -122,11 +122,11 @@ class TrainConfig:
     jit_compile: str = option("auto", "XLA compilation of the training step: auto (Keras' "
                               "choice: on with a GPU or TPU, off on CPU-only machines), on or "
                               "off.", choices=JIT_COMPILES)
-    strategy: str = option("auto", "tf.distribute strategy: auto (several GPUs: mirrored; else "
-                           "one device), one_device, mirrored (all GPUs, else all logical CPUs) "
-                           "or tpu (TPU_NAME); multi_worker is refused (Keras 3 fit() fails "
-                           "under it, see README). --batch_size is the global batch.",
-                           choices=STRATEGIES)
+    strategy: str = option("auto", "tf.distribute strategy: auto (TF_CONFIG with a cluster: "
+                           "multi_worker; several GPUs: mirrored; else one device), one_device, "
+                           "mirrored (all GPUs, else all logical CPUs), multi_worker (the "
+                           "machines TF_CONFIG names, README) or tpu (TPU_NAME). --batch_size "
+                           "is the global batch.", choices=STRATEGIES)
     # --- Augmentation (training only, in the input pipeline; all off by default) ---
     crop_scale: float = option(1.0, "Random resized crop keeping at least this fraction of the "
                                "area (1.0 = off).", low=0.05, high=1.0)

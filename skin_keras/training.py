@@ -7,6 +7,7 @@ fine-tuning), write the reports and say how it went.
 """
 
 import dataclasses
+import functools
 import json
 import math
 import sys
@@ -17,8 +18,8 @@ import keras
 
 import numpy as np
 
-from skin_keras import (cross_validation, decode_check, distribute, feature_cache, folders,
-                        input_pipeline, models, patient_metadata, reports, run_folder,
+from skin_keras import (cross_validation, custom_loop, decode_check, distribute, feature_cache,
+                        folders, input_pipeline, models, patient_metadata, reports, run_folder,
                         temperature)
 from skin_keras.checkpointing import FullModelCheckpoints, HeadCheckpoints, RunRecorder
 from skin_keras.config import TrainConfig
@@ -57,6 +58,14 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
     note = distribute.precision_note(config.precision) if run_dir is None else None
     if note:  # Once per command, not per cross-validation member.
         print(f"note: {note}")
+    if run_dir is not None:  # A cross-validation member.
+        return _train(config, verbose, run_dir)
+    # A worker of a cluster other than the chief writes its run folder into a scratch folder.
+    with distribute.worker_scratch(config) as config:
+        return _train(config, verbose, None)
+
+
+def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     if config.folds:
         return cross_validation.train_folds(config, train_and_evaluate, verbose)
     previous_policy = keras.mixed_precision.global_policy()
@@ -266,6 +275,8 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
                  keras.callbacks.TensorBoard(str(run_dir / "tensorboard"), write_graph=False,
                                              profile_batch=0),
                  KnownStepsProgbar(steps_per_epoch)]
+    if strategy.num_replicas_in_sync > 1:
+        callbacks.append(distribute.AverageMovingStatistics(strategy, model))
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitor, mode="min" if log.minimize else "max",
@@ -311,14 +322,25 @@ def _train_and_evaluate(config: TrainConfig, verbose: int | str, run_dir: Path |
                 # Keras cannot know the epoch length of a pipeline that drops undecodable files
                 # and warns about "running out of data" at the end of each epoch.
                 warnings.filterwarnings("ignore", message="Your input ran out of data")
-                fit_model.fit(train_dataset, validation_data=validation,
-                              epochs=stage.last_epoch,
-                              initial_epoch=max(stage.first_epoch, initial_epoch),
-                              callbacks=[recorder, *callbacks], shuffle=False, verbose=verbose,
-                              class_weight=weights)
+                fit = (functools.partial(custom_loop.fit, fit_model)
+                       if custom_loop.needs_custom_loop(strategy)
+                       else functools.partial(fit_model.fit, shuffle=False))
+                fit(train_dataset, validation_data=validation, epochs=stage.last_epoch,
+                    initial_epoch=max(stage.first_epoch, initial_epoch),
+                    callbacks=[recorder, *callbacks], verbose=verbose, class_weight=weights)
             checkpoints.finish()
             if fit_model.stop_training:  # Early stopping or a NaN loss.
                 break
+    except custom_loop.ClusterLost as error:
+        if checkpoints is not None:
+            checkpoints.finish()
+        _write_reports(run_dir, log)
+        where = (f"the completed epochs are in {run_dir}: start every worker again with "
+                 f"--flagfile={run_dir / 'flags.cfg'} --resume={run_dir}")
+        raise custom_loop.ClusterLost(
+            f"{error}; {where}" if distribute.is_chief_task() else
+            f"{error}; start every worker again with the run's flags and --resume=<the "
+            "chief's run folder>") from None
     except KeyboardInterrupt:
         # Completed epochs are already saved; leave their reports too before giving up.
         if checkpoints is not None:

@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from conftest import tiny_config
 from skin_keras import distribute, epoch_log, training
@@ -48,18 +49,6 @@ def test_batch_must_split_evenly_over_replicas():
         distribute.check_batch_size(distribute.make_strategy("mirrored"), 7)
 
 
-def test_multi_worker_is_refused_with_the_reason(monkeypatch):
-    with pytest.raises(UserError, match="keras-team/keras#20585"):
-        distribute.make_strategy("multi_worker")
-    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, '
-                                    '"task": {"type": "worker", "index": 0}}')
-    with pytest.raises(UserError, match="multi-worker training"):
-        distribute.make_strategy("auto")
-    monkeypatch.setenv("TF_CONFIG", "{not json")
-    with pytest.raises(UserError, match="TF_CONFIG is not valid JSON"):
-        distribute.make_strategy("auto")
-
-
 def test_a_mixed_precision_the_cpu_can_only_emulate_is_said(tmp_path, monkeypatch):
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
@@ -73,3 +62,27 @@ def test_a_mixed_precision_the_cpu_can_only_emulate_is_said(tmp_path, monkeypatc
     assert distribute.precision_note("mixed_bfloat16") is None  # This machine's CPU.
     monkeypatch.setattr(distribute, "cpu_flags", lambda: None)  # Unknown: nothing to say.
     assert distribute.precision_note("mixed_bfloat16") is None
+
+
+def test_replicas_validate_and_save_one_set_of_batchnorm_statistics():
+    strategy = distribute.make_strategy("mirrored")
+    x = np.random.RandomState(0).rand(32, 4).astype("float32") * np.arange(32)[:, None]
+    y = keras.utils.to_categorical(np.arange(32) % 2, 2)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+
+    def replica_means(callbacks):
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((4,)), keras.layers.BatchNormalization(),
+                                      keras.layers.Dense(2, activation="softmax")])
+            model.compile("sgd", "categorical_crossentropy")
+        if callbacks:
+            callbacks = [distribute.AverageMovingStatistics(strategy, model)]
+        model.fit(data, validation_data=data, epochs=1, verbose=0, callbacks=callbacks)
+        copies = strategy.experimental_local_results(model.layers[0].moving_mean.value)
+        return [copy.numpy() for copy in copies]
+
+    apart = replica_means(False)  # Each replica saw other rows: its statistics differ.
+    assert np.abs(apart[0] - apart[1]).max() > 1e-3
+    first, second = replica_means(True)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, (apart[0] + apart[1]) / 2, rtol=1e-5)

@@ -1,0 +1,198 @@
+"""Multi-worker training: the custom loop equals fit(), two workers on localhost train like one
+device, a killed worker stops the other with a message and --resume finishes the run, and a
+cluster that never comes up ends in bounded time."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import REPO, tiny_config
+from skin_keras import custom_loop, distribute, epoch_log, training
+from skin_keras.errors import UserError
+
+# Worker 1 of the test's cluster: train.py, killed (SIGKILL, no clean-up) when epoch 3 begins.
+DIES_AT_EPOCH_3 = """
+import os, runpy, signal, sys
+from skin_keras import checkpointing
+begin = checkpointing.RunRecorder.on_epoch_begin
+def on_epoch_begin(self, epoch, logs=None):
+    if epoch == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    begin(self, epoch, logs)
+checkpointing.RunRecorder.on_epoch_begin = on_epoch_begin
+sys.argv = ["train.py", *sys.argv[1:]]
+runpy.run_path("train.py", run_name="__main__")
+"""
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("localhost", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def _workers(args: list[str], ports: list[int], first_command=None, timeout: float = 240):
+    """Runs train.py `args` as worker 0 and 1 of a localhost cluster; their exit codes and
+    output."""
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
+                     "task": {"type": "worker", "index": index}}
+        env = {**os.environ, "TF_CONFIG": json.dumps(tf_config),
+               "SKIN_KERAS_CLUSTER_TIMEOUT": "60"}
+        command = (first_command if index == 1 and first_command else
+                   [sys.executable, "train.py"])
+        processes.append(subprocess.Popen([*command, *args], cwd=REPO, env=env, text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+    deadline = time.monotonic() + timeout
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=max(1, deadline - time.monotonic()))[0])
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            pytest.fail(f"the workers did not finish within {timeout} s")
+    return [process.returncode for process in processes], outputs
+
+
+def _config(tmp_path, data, **overrides):
+    # Frozen backbone (BatchNorm in inference mode) and no dropout: the workers' halves of a
+    # batch give exactly the gradient of the whole batch.
+    return tiny_config(tmp_path, data, freeze_layers=True, dropout=0.0, batch_size=8, lr=0.01,
+                       deterministic=True, feature_cache="none", epochs=3, **overrides)
+
+
+def _flags(config) -> list[str]:
+    return [f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
+            for name, value in config.to_dict().items()
+            if name in ("data_train", "data_val", "save_ret", "model", "weights", "img_size",
+                        "batch_size", "epochs", "optim", "lr", "freeze_layers", "dropout",
+                        "deterministic", "feature_cache", "strategy")]
+
+
+def test_the_custom_loop_trains_as_fit_does():
+    def run(fit):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+        model.compile(keras.optimizers.Adam(0.05), "categorical_crossentropy",
+                      metrics=["accuracy"])
+        steps = []
+        record = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda batch, logs: steps.append(float(logs["loss"])))
+        history = fit(model, train, validation_data=val, epochs=3, initial_epoch=1,
+                      callbacks=[record], class_weight={0: 1.0, 1: 3.0, 2: 0.5}, verbose=0)
+        return steps, history.history, model.get_weights()
+
+    x = np.random.RandomState(0).rand(30, 6).astype("float32")
+    y = keras.utils.to_categorical(np.arange(30) % 3, 3)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    val = tf.data.Dataset.from_tensor_slices((x[:11], y[:11])).batch(4)
+    keras_steps, keras_history, keras_weights = run(
+        lambda model, *args, **kwargs: model.fit(*args, shuffle=False, **kwargs))
+    steps, history, weights = run(custom_loop.fit)
+    assert len(steps) == len(keras_steps) == 2 * 4  # Epochs 2 and 3, four batches each.
+    np.testing.assert_allclose(steps, keras_steps, rtol=1e-6)
+    assert history.keys() == keras_history.keys() and "val_accuracy" in history
+    for name in history:
+        np.testing.assert_allclose(history[name], keras_history[name], rtol=1e-6)
+    for mine, theirs in zip(weights, keras_weights):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_workers_train_as_one_device_and_resume_after_one_dies(tmp_path, tiny_dataset,
+                                                                   monkeypatch):
+    with monkeypatch.context() as patch:  # The same loop on one device, as the reference.
+        patch.setattr(custom_loop, "needs_custom_loop", lambda strategy: True)
+        single = training.train_and_evaluate(
+            _config(tmp_path / "single", tiny_dataset, strategy="one_device"), verbose=0)
+    config = _config(tmp_path / "cluster", tiny_dataset, strategy="multi_worker")
+    ports = _free_ports(2)
+
+    codes, outputs = _workers(_flags(config), ports, [sys.executable, "-c", DIES_AT_EPOCH_3])
+    assert codes[1] == -9, outputs[1]
+    assert codes[0] == 2, outputs[0]
+    run = tmp_path / "cluster" / "runs" / "exp1"
+    assert ("train.py: error: another worker of the cluster stopped or cannot be reached"
+            in outputs[0] and f"--resume={run}" in outputs[0] and "Traceback" not in outputs[0])
+    assert list(json.loads((run / "log.json").read_text())) == ["epoch:1", "epoch:2"]
+    # The chief alone wrote a run folder.
+    assert sorted(path.name for path in (tmp_path / "cluster" / "runs").iterdir()) == ["exp1"]
+
+    logs = {"single": json.loads((single / "log.json").read_text()),
+            "cluster": json.loads((run / "log.json").read_text())}
+    matrices = {"single": json.loads((single / epoch_log.MATRICES_FILE).read_text()),
+                "cluster": json.loads((run / epoch_log.MATRICES_FILE).read_text())}
+    for epoch in ("epoch:1", "epoch:2"):
+        assert matrices["cluster"][epoch] == matrices["single"][epoch]
+        for split in ("train info", "valid info"):
+            assert logs["cluster"][epoch][split]["loss"] == pytest.approx(
+                logs["single"][epoch][split]["loss"], abs=1e-4)
+
+    codes, outputs = _workers([f"--flagfile={run / 'flags.cfg'}", f"--resume={run}"], ports)
+    assert codes == [0, 0], outputs
+    assert f"resuming {run} after epoch 2" in outputs[0]
+    resumed = json.loads((run / "log.json").read_text())
+    assert list(resumed) == ["epoch:1", "epoch:2", "epoch:3"]
+    assert resumed["epoch:2"] == logs["cluster"]["epoch:2"]  # Kept, not trained again.
+    assert (run / "weights" / "best.keras").is_file()
+    assert sorted(path.name for path in (tmp_path / "cluster" / "runs").iterdir()) == ["exp1"]
+
+
+@pytest.mark.slow
+def test_a_cluster_that_never_comes_up_ends_with_a_message(tmp_path, tiny_dataset):
+    ports = _free_ports(2)  # Worker 1 is never started.
+    tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
+                 "task": {"type": "worker", "index": 0}}
+    config = _config(tmp_path, tiny_dataset, strategy="multi_worker")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "train.py", *_flags(config)], cwd=REPO, text=True, capture_output=True,
+        env={**os.environ, "TF_CONFIG": json.dumps(tf_config), "SKIN_KERAS_CLUSTER_TIMEOUT": "3"},
+        timeout=120)
+    assert result.returncode == -9  # Killed: TensorFlow ignores SIGTERM while it waits.
+    assert "train.py: error: the cluster in TF_CONFIG did not come up within 3 s" in result.stderr
+    assert f"worker 1 localhost:{ports[1]}" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    ("{not json", "TF_CONFIG is not valid JSON"),
+    ('["a:1"]', "must be a JSON object"),
+    ('{"cluster": {"worker": ["a:1", "b"]}, "task": {"type": "worker", "index": 0}}',
+     "host:port"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}}', '"task" must give'),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "ps", "index": 0}}',
+     '"task" must give'),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
+     "task index 2 is not one of the 2 worker addresses"),
+])
+def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
+    monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(UserError, match=message):
+        distribute.make_strategy("multi_worker")
+
+
+def test_multi_worker_needs_a_cluster_and_refuses_folds(monkeypatch, tmp_path, tiny_dataset):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(UserError, match="needs TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, '
+                                    '"task": {"type": "worker", "index": 1}}')
+    assert not distribute.is_chief_task()
+    with pytest.raises(UserError, match="--folds does not run on a multi-worker cluster"):
+        training.train_and_evaluate(_config(tmp_path, tiny_dataset, folds=2,
+                                            strategy="multi_worker"))
