@@ -3,8 +3,9 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from skin_keras import models
+from skin_keras import fused_batch_norm, models
 from skin_keras.errors import UserError
 
 
@@ -84,3 +85,30 @@ def test_flops_are_counted_by_the_profiler_and_grow_with_image_area():
     large = models.count_flops(models.build_model("b0", 8, 64, weights="none"))
     assert small > 1e7
     assert 3.5 < large / small < 4.5
+
+
+def test_the_fused_batchnorm_kernel_computes_what_keras_computes():
+    def model_and_step(fused):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6, 5, 3)), keras.layers.Conv2D(4, 3),
+                                  keras.layers.BatchNormalization(momentum=0.5),
+                                  keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2)])
+        if fused:
+            assert fused_batch_norm.use_fused_kernel(model) == 1
+            assert fused_batch_norm.use_fused_kernel(model) == 0  # Once.
+        images = np.random.default_rng(1).normal(3.0, 2.0, (4, 6, 5, 3)).astype("float32")
+        with tf.GradientTape() as tape:
+            outputs = model(images, training=True)
+            loss = tf.reduce_sum(outputs ** 2)
+        gradients = tape.gradient(loss, model.trainable_weights)
+        norm = model.layers[1]
+        return (outputs.numpy(), [g.numpy() for g in gradients], norm.moving_mean.numpy(),
+                norm.moving_variance.numpy(), model(images, training=False).numpy())
+
+    keras_answer, fused_answer = model_and_step(False), model_and_step(True)
+    for theirs, ours in zip(keras_answer, fused_answer):
+        for a, b in zip(theirs if isinstance(theirs, list) else [theirs],
+                        ours if isinstance(ours, list) else [ours]):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    # Moving statistics did move (from 0 and 1), so the comparison covers the update.
+    assert np.abs(fused_answer[2]).max() > 0.1 and np.abs(fused_answer[3] - 1).max() > 0.1
