@@ -136,6 +136,15 @@ def _deadline(seconds: float, message: str):
         watchdog.wait()
 
 
+@functools.cache
+def _mirrored_strategy(devices: tuple[str, ...]) -> tf.distribute.MirroredStrategy:
+    """One per process and device set: a second MirroredStrategy over CPUs in the same process
+    reuses the first one's collective instance keys, and its all-reduces fail with "Shape
+    mismatch in the collective instance" (a cross-validation run with --strategy=mirrored
+    trains one model after another)."""
+    return tf.distribute.MirroredStrategy(list(devices))
+
+
 @functools.cache  # TensorFlow's collective ops are configured once per process.
 def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
     cluster, task_type, index = _cluster_task(_tf_config())
@@ -174,7 +183,7 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     if name == "mirrored":
         # All GPUs; on a machine without any, all logical CPU devices (one, unless configured).
         devices = _accelerators() or [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored_strategy(tuple(devices))
     if name == "multi_worker":
         if not _tf_config().get("cluster"):
             raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster and this "
