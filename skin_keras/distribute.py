@@ -27,6 +27,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from skin_keras import fused_batch_norm
 from skin_keras.config import STRATEGIES
 from skin_keras.errors import UserError
 
@@ -247,8 +248,7 @@ class AverageMovingStatistics(keras.callbacks.Callback):
 
     def __init__(self, strategy: tf.distribute.Strategy, model: keras.Model):
         super().__init__()
-        statistics = [variable for layer in _all_layers(model)
-                      if isinstance(layer, keras.layers.BatchNormalization)
+        statistics = [variable for layer in fused_batch_norm.batch_norm_layers(model)
                       for variable in (layer.moving_mean, layer.moving_variance)]
 
         def average():
@@ -264,11 +264,3 @@ class AverageMovingStatistics(keras.callbacks.Callback):
         if self._average is not None:
             self._average()
 
-
-def _all_layers(model: keras.Model) -> list:
-    layers = []
-    for layer in model.layers:
-        layers.append(layer)
-        if isinstance(layer, keras.Model):
-            layers.extend(_all_layers(layer))
-    return layers

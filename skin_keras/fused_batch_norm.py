@@ -38,17 +38,24 @@ def _fused_call(layer: keras.layers.BatchNormalization, keras_call):
     return call
 
 
-def use_fused_kernel(model: keras.Model) -> int:
-    """Gives every BatchNormalization layer of `model` (nested models included) the fused
-    training step; returns how many layers it changed. Idempotent."""
-    changed = 0
-    stack = list(model.layers)
+def batch_norm_layers(model: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of `model`, nested models included."""
+    found, stack = [], list(model.layers)
     while stack:
         layer = stack.pop()
         if isinstance(layer, keras.Model):
             stack.extend(layer.layers)
-        elif isinstance(layer, keras.layers.BatchNormalization) and not getattr(
-                layer, "_skin_keras_fused", False):
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+    return found
+
+
+def use_fused_kernel(model: keras.Model) -> int:
+    """Gives every BatchNormalization layer of `model` (nested models included) the fused
+    training step; returns how many layers it changed. Idempotent."""
+    changed = 0
+    for layer in batch_norm_layers(model):
+        if not getattr(layer, "_skin_keras_fused", False):
             layer.call = _fused_call(layer, layer.call)
             layer._skin_keras_fused = True  # pylint: disable=protected-access
             changed += 1
