@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, tiny_config
-from skin_keras import custom_loop, distribute, epoch_log, training
+from skin_keras import custom_loop, distribute, epoch_log, options, training
 from skin_keras.errors import UserError
 
 # Worker 1 of the test's cluster: train.py, killed (SIGKILL, no clean-up) when epoch 2 begins.
@@ -77,12 +77,11 @@ def _config(tmp_path, data, **overrides):
                        deterministic=True, feature_cache="none", epochs=2, **overrides)
 
 
-def _flags(config) -> list[str]:
-    return [f"--{name}={str(value).lower() if isinstance(value, bool) else value}"
-            for name, value in config.to_dict().items()
-            if name in ("data_train", "data_val", "save_ret", "model", "weights", "img_size",
-                        "batch_size", "epochs", "optim", "lr", "freeze_layers", "dropout",
-                        "deterministic", "feature_cache", "strategy")]
+def _flags(config, folder) -> list[str]:
+    """train.py's arguments for `config`: the flagfile the run folder would replay."""
+    flagfile = folder / "flags.cfg"
+    flagfile.write_text(options.to_flagfile(config))
+    return [f"--flagfile={flagfile}"]
 
 
 def test_the_custom_loop_trains_as_fit_does():
@@ -124,7 +123,8 @@ def test_two_workers_train_as_one_device_and_resume_after_one_dies(tmp_path, tin
     config = _config(tmp_path / "cluster", tiny_dataset, strategy="multi_worker")
     ports = _free_ports(2)
 
-    codes, outputs = _workers(_flags(config), ports, [sys.executable, "-c", DIES_AT_EPOCH_2])
+    codes, outputs = _workers(_flags(config, tmp_path), ports,
+                              [sys.executable, "-c", DIES_AT_EPOCH_2])
     assert codes[1] == -9, outputs[1]
     assert codes[0] == 2, outputs[0]
     run = tmp_path / "cluster" / "runs" / "exp1"
@@ -162,7 +162,8 @@ def test_a_cluster_that_never_comes_up_ends_with_a_message(tmp_path, tiny_datase
     config = _config(tmp_path, tiny_dataset, strategy="multi_worker")
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "train.py", *_flags(config)], cwd=REPO, text=True, capture_output=True,
+        [sys.executable, "train.py", *_flags(config, tmp_path)], cwd=REPO, text=True,
+        capture_output=True,
         env={**os.environ, "TF_CONFIG": json.dumps(tf_config), "SKIN_KERAS_CLUSTER_TIMEOUT": "3"},
         timeout=120)
     assert result.returncode == -9  # Killed: TensorFlow ignores SIGTERM while it waits.
