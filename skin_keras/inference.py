@@ -44,8 +44,9 @@ class ModelRunConfig:
         "auto", "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, "
         "cached in ~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with "
         "XNNPACK, 1.3-1.7x Keras' speed on a CPU (benchmarks/README.md); onnx: an ONNX copy "
-        "(cached in the same place, onnx/) run by ONNX Runtime. auto: tflite on a "
-        "CPU-only machine when the copy is cached or the job has at least "
+        "(cached in the same place, onnx/) run by ONNX Runtime. auto, on a CPU-only machine: "
+        "the ONNX copy when one is cached (auto never converts to ONNX: it peaks at 6.9 GB "
+        "for S), else tflite when its copy is cached or the job has at least "
         f"{AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.", choices=BACKENDS)
     metadata: str = option("none", "For a model trained with --metadata: a CSV with an image "
                            "column (file name without extension) and age_approx, sex, "
@@ -69,9 +70,9 @@ class PredictConfig(ModelRunConfig):
 
 
 def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedModel:
-    """The model ready to run on `backend`; "auto" picks TFLite on a CPU-only machine when a
-    converted copy is cached or the job is large enough to pay for converting, and never a
-    conversion that fails."""
+    """The model ready to run on `backend`; "auto", on a CPU-only machine, picks a cached ONNX
+    copy, else TFLite when a converted copy is cached or the job is large enough to pay for
+    converting, and never a conversion that fails."""
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend={backend}; choose one of {', '.join(BACKENDS)}")
     if loaded.model is None or backend == "keras":  # Exported models run as they are.
@@ -82,6 +83,11 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
         return loaded
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return loaded
+    if backend == "auto":  # Never converted by auto: tf2onnx peaks at 6.9 GB for S.
+        onnx_copy = onnx_runtime.cached_copy(loaded.source, loaded.model,
+                                             convert_if_missing=False)
+        if onnx_copy is not None:  # Faster than LiteRT here (benchmarks/README, session 9).
+            return dataclasses.replace(loaded, forward=onnx_copy)
     converter = onnx_runtime if backend == "onnx" else litert
     name = "ONNX" if backend == "onnx" else "TFLite"
     try:

@@ -205,8 +205,12 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run
     np.testing.assert_allclose(loaded.predict_images(images), keras_model.predict_images(images),
                                atol=1e-5)
     # --backend=onnx runs a cached ONNX copy of a .keras model; other backends refuse the file.
+    # Its own cache: other tests expect auto to pick TFLite for the same run.
+    monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "cache"))
     converted = inference.select_backend(keras_model, "onnx", 1)
     assert type(converted.forward).__name__ == "ONNXRunner"
+    # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself).
+    assert type(inference.select_backend(keras_model, "auto", 1).forward).__name__ == "ONNXRunner"
     np.testing.assert_allclose(converted.predict_images(images),
                                keras_model.predict_images(images), atol=1e-5)
     with pytest.raises(UserError, match="--backend=tflite needs a run folder, .keras or .tflite"):
