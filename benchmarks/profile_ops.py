@@ -1,6 +1,7 @@
 """Where a full fine-tune training step spends its CPU time, by layer kind and direction.
 
     python benchmarks/profile_ops.py --model b0 --img_size 224 --batch_size 16 --steps 3
+    python benchmarks/profile_ops.py --model s --batch_size 8 --precision mixed_bfloat16
 
 Runs `train_on_batch` steps of a randomly initialised EfficientNetV2 under the TensorFlow
 profiler (after two warm-up steps), reads the trace it writes (the XSpace protobuf that ships
@@ -61,6 +62,7 @@ def direction(op_path: str) -> str:
 
 
 def profile(args) -> Path:
+    keras.mixed_precision.set_global_policy(args.precision)
     model = models.build_model(args.model, 8, args.img_size, "none", freeze_backbone=False)
     training.compile_models((model,), keras.optimizers.SGD(0.01, momentum=0.9),
                             keras.losses.CategoricalCrossentropy(),
@@ -106,6 +108,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12, help="op types listed")
+    parser.add_argument("--precision", default="float32", help="the Keras dtype policy")
     args = parser.parse_args()
     times = op_times(profile(args))
     total = sum(times.values()) / args.steps
