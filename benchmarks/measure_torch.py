@@ -9,6 +9,7 @@ validation and best/last weights every epoch.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -27,6 +28,14 @@ from torchvision import transforms
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+
+
+def precision(args):
+    """The context the model runs in: float32, or `torch.autocast("cpu", torch.bfloat16)` with
+    --precision=bf16 (PyTorch's mixed precision on CPUs)."""
+    if args.precision == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def peak_rss_mb() -> float:
@@ -63,7 +72,9 @@ def measure_train(args) -> dict:
 
     def step():
         optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        with precision(args):
+            loss = torch.nn.functional.cross_entropy(model(images), labels)
+        loss.backward()
         optimizer.step()
 
     start = time.perf_counter()
@@ -83,7 +94,8 @@ def eval_transform(size):
 
 
 def measure_frozen(args) -> dict:
-    """The seed's frozen-backbone recipe for --epochs epochs; run.py times the whole process."""
+    """The seed's frozen-backbone recipe for --epochs epochs; run.py times the whole process (each
+    epoch's own time is reported too, to project a longer run)."""
     train = Folder(Path(args.data) / "train", transforms.Compose([
         transforms.RandomResizedCrop(args.img_size), transforms.RandomHorizontalFlip(),
         transforms.ToTensor(), transforms.Normalize(MEAN, STD)]))
@@ -99,8 +111,9 @@ def measure_frozen(args) -> dict:
     lrf = 0.001
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda e: ((1 + math.cos(e * math.pi / args.epochs)) / 2) * (1 - lrf) + lrf)
-    best, out = -1.0, Path(tempfile.mkdtemp())
+    best, out, epoch_seconds = -1.0, Path(tempfile.mkdtemp()), []
     for _ in range(args.epochs):
+        start = time.perf_counter()
         model.train()
         for images, labels in train_loader:
             optimizer.zero_grad()
@@ -117,7 +130,9 @@ def measure_frozen(args) -> dict:
         if accuracy > best:
             best = accuracy
             torch.save(model.state_dict(), out / "best.pth")
-    return {"val_accuracy": best, "train_images": len(train), "val_images": len(val)}
+        epoch_seconds.append(time.perf_counter() - start)
+    return {"val_accuracy": best, "train_images": len(train), "val_images": len(val),
+            "epoch_seconds": epoch_seconds}
 
 
 def measure_predict(args) -> dict:
@@ -138,10 +153,10 @@ def measure_predict(args) -> dict:
     model = build(args.model, args.classes).eval()
 
     def run():
-        with torch.no_grad():
+        with torch.no_grad(), precision(args):
             return sum(len(model(images)) for images in loader)
 
-    with torch.no_grad():  # Warm-up.
+    with torch.no_grad(), precision(args):  # Warm-up.
         model(torch.rand(args.batch_size, 3, args.img_size, args.img_size))
     times = []
     for _ in range(args.repeats):
@@ -177,6 +192,8 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                        help="bf16: torch.autocast on the CPU (train and predict)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = {"train": measure_train, "frozen": measure_frozen, "predict": measure_predict,
