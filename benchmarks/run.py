@@ -13,7 +13,8 @@ benchmarks/results.json (with the CPU's relevant flags, library versions and thr
                       feature cache) and warm (second run, other head hyper-parameters would do);
                       and cold for --long_epochs (the seed's 50): the peer's figure for that one
                       is projected, its --epochs run plus the median epoch times the difference
-  predict img/s       prediction on a folder of real JPEGs, decode included, median of --repeats
+  predict img/s       prediction on a folder of real JPEGs, decode included, median of --repeats,
+                      per backend (tflite, onnx, keras) and with auto, the one predict.py picks
   pipeline img/s      the training input pipeline alone at full resolution
 
 The data: ../shared/datasets/ham10000_600px (600x450 JPEGs, ISIC layout) split by lesion with the
@@ -208,7 +209,7 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
                     "projected_from_epochs": args.epochs, "median_epoch_seconds": epoch})
     if "predict" in only:
         model = make_model(workdir, args.model, classes, args.img_size)
-        for backend in ("tflite", "onnx", "keras"):
+        for backend in ("tflite", "onnx", "keras", "auto"):  # auto: what predict.py picks.
             record("skin_keras", f"predict_{backend}", run_json(
                 ours + ["predict", f"--model_path={model}", f"--data={data / 'train'},{data / 'val'}",
                         f"--backend={backend}", f"--repeats={args.repeats}"] + common))
@@ -251,6 +252,8 @@ def print_table(results: dict) -> None:
         get(peer, "predict", "img_s"))
     add("predict img/s (Keras backend)", get(ours, "predict_keras", "img_s"),
         get(peer, "predict", "img_s"))
+    add(f"predict img/s (auto: {get(ours, 'predict_auto', 'backend')})",
+        get(ours, "predict_auto", "img_s"), get(peer, "predict", "img_s"))
     add("input pipeline img/s", get(ours, "pipeline", "img_s"), get(peer, "pipeline", "img_s"))
     for name in ("train", "frozen_cold", "predict_tflite", "pipeline"):
         peer_name = {"frozen_cold": "frozen", "predict_tflite": "predict"}.get(name, name)
@@ -265,7 +268,9 @@ def print_table(results: dict) -> None:
                                          ("frozen_cold", "frozen", "seconds", False),
                                          ("frozen_warm", "frozen", "seconds", False),
                                          ("frozen_cold_long", "frozen_long", "seconds", False),
-                                         ("predict_tflite", "predict", "img_s", True)):
+                                         ("predict_tflite", "predict", "img_s", True),
+                                         ("predict_onnx", "predict", "img_s", True),
+                                         ("predict_auto", "predict", "img_s", True)):
         our_rounds = ours.get(name, {}).get("rounds")
         their_rounds = peer.get(peer_name, {}).get("rounds")
         if our_rounds and their_rounds:
