@@ -63,8 +63,9 @@ class ONNXRunner:
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         options.log_severity_level = 3  # Errors only.
-        # Its threads sleep between calls instead of spinning: decoding the next batch (tf.data,
-        # same cores) must not wait on them (benchmarks/README.md: 19.9 -> 27.7 img/s).
+        # Its threads sleep between calls instead of spinning, leaving the cores to the tf.data
+        # decoder and other processes; the same speed either way here (benchmarks/README.md,
+        # session 9: the 19.9 img/s once blamed on spinning was tf.data's autotuner).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(model_content, options,
                                                     providers=["CPUExecutionProvider"])
