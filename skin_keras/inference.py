@@ -84,8 +84,12 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return loaded
     if backend == "auto":  # Never converted by auto: tf2onnx peaks at 6.9 GB for S.
-        onnx_copy = onnx_runtime.cached_copy(loaded.source, loaded.model,
-                                             convert_if_missing=False)
+        try:
+            onnx_copy = onnx_runtime.cached_copy(loaded.source, loaded.model,
+                                                 convert_if_missing=False)
+        except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime's own types)
+            print(f"the cached ONNX copy cannot be read ({first_line(error)}); not using it")
+            onnx_copy = None
         if onnx_copy is not None:  # Faster than LiteRT here (benchmarks/README, session 9).
             return dataclasses.replace(loaded, forward=onnx_copy)
     converter = onnx_runtime if backend == "onnx" else litert

@@ -184,7 +184,7 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
 
 @pytest.mark.slow
 def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run, tiny_dataset,
-                                                         tmp_path, monkeypatch):
+                                                         tmp_path, monkeypatch, capsys):
     import onnx
 
     output, report = exported
@@ -209,8 +209,13 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run
     monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "cache"))
     converted = inference.select_backend(keras_model, "onnx", 1)
     assert type(converted.forward).__name__ == "ONNXRunner"
-    # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself).
+    # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself); a damaged
+    # copy is said and passed over.
     assert type(inference.select_backend(keras_model, "auto", 1).forward).__name__ == "ONNXRunner"
+    for cached in (tmp_path / "cache" / "onnx").glob("*.onnx"):
+        cached.write_bytes(b"damaged")
+    assert inference.select_backend(keras_model, "auto", 1) is keras_model
+    assert "the cached ONNX copy cannot be read" in capsys.readouterr().out
     np.testing.assert_allclose(converted.predict_images(images),
                                keras_model.predict_images(images), atol=1e-5)
     with pytest.raises(UserError, match="--backend=tflite needs a run folder, .keras or .tflite"):
