@@ -21,15 +21,12 @@ demo: venv data/demo/train
 	$(PY) train.py --flagfile=configs/demo.cfg
 
 # Two worker processes (pytest-xdist), each test file on one of them: the suite's TensorFlow
-# work keeps about one core busy, so two halve the wall time on a 2-core machine. Files go out
-# in the order tests/conftest.py gives them (the longest first), not xdist's (most tests first,
-# which left the long files with few tests for the end).
-XDIST = -n 2 --dist loadfile --no-loadscope-reorder
+# work keeps about one core busy, so two halve the wall time on a 2-core machine.
 test: venv
-	$(PY) -m pytest -q $(XDIST) tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 test-fast: venv
-	$(PY) -m pytest -q $(XDIST) -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadfile -m "not slow" tests
 
 clean-demo:
 	rm -rf data/demo

@@ -31,19 +31,6 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 from skin_keras import synthetic, training  # pylint: disable=g-import-not-at-top
 from skin_keras.config import TrainConfig  # pylint: disable=g-import-not-at-top
 
-# The test files by their time on 2026-11-29 (`pytest --durations`), longest first: `make test`
-# hands files to its two workers in this order, so the long ones do not come last.
-LONGEST_FIRST = ("test_patient_metadata.py", "test_export.py", "test_cross_validation.py",
-                 "test_multi_worker.py", "test_calibration.py", "test_predict_evaluate.py",
-                 "test_progressive.py", "test_distribute.py", "test_train.py",
-                 "test_feature_cache.py", "test_robustness.py", "test_resume.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: index for index, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: files stay whole.
-
-
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 HAM_200PX = SHARED_DATASETS / "ham10000_200px"
 CLASSES = ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma")
