@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from skin_keras import (folders, input_pipeline, litert, models, onnx_runtime, outputs,
+from skin_keras import (cache, folders, input_pipeline, litert, models, onnx_runtime, outputs,
                         patient_metadata)
 from skin_keras.artifacts import LoadedModel, load_model
 from skin_keras.errors import UserError, first_line
@@ -83,10 +83,11 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
         return loaded
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return loaded
+    digest = cache.file_sha1(loaded.source)  # Both copies are keyed by it: read the file once.
     if backend == "auto":  # Never converted by auto: tf2onnx peaks at 6.9 GB for S.
         try:
             onnx_copy = onnx_runtime.cached_copy(loaded.source, loaded.model,
-                                                 convert_if_missing=False)
+                                                 convert_if_missing=False, digest=digest)
         except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime's own types)
             print(f"the cached ONNX copy cannot be read ({first_line(error)}); not using it")
             onnx_copy = None
@@ -96,7 +97,7 @@ def select_backend(loaded: LoadedModel, backend: str, images: int) -> LoadedMode
     name = "ONNX" if backend == "onnx" else "TFLite"
     try:
         runner = converter.cached_copy(loaded.source, loaded.model, convert_if_missing=(
-            backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES))
+            backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES), digest=digest)
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         reason = first_line(error)
         if backend != "auto":

@@ -205,15 +205,16 @@ def custom_ops(model_content: bytes) -> list[str]:
                    == schema.BuiltinOperator.CUSTOM})
 
 
-def cached_copy(keras_file: Path, model: keras.Model, convert_if_missing: bool = True
-                ) -> TFLiteRunner | None:
+def cached_copy(keras_file: Path, model: keras.Model, convert_if_missing: bool = True,
+                digest: str | None = None) -> TFLiteRunner | None:
     """A runner for a float32 TFLite copy of a .keras file, converted once per file content and
-    kept in <cache>/tflite; None when not cached and `convert_if_missing` is False.
+    kept in <cache>/tflite; None when not cached and `convert_if_missing` is False. `digest`:
+    the file's SHA-1 when the caller has it.
 
     The conversion runs in this process: for EfficientNetV2-S it peaks at about twice the
     memory of prediction, once.
     """
-    path = cache.cache_root() / "tflite" / f"{cache.file_sha1(keras_file)}.tflite"
+    path = cache.cache_root() / "tflite" / f"{digest or cache.file_sha1(keras_file)}.tflite"
     if not path.exists():
         if not convert_if_missing:
             return None

@@ -113,11 +113,12 @@ class ONNXRunner:
         return probabilities, np.concatenate([answer[1] for answer in answers])
 
 
-def cached_copy(keras_file: Path, model: keras.Model, convert_if_missing: bool = True
-                ) -> ONNXRunner | None:
+def cached_copy(keras_file: Path, model: keras.Model, convert_if_missing: bool = True,
+                digest: str | None = None) -> ONNXRunner | None:
     """A runner for an ONNX copy of a .keras file, converted once per file content and kept in
-    <cache>/onnx; None when not cached and `convert_if_missing` is False."""
-    path = cache.cache_root() / "onnx" / f"{cache.file_sha1(keras_file)}.onnx"
+    <cache>/onnx; None when not cached and `convert_if_missing` is False. `digest`: the
+    file's SHA-1 when the caller has it."""
+    path = cache.cache_root() / "onnx" / f"{digest or cache.file_sha1(keras_file)}.onnx"
     if not path.exists():
         if not convert_if_missing:
             return None

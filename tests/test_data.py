@@ -179,6 +179,7 @@ def test_prediction_batches_keep_every_index_and_skip_the_autotuner(tmp_path):
     indices = np.concatenate([batch[0].numpy() for batch in dataset])
     np.testing.assert_array_equal(indices, np.arange(5))
 
+
 def test_a_link_loop_or_a_link_into_another_class_relabels_nothing(tmp_path):
     root = tmp_path / "data"
     for name in ("BCC", "MEL", "NV"):
