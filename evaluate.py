@@ -6,20 +6,21 @@ Writes metrics.json (the training log's "valid info" schema plus per-class ROC A
 confusion_matrix.png, roc_curves.png, misclassified.csv (most confident mistakes first) and
 predictions.csv. --tta averages flipped/rotated views; --explain adds Grad-CAM overlays; a model
 trained with patient metadata takes --metadata=CSV, and --metadata_ablation scores it again with
-the metadata blanked. The flags are the fields of skin_keras.evaluation.EvaluateConfig.
+the metadata blanked. The flags are the fields of skin_keras.evaluate.evaluation.EvaluateConfig.
 """
 
-from skin_keras import console
+from skin_keras.core import console
 
 console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 
-from skin_keras import cli, evaluation  # noqa: E402
+from skin_keras.core import cli  # noqa: E402
+from skin_keras.evaluate import evaluation  # noqa: E402
 
 cli.define_flags(evaluation.EvaluateConfig)
 
 
 def main(argv):
-    evaluation.run_evaluate(cli.config_from_flags(evaluation.EvaluateConfig, argv))
+    evaluation.evaluate_model_path(cli.config_from_flags(evaluation.EvaluateConfig, argv))
 
 
 if __name__ == "__main__":

@@ -8,20 +8,21 @@ tflite_fp16, tflite_dynamic (int8 weights) and tflite_int8 (full integer, calibr
 --data_val). Every artifact is checked against the Keras model on up to --parity_images images
 of --data_val (a metadata model also on its metadata input: --metadata=CSV, or varied); the
 table is printed and saved as <output>/report.json. The flags are the fields
-of skin_keras.exporting.ExportConfig.
+of skin_keras.export.job.ExportConfig.
 """
 
-from skin_keras import console
+from skin_keras.core import console
 
 console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 
-from skin_keras import cli, exporting  # noqa: E402
+from skin_keras.core import cli  # noqa: E402
+from skin_keras.export import job  # noqa: E402
 
-cli.define_flags(exporting.ExportConfig)
+cli.define_flags(job.ExportConfig)
 
 
 def main(argv):
-    exporting.export(cli.config_from_flags(exporting.ExportConfig, argv))
+    job.export(cli.config_from_flags(job.ExportConfig, argv))
 
 
 if __name__ == "__main__":

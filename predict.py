@@ -8,20 +8,21 @@ and predictions.json; unreadable files get an error row and the others are still
 model trained with patient metadata takes --metadata=CSV (predictions.csv then says per row
 whether it was used).
 --explain adds Grad-CAM overlays (output/explain/), --save_images labelled copies
-(output/images/). The flags are the fields of skin_keras.inference.PredictConfig.
+(output/images/). The flags are the fields of skin_keras.infer.predict.PredictConfig.
 """
 
-from skin_keras import console
+from skin_keras.core import console
 
 console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 
-from skin_keras import cli, inference  # noqa: E402
+from skin_keras.core import cli  # noqa: E402
+from skin_keras.infer import predict  # noqa: E402
 
-cli.define_flags(inference.PredictConfig)
+cli.define_flags(predict.PredictConfig)
 
 
 def main(argv):
-    inference.run_predict(cli.config_from_flags(inference.PredictConfig, argv))
+    predict.predict_to_folder(cli.config_from_flags(predict.PredictConfig, argv))
 
 
 if __name__ == "__main__":

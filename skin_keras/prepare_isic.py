@@ -11,7 +11,8 @@ never fatal). An interrupted run is finished by running the same command again. 
 the fields of skin_keras.isic.PrepareConfig.
 """
 
-from skin_keras import cli, isic
+from skin_keras.core import cli
+from skin_keras.data import isic
 
 cli.define_flags(isic.PrepareConfig)
 
