@@ -22,7 +22,8 @@ def measure_train(args) -> dict:
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from skin_keras import metrics, models, training  # pylint: disable=g-import-not-at-top
+    from skin_keras.model import metrics, builder as models  # pylint: disable=g-import-not-at-top
+    from skin_keras.train import loop as training  # pylint: disable=g-import-not-at-top
 
     keras.mixed_precision.set_global_policy(args.precision)
     model = models.build_model(args.model, args.classes, args.img_size, "none",
@@ -46,7 +47,7 @@ def measure_train(args) -> dict:
 
 def measure_predict(args) -> dict:
     """inference.predict_files on the folder (decode, resize, model), median of repeats."""
-    from skin_keras import artifacts, inference  # pylint: disable=g-import-not-at-top
+    from skin_keras.infer import load as artifacts, predict as inference  # pylint: disable=g-import-not-at-top
 
     paths = inference.list_sources(args.data.split(","))
     loaded = artifacts.load_model(args.model_path)
@@ -66,7 +67,7 @@ def measure_predict(args) -> dict:
 
 def measure_pipeline(args) -> dict:
     """The training input pipeline alone (decode, resize, flips), median of passes."""
-    from skin_keras import folders, input_pipeline  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import folders, pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
 
     folder = folders.scan_image_folder(args.data)
     dataset = input_pipeline.make_dataset(folder.paths, folder.labels, folder.num_classes,
@@ -101,7 +102,7 @@ def main():
 
     from importlib import metadata  # pylint: disable=g-import-not-at-top
 
-    from skin_keras import distribute  # pylint: disable=g-import-not-at-top
+    from skin_keras.train import distribute  # pylint: disable=g-import-not-at-top
 
     flags = distribute.cpu_flags() or set()
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(),

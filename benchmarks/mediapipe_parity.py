@@ -50,7 +50,8 @@ def main():
     parser.add_argument("--images", required=True, help="folder of JPEG/PNG images")
     parser.add_argument("--count", type=int, default=400, help="first N images, sorted by name")
     args = parser.parse_args()
-    from skin_keras import artifacts, inference, input_pipeline  # pylint: disable=g-import-not-at-top
+    from skin_keras.infer import load as artifacts, predict as inference  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
 
     files = sorted(p for p in Path(args.images).rglob("*")
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]

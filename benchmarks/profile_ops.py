@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from skin_keras import console  # noqa: E402
+from skin_keras.core import console  # noqa: E402
 
 console.quiet_tensorflow_startup()
 
@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from skin_keras import metrics, models, training  # noqa: E402
+from skin_keras.model import metrics, builder as models  # noqa: E402
+from skin_keras.train import loop as training  # noqa: E402
 
 # The kind of layer an op belongs to, from the Keras layer name in its path (first match).
 LAYER_KINDS = (

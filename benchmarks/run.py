@@ -61,7 +61,7 @@ def timed_process(command: list[str]) -> dict:
 
 def prepare_data(workdir: Path) -> tuple[Path, list[str]]:
     """Lesion split of the 600 px HAM10000 images, with the classes present on both sides."""
-    from skin_keras import isic  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import isic  # pylint: disable=g-import-not-at-top
 
     data = workdir / "data"
     if not (data / "train").exists():

@@ -33,7 +33,7 @@ def keras_steps():
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from skin_keras import models  # pylint: disable=g-import-not-at-top
+    from skin_keras.model import builder as models  # pylint: disable=g-import-not-at-top
 
     model = models.build_model("s", CLASSES, SIZE, "none", freeze_backbone=False)
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH, SIZE, SIZE, 3)),

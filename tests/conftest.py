@@ -1,39 +1,46 @@
-"""Shared fixtures: tiny synthetic class folders, a tiny trained run, and real-data access.
+"""Shared fixtures: tiny synthetic class folders, untrained run folders (seconds: for every test
+that reads a model but not its accuracy), one tiny trained run, and real-data access.
 
 Everything is offline and small (16-64 px images, weights=None). Tests that need the real
 HAM10000 images read ../shared/datasets and skip with a reason where it is absent.
 """
 
 import csv
+import logging
 import os
-import sys
-from pathlib import Path
-
+import shutil
 import tempfile
+from pathlib import Path
 
 # Converted TFLite models are cached here, never in the home folder (subprocesses inherit it).
 os.environ["SKIN_KERAS_CACHE"] = tempfile.mkdtemp(prefix="skin_keras_cache_")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from skin_keras import console  # pylint: disable=g-import-not-at-top
+from skin_keras.core import console  # noqa: E402  pylint: disable=g-import-not-at-top
 
 console.quiet_tensorflow_startup()  # The suite's log as the scripts' (no CUDA probing noise).
 
-import pytest  # pylint: disable=g-import-not-at-top
-import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
+import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
+import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 
 # Two logical CPUs, so MirroredStrategy can be tested on one CPU. This must happen before
 # TensorFlow runs any op; the default strategy still uses one device.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
 
-from skin_keras import synthetic, training  # pylint: disable=g-import-not-at-top
-from skin_keras.config import TrainConfig  # pylint: disable=g-import-not-at-top
+from skin_keras.data import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.model import io, record  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.model.builder import build_model  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.model.spec import ModelSpec  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.train import inputs, loop, run_folder  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.train.config import TrainConfig  # noqa: E402  pylint: disable=g-import-not-at-top
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 HAM_200PX = SHARED_DATASETS / "ham10000_200px"
 CLASSES = ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma")
+# Library messages (the scripts print them) reach pytest's caplog at INFO.
+logging.getLogger("skin_keras").setLevel(logging.INFO)
 
 
 def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
@@ -47,10 +54,43 @@ def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def tiny_model(num_classes: int = 3, encoding=None, **overrides):
+    """An untrained B0 (32 px, random weights, backbone trainable unless overridden)."""
+    spec = dict(model="b0", weights="none", img_size=32, freeze_layers=False)
+    spec.update(overrides)
+    return build_model(ModelSpec(**spec), num_classes, encoding)
+
+
+def probabilities(model_or_runner, images, **other_inputs) -> np.ndarray:
+    """The probabilities a Keras model or a runner gives for images [B, H, W, 3]."""
+    named = {io.IMAGE: np.asarray(images, np.float32), **other_inputs}
+    if callable(getattr(model_or_runner, "predict", None)):
+        return model_or_runner.predict(named, verbose=0)[io.PROBABILITIES]
+    return model_or_runner(named)[io.PROBABILITIES]
+
+
+def untrained_run_folder(tmp_path: Path, data: Path, **overrides) -> Path:
+    """A complete run folder whose weights/best.keras is the model `tiny_config` describes,
+    as built: what training writes, without the epochs (seconds instead of a minute)."""
+    config = tiny_config(tmp_path, data, **overrides)
+    run_data = inputs.read_run_data(config)
+    model = build_model(config.model_spec, run_data.train.num_classes, run_data.encoding)
+    run_dir = run_folder.new_run_dir(config.save_ret)
+    run_folder.write_run_files(run_dir, config, run_data, model, None)
+    record.save_model(model, run_dir / "weights" / "best.keras",
+                      record.ModelInfo.of(model, run_data.train.class_names))
+    return run_dir
+
+
+def copy_run(run: Path, target: Path) -> Path:
+    shutil.copytree(run, target)
+    return target
+
+
 def config_from_flagfile(path, *overrides: str) -> TrainConfig:
     """What train.py builds from `--flagfile=path` and the flags after it."""
     from absl import flags  # pylint: disable=g-import-not-at-top
-    from skin_keras import cli  # pylint: disable=g-import-not-at-top
+    from skin_keras.core import cli  # pylint: disable=g-import-not-at-top
 
     values = flags.FlagValues()
     cli.define_flags(TrainConfig, flag_values=values)
@@ -65,7 +105,7 @@ class Killed(Exception):
 def kill_at_log_write(monkeypatch, epochs_logged: int) -> None:
     """Makes the run die when it is about to write log.json with `epochs_logged` epochs (1: in
     the first epoch, before any log exists)."""
-    from skin_keras import atomic  # pylint: disable=g-import-not-at-top
+    from skin_keras.core import atomic  # pylint: disable=g-import-not-at-top
 
     write_json = atomic.write_json_atomic
 
@@ -99,14 +139,32 @@ def tiny_dataset(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained_run(tmp_path_factory, tiny_dataset) -> Path:
+    """A run folder with an untrained 64 px B0 (colour constancy on, so every test that
+    predicts, explains or exports with it covers the layer; 64 px, so the last feature map is
+    2x2 and a Grad-CAM map can vary across the image). Read only: copy it to change it."""
+    return untrained_run_folder(tmp_path_factory.mktemp("untrained"), tiny_dataset,
+                                img_size=64, color_constancy="shades_of_gray")
+
+
+@pytest.fixture(scope="session")
+def calibrated_run(tmp_path_factory, untrained_run) -> Path:
+    """`untrained_run` calibrated: a temperature and the feature_distance unknown rule
+    (keeping 80% of the validation images)."""
+    from skin_keras.workflows import calibrate  # pylint: disable=g-import-not-at-top
+
+    run = copy_run(untrained_run, tmp_path_factory.mktemp("calibrated") / "run")
+    calibrate.calibrate_run(calibrate.CalibrateConfig(model_path=str(run),
+                                                      unknown_coverage=0.8))
+    return run
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_dataset) -> Path:
-    """The run folder of one tiny training run, shared by the tests that only read it."""
-    # 64 px, so the last feature map is 2x2 and a Grad-CAM map can vary across the image.
-    # Colour constancy on, so every test that predicts, explains or exports with this run
-    # covers the layer (runs without it are the other training tests').
-    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, img_size=64,
-                         color_constancy="shades_of_gray")
-    return training.train_and_evaluate(config, verbose=0)
+    """The run folder of one tiny training run (two epochs), for tests about what training
+    writes; tests that only read a model use `untrained_run`."""
+    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset)
+    return loop.train_and_evaluate(config, verbose=0)
 
 
 def informative_csv(root: Path) -> Path:

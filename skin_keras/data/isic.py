@@ -7,21 +7,17 @@ byte-identical files — on one side; it is stratified by class and deterministi
 Bad rows and bad files are reported by name and left out; they never stop the run.
 """
 
-import collections
 import csv
 import dataclasses
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.core.progress import progress
-from skin_keras.data import folders, patient_metadata
+from skin_keras.data import folders, patient_metadata, placing
 from skin_keras.data.csv_table import read_csv
 from skin_keras.data.splits import (
     assign_groups,
@@ -44,7 +40,6 @@ CLASS_NAMES = {
 # The seed tutorial's naming, for users who compare with it: it called nevi "None of the above".
 SEED_CLASS_NAMES = {**CLASS_NAMES, "NV": "None of the above"}
 UNKNOWN = "UNK"
-LINK_MODES = ("auto", "hardlink", "symlink", "copy")
 
 
 @dataclasses.dataclass
@@ -82,42 +77,6 @@ def label_rows(rows: list[dict]) -> tuple[dict[str, str], dict[str, list]]:
     return labels, problems
 
 
-def place_file(source: Path, target: Path, mode: str) -> str:
-    """Puts `source` at `target` by hard link, symlink or copy; returns the way it was done.
-
-    "auto" tries a hard link (no extra space, survives moving the source), then a symlink (other
-    file system), then a copy.
-    """
-    attempts = ("hardlink", "symlink", "copy") if mode == "auto" else (mode,)
-    for attempt in attempts:
-        try:
-            if attempt == "hardlink":
-                os.link(source, target)
-            elif attempt == "symlink":
-                os.symlink(os.path.abspath(source), target)
-            else:
-                shutil.copy2(source, target)
-            return attempt
-        except OSError:
-            if attempt == attempts[-1]:
-                raise
-    raise AssertionError("unreachable")
-
-
-def write_resized(source: Path, target: Path, longest_side: int, quality: int) -> str:
-    """Writes a JPEG whose longest side is at most `longest_side`; smaller images are linked."""
-    with Image.open(source) as image:
-        if max(image.size) <= longest_side:
-            return place_file(source, target, "auto")
-        image.draft("RGB", (longest_side, longest_side))  # JPEG DCT scaling: decodes faster.
-        image = image.convert("RGB")
-        image.thumbnail((longest_side, longest_side), Image.Resampling.LANCZOS)
-        tmp = target.with_name(f".{target.name}.tmp")
-        image.save(tmp, "JPEG", quality=quality)
-        os.replace(tmp, target)
-    return "resized"
-
-
 @dataclasses.dataclass(frozen=True)
 class PrepareConfig:
     """What `prepare` does (`python -m skin_keras.prepare_isic --help`)."""
@@ -135,7 +94,7 @@ class PrepareConfig:
                         "a holdout.")
     fold: int = option(0, "Which fold (0..K-1) is val when --folds is set.")
     seed: int = option(0, "The split is deterministic for a given seed.")
-    link: str = option("auto", "auto: hard link, else symlink, else copy.", choices=LINK_MODES)
+    link: str = option("auto", "auto: hard link, else symlink, else copy.", choices=placing.LINK_MODES)
     resize: int = option(0, "N > 0: write JPEG copies whose longest side is N (faster training "
                          "input).")
     jpeg_quality: int = option(95, "JPEG quality of --resize copies.", low=1, high=100)
@@ -152,8 +111,8 @@ class PrepareConfig:
                 raise UserError(f"--fold={self.fold} is out of range [0, {self.folds - 1}]")
         elif not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val_fraction={self.val_fraction} must be between 0 and 1")
-        if self.link not in LINK_MODES:
-            raise UserError(f"--link={self.link}: choose one of {', '.join(LINK_MODES)}")
+        if self.link not in placing.LINK_MODES:
+            raise UserError(f"--link={self.link}: choose one of {', '.join(placing.LINK_MODES)}")
         if self.resize < 0 or (0 < self.resize < 32):
             raise UserError(f"--resize={self.resize}: give a longest side of at least 32 px, or 0")
         check_options(self)
@@ -190,9 +149,31 @@ def _check_existing_split(out_dir: Path, rows: list[dict], overwrite: bool) -> b
 def prepare(config: PrepareConfig) -> dict:
     """Audits the download, splits it, fills out_dir/{train,val}/<class>/; returns the audit."""
     names = SEED_CLASS_NAMES if config.seed_names else CLASS_NAMES
-    images_dir, out_dir = Path(config.images), Path(config.out_dir)
+    records, audit, patient_rows = _read_and_audit(config)
+    split_rows = _split(records, config, names, audit)
 
-    # --- Read and audit ---
+    # --- Write --- (split.csv first: an interrupted run is finished by running it again)
+    out_dir = Path(config.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not _check_existing_split(out_dir, split_rows, config.overwrite):
+        _write_split_csv(out_dir / "split.csv", split_rows)
+    if config.metadata:
+        audit["metadata missing"] = _write_patient_metadata(
+            out_dir / patient_metadata.CSV_NAME, [record.image for record in records],
+            patient_rows)
+    targets = [out_dir / row["split"] / row["class"] / (
+        f"{record.image}.jpg" if config.resize else record.path.name)
+        for record, row in zip(records, split_rows)]
+    audit["files"] = placing.place_files([record.path for record in records], targets,
+                                         config.link, config.resize, config.jpeg_quality)
+    atomic.write_json_atomic(out_dir / "audit.json", audit)
+    return audit
+
+
+def _read_and_audit(config: PrepareConfig) -> tuple[list[Record], dict, dict]:
+    """The usable records (labelled, on disk, readable; grouped by lesion and content), the
+    audit of everything left out, and the metadata CSV's rows by image."""
+    images_dir = Path(config.images)
     truth_rows, malformed = read_csv(config.ground_truth, ("image", *CLASS_NAMES))
     lesion_of, patient_rows = {}, {}
     if config.metadata:
@@ -231,8 +212,12 @@ def prepare(config: PrepareConfig) -> dict:
     audit["images without lesion id"] = sum(1 for record in records if not record.lesion_id)
     audit["image size"] = {"min": [min(w for w, _ in sizes), min(h for _, h in sizes)],
                            "max": [max(w for w, _ in sizes), max(h for _, h in sizes)]}
+    return records, audit, patient_rows
 
-    # --- Split ---
+
+def _split(records: list[Record], config: PrepareConfig, names: dict, audit: dict
+           ) -> list[dict]:
+    """split.csv's rows (image, class, lesion_id, split); the method and counts go to `audit`."""
     codes = sorted({record.code for record in records})
     label_array = np.array([codes.index(record.code) for record in records])
     groups = np.array([record.group for record in records])
@@ -248,30 +233,7 @@ def prepare(config: PrepareConfig) -> dict:
                    "lesion_id": record.lesion_id, "split": "val" if val else "train"}
                   for record, val in zip(records, in_val)]
     audit["counts"] = count_table(split_rows, [names[code] for code in codes])
-
-    # --- Write --- (split.csv first: an interrupted run is finished by running it again)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not _check_existing_split(out_dir, split_rows, config.overwrite):
-        _write_split_csv(out_dir / "split.csv", split_rows)
-    if config.metadata:
-        audit["metadata missing"] = _write_patient_metadata(
-            out_dir / patient_metadata.CSV_NAME, [record.image for record in records],
-            patient_rows)
-    modes = collections.Counter()
-    for record, row in progress(list(zip(records, split_rows)), "placing files"):
-        folder = out_dir / row["split"] / row["class"]
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / (f"{record.image}.jpg" if config.resize else record.path.name)
-        if target.exists() or target.is_symlink():
-            modes["already there"] += 1
-            continue
-        if config.resize:
-            modes[write_resized(record.path, target, config.resize, config.jpeg_quality)] += 1
-        else:
-            modes[place_file(record.path, target, config.link)] += 1
-    audit["files"] = dict(modes)
-    atomic.write_json_atomic(out_dir / "audit.json", audit)
-    return audit
+    return split_rows
 
 
 def _write_patient_metadata(path: Path, images: list[str], rows: dict) -> dict:

@@ -75,7 +75,7 @@ def export(config: ExportConfig) -> dict:
     output = Path(config.output)
     check_output_folder(output)
     runner = load.load(config.model_path)
-    model = keras_model(runner, "Export")
+    keras_model(runner, "Export")  # Exports are made from the Keras model: say so at once.
 
     # --- Images for parity and calibration, and the Keras model's answers ---
     val = folders.scan_image_folder(config.data_val, class_names=runner.class_names,
@@ -102,29 +102,9 @@ def export(config: ExportConfig) -> dict:
     # --- Export and check ---
     failures = []
     with tempfile.TemporaryDirectory() as scratch:  # The traced model TFLite converts from.
-        source = None
         for fmt in config.formats:
             _log.info(f"exporting {fmt} ...")
-            if fmt == "saved_model":
-                model_base = output / "saved_model" / config.name
-                entry = saved_model.export_saved_model(
-                    runner, model_base, config.version or saved_model.next_version(model_base),
-                    paths, batch, reference, labels)
-            elif fmt == "onnx":
-                entry = files.export_onnx(runner, output / "onnx", config.name, batch,
-                                          reference, labels)
-            else:
-                kind = fmt.removeprefix("tflite_")
-                calibration = [val.paths[i] for i in parity.sample_images(
-                    val, config.calibration_images, 1)]
-                calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
-                source = source or litert.traced_source(model, scratch)
-                content = litert.convert(model, kind, calibration, source,
-                                         runner.about.encoding.encode_records(
-                                             calibration_inputs[io.METADATA])
-                                         if calibration_inputs else None)
-                entry = files.export_tflite(runner, kind, content, output / fmt, config.name,
-                                            batch, reference, labels)
+            entry = _export_one(fmt, runner, config, val, batch, reference, labels, scratch)
             report["artifacts"][fmt] = entry
             failures += _judge(fmt, entry, report["keras"]["accuracy"])
     output.mkdir(parents=True, exist_ok=True)
@@ -134,6 +114,31 @@ def export(config: ExportConfig) -> dict:
         raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"
                           f"; see {output / 'report.json'}")
     return report
+
+
+def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder, batch: dict,
+                reference: dict, labels: np.ndarray, scratch: str) -> dict:
+    """Writes one format's artifact and returns its report row."""
+    output = Path(config.output)
+    paths = [val.paths[i] for i in parity.sample_images(val, config.parity_images)]
+    if fmt == "saved_model":
+        model_base = output / "saved_model" / config.name
+        return saved_model.export_saved_model(
+            runner, model_base, config.version or saved_model.next_version(model_base), paths,
+            batch, reference, labels)
+    if fmt == "onnx":
+        return files.export_onnx(runner, output / "onnx", config.name, batch, reference, labels)
+    kind = fmt.removeprefix("tflite_")
+    calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
+    calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
+    source = Path(scratch) / "traced"  # Traced once, converted to every kind.
+    if not source.exists():
+        litert.traced_source(runner.model, str(source))
+    content = litert.convert(runner.model, kind, calibration, str(source),
+                             runner.about.encoding.encode_records(calibration_inputs[io.METADATA])
+                             if calibration_inputs else None)
+    return files.export_tflite(runner, kind, content, output / fmt, config.name, batch,
+                               reference, labels)
 
 
 def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:

@@ -113,6 +113,9 @@ def schema():
 
 def _model_metadata(description: dict, class_names: list[str], *, name: str, scores: bool,
                     takes_metadata: bool):
+    """The ModelMetadataT of a file, as the schema's populator builds it."""
+    # Long: one flat description of the schema's tree (inputs, outputs, their files), read
+    # top to bottom as the schema nests it; split up, the nesting would be lost.
     fb = schema()
 
     def stats(low, high):

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 
 from conftest import tiny_config
-from skin_keras import distribute, epoch_log, training
-from skin_keras.errors import UserError
+from skin_keras.train import distribute, epoch_log, loop as training
+from skin_keras.core.errors import UserError
 
 
 def test_mirrored_uses_the_two_logical_cpus():

@@ -13,11 +13,16 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, Killed, kill_at_log_write, tiny_config
-from skin_keras import (artifacts, evaluation, exporting, inference, isic, metadata_encoding,
-                        models, patient_metadata, synthetic, training)
-from skin_keras.errors import UserError
-from skin_keras.metadata_encoding import PatientMetadata
-from skin_keras.patient_metadata import MISSING, Record
+from skin_keras.infer import load as artifacts, predict as inference
+from skin_keras.evaluate import evaluation
+from skin_keras.export import exporting
+from skin_keras.data import isic, patient_metadata, synthetic
+from skin_keras.model.layers import metadata as metadata_encoding
+from skin_keras.model import builder as models
+from skin_keras.train import loop as training
+from skin_keras.core.errors import UserError
+from skin_keras.model.layers.metadata import PatientMetadata
+from skin_keras.data.patient_metadata import MISSING, Record
 
 HEADER = ["image", "age_approx", "sex", "anatom_site_general"]
 
@@ -321,7 +326,7 @@ def test_train_py_auto_finds_metadata_csv_and_reports_bad_ages_in_one_line(
 
 
 def test_grad_cam_of_a_metadata_model_explains_the_image_path():
-    from skin_keras import gradcam  # pylint: disable=g-import-not-at-top
+    from skin_keras.infer import gradcam  # pylint: disable=g-import-not-at-top
 
     encoding = PatientMetadata(("female", "male"), ("back",))
     model = models.build_model("b0", 3, 64, "none", freeze_backbone=False,

@@ -5,7 +5,8 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sk
 
-from skin_keras import metrics, reports
+from skin_keras.model import metrics
+from skin_keras.core import plots as reports
 
 
 def sklearn_figures(y_true, y_pred, num_classes):

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from skin_keras import folders, isic, synthetic
-from skin_keras.errors import UserError
+from skin_keras.data import folders, isic, synthetic
+from skin_keras.core.errors import UserError
 
 CODES = list(isic.CLASS_NAMES)
 HEADER = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, config_from_flagfile, tiny_config
-from skin_keras import (folders, input_pipeline, isic, metrics, models, reports,
-                        run_folder, training)
-from skin_keras.errors import UserError
+from skin_keras.data import folders, pipeline as input_pipeline, isic
+from skin_keras.model import metrics, builder as models
+from skin_keras.core import plots as reports
+from skin_keras.train import run_folder, loop as training
+from skin_keras.core.errors import UserError
 
 
 def read_json(path):

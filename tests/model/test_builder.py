@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from skin_keras import fused_batch_norm, models
-from skin_keras.errors import UserError
+from skin_keras.model import fused_batch_norm, builder as models
+from skin_keras.core.errors import UserError
 
 
 @pytest.mark.parametrize("name", sorted(models.BACKBONES))

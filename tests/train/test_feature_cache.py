@@ -10,7 +10,9 @@ import pytest
 
 from conftest import Killed, kill_at_log_write, tiny_config
 from test_data import corrupt_files
-from skin_keras import checkpointing, feature_cache, folders, input_pipeline, models, training
+from skin_keras.train import checkpoints as checkpointing, feature_cache, loop as training
+from skin_keras.data import folders, pipeline as input_pipeline
+from skin_keras.model import builder as models
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,14 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO, tiny_config
-from skin_keras import custom_loop, distribute, epoch_log, options, training
-from skin_keras.errors import UserError
+from skin_keras.train import custom_loop, distribute, epoch_log, loop as training
+from skin_keras.core import options
+from skin_keras.core.errors import UserError
 
 # Worker 1 of the test's cluster: train.py, killed (SIGKILL, no clean-up) when epoch 2 begins.
 DIES_AT_EPOCH_2 = """
 import os, runpy, signal, sys
-from skin_keras import checkpointing
+from skin_keras.train import checkpoints as checkpointing
 begin = checkpointing.RunRecorder.on_epoch_begin
 def on_epoch_begin(self, epoch, logs=None):
     if epoch == 1:

@@ -6,7 +6,8 @@ import keras
 import pytest
 
 from conftest import tiny_config
-from skin_keras import models, recipe, training
+from skin_keras.model import builder as models
+from skin_keras.train import recipe, loop as training
 
 
 def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from conftest import tiny_config
-from skin_keras import models, training
+from skin_keras.model import builder as models
+from skin_keras.train import loop as training
 
 
 def test_unfreeze_top_blocks_keeps_batchnorm_and_lower_blocks_frozen():

@@ -13,9 +13,11 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import REPO, embedded_metadata
-from skin_keras import (artifacts, evaluation, exporting, folders, inference, input_pipeline,
-                        litert, onnx_runtime)
-from skin_keras.errors import UserError
+from skin_keras.infer import load as artifacts, predict as inference, litert, onnx_runtime
+from skin_keras.evaluate import evaluation
+from skin_keras.export import exporting
+from skin_keras.data import folders, pipeline as input_pipeline
+from skin_keras.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

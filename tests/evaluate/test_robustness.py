@@ -9,9 +9,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skin_keras import augmentation as augmentation_lib, color_constancy, evaluation, \
+from skin_keras.data import augment as augmentation_lib
+from skin_keras.model.layers import color_constancy
+from skin_keras.evaluate import evaluation
+from skin_keras import \
     feature_cache, input_pipeline, models, robustness, shifts
-from skin_keras.errors import UserError
+from skin_keras.core.errors import UserError
 
 
 def real_images(ham_200px, count=6, size=64):

@@ -11,10 +11,14 @@ import pytest
 from conftest import CLASSES, Killed, embedded_metadata, tiny_config
 from sklearn import metrics as sk_metrics
 
-from skin_keras import (artifacts, calibration, cross_validation, exporting, folders, synthetic,
-                        training)
-from skin_keras.errors import UserError
-from skin_keras.patient_metadata import MISSING, Record
+from skin_keras.infer import load as artifacts
+from skin_keras.evaluate import calibration
+from skin_keras.workflows import cross_validation
+from skin_keras.export import exporting
+from skin_keras.data import folders, synthetic
+from skin_keras.train import loop as training
+from skin_keras.core.errors import UserError
+from skin_keras.data.patient_metadata import MISSING, Record
 
 
 def _folder(labels, names=CLASSES) -> folders.ImageFolder:

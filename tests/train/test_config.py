@@ -9,13 +9,14 @@ import pytest
 from absl import flags
 
 from conftest import REPO, tiny_config
-from skin_keras import cli, config as config_lib, options
-from skin_keras.config import TrainConfig
-from skin_keras.errors import UserError
-from skin_keras.evaluation import EvaluateConfig
-from skin_keras.exporting import ExportConfig
-from skin_keras.inference import PredictConfig
-from skin_keras.isic import PrepareConfig
+from skin_keras.core import cli, options
+from skin_keras.train import config as config_lib
+from skin_keras.train.config import TrainConfig
+from skin_keras.core.errors import UserError
+from skin_keras.evaluate.evaluation import EvaluateConfig
+from skin_keras.export.exporting import ExportConfig
+from skin_keras.infer.predict import PredictConfig
+from skin_keras.data.isic import PrepareConfig
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -151,7 +152,7 @@ def test_base_cfg_sets_nothing_the_defaults_do_not():
 
 
 def test_config_module_imports_no_tensorflow():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import skin_keras.config, "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import skin_keras.train.config, "
             "skin_keras.options; print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True,
                             text=True, check=True)
@@ -160,7 +161,9 @@ def test_config_module_imports_no_tensorflow():
 
 def test_every_choice_tuple_is_declared_once():
     # models, distribute and colour constancy read their allowed values from config.
-    from skin_keras import color_constancy, distribute, models  # pylint: disable=g-import-not-at-top
+    from skin_keras.model.layers import color_constancy  # pylint: disable=g-import-not-at-top
+    from skin_keras.train import distribute  # pylint: disable=g-import-not-at-top
+    from skin_keras.model import builder as models  # pylint: disable=g-import-not-at-top
 
     assert distribute.STRATEGIES is config_lib.STRATEGIES
     assert models.BACKBONES is config_lib.BACKBONES

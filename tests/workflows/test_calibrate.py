@@ -10,8 +10,12 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from skin_keras import artifacts, calibration, evaluation, models, ood_images, temperature
-from skin_keras.errors import UserError
+from skin_keras.infer import load as artifacts
+from skin_keras.evaluate import calibration, evaluation
+from skin_keras.model import builder as models
+from skin_keras.data import ood_images
+from skin_keras.workflows import calibrate as temperature
+from skin_keras.core.errors import UserError
 
 
 def reference_ece(probabilities, labels, bins=15):

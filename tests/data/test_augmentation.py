@@ -8,7 +8,8 @@ import pytest
 
 from conftest import tiny_config
 from test_data import corrupt_files
-from skin_keras import augmentation as augmentation_lib, input_pipeline, synthetic, training
+from skin_keras.data import augment as augmentation_lib, pipeline as input_pipeline, synthetic
+from skin_keras.train import loop as training
 
 
 @pytest.fixture

@@ -14,9 +14,11 @@ from PIL import Image
 from sklearn import metrics as sk_metrics
 
 from conftest import REPO
-from skin_keras import (artifacts, evaluation, folders, gradcam, inference, input_pipeline,
-                        litert, model_info)
-from skin_keras.errors import UserError
+from skin_keras.infer import load as artifacts, gradcam, predict as inference, litert
+from skin_keras.evaluate import evaluation
+from skin_keras.data import folders, pipeline as input_pipeline
+from skin_keras.model import record as model_info
+from skin_keras.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

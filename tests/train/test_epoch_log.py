@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from skin_keras import reports
-from skin_keras.epoch_log import EpochLog
+from skin_keras.core import plots as reports
+from skin_keras.train.epoch_log import EpochLog
 
 NAMES = ["a", "b", "c"]
 GOOD = np.array([[5, 0, 0], [0, 5, 0], [0, 0, 5]])

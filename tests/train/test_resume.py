@@ -12,9 +12,10 @@ import keras
 import pytest
 
 from conftest import REPO, Killed, config_from_flagfile, kill_at_log_write, tiny_config
-from skin_keras import models, run_folder, training
-from skin_keras.config import TrainConfig
-from skin_keras.errors import UserError
+from skin_keras.model import builder as models
+from skin_keras.train import run_folder, loop as training
+from skin_keras.train.config import TrainConfig
+from skin_keras.core.errors import UserError
 
 
 @pytest.mark.slow

@@ -8,8 +8,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skin_keras import folders, input_pipeline
-from skin_keras.errors import UserError
+from skin_keras.data import folders, pipeline
+from skin_keras.core.errors import UserError
 
 
 def save_image(path, mode="RGB", size=(40, 30), image_format=None, value=None):
@@ -74,7 +74,7 @@ def test_scan_finds_sorted_classes_and_every_readable_image(mixed_folder):
 def test_every_listed_image_decodes_to_rgb(mixed_folder):
     folder = folders.scan_image_folder(mixed_folder)
     for path in folder.paths:
-        image = input_pipeline.load_image(tf.constant(path), 24)
+        image = pipeline.load_image(tf.constant(path), 24)
         assert image.shape == (24, 24, 3) and image.dtype == tf.float32, path
 
 
@@ -127,32 +127,33 @@ def test_a_test_set_may_lack_a_class_when_allowed(tmp_path):
 def test_decode_keeps_0_255_rgb_and_converts_gray_and_rgba(tmp_path):
     gray = save_image(tmp_path / "gray.png", mode="L", value=200)
     rgba = save_image(tmp_path / "rgba.png", mode="RGBA", value=(10, 20, 30))
-    image = input_pipeline.load_image(tf.constant(str(gray)), 16).numpy()
+    image = pipeline.load_image(tf.constant(str(gray)), 16).numpy()
     np.testing.assert_allclose(image, 200, atol=0.5)  # Not divided by 255, three equal channels.
-    image = input_pipeline.load_image(tf.constant(str(rgba)), 16).numpy()
+    image = pipeline.load_image(tf.constant(str(rgba)), 16).numpy()
     np.testing.assert_allclose(image[0, 0], [10, 20, 30], atol=0.5)
 
 
 def test_dataset_batches_one_hot_labels_in_file_order(tmp_path):
     paths = [str(save_image(tmp_path / f"{i}.png", value=i * 10)) for i in range(5)]
     labels = np.array([0, 1, 2, 1, 0])
-    dataset = input_pipeline.make_dataset(paths, labels, 3, img_size=16, batch_size=2)
+    dataset = pipeline.make_dataset(paths, labels, 3, img_size=16, batch_size=2)
     batches = list(dataset)
-    assert [b[0].shape[0] for b in batches] == [2, 2, 1]
-    images = np.concatenate([b[0] for b in batches])
+    assert [sorted(b[0]) for b in batches] == [["image"]] * 3  # The model's named input.
+    assert [b[0]["image"].shape[0] for b in batches] == [2, 2, 1]
+    images = np.concatenate([b[0]["image"] for b in batches])
     np.testing.assert_allclose(images[:, 0, 0, 0], [0, 10, 20, 30, 40], atol=0.5)
     np.testing.assert_array_equal(np.concatenate([b[1] for b in batches]), np.eye(3)[labels])
 
 
 def test_training_augmentation_only_flips_and_rotates(tmp_path):
     path = str(save_image(tmp_path / "a.png", size=(16, 16)))
-    original = input_pipeline.load_image(tf.constant(path), 16).numpy()
+    original = pipeline.load_image(tf.constant(path), 16).numpy()
     views = {original.tobytes()}
     variants = [np.rot90(flip, k) for flip in (original, original[:, ::-1]) for k in range(4)]
     allowed = {v.tobytes() for v in variants}
-    dataset = input_pipeline.make_dataset([path] * 64, np.zeros(64, int), 2, 16, 64,
-                                          training=True, seed=0)
-    images = next(iter(dataset))[0].numpy()
+    dataset = pipeline.make_dataset([path] * 64, np.zeros(64, int), 2, 16, 64,
+                                    training=pipeline.Training(seed=0))
+    images = next(iter(dataset))[0]["image"].numpy()
     for image in images:
         assert image.tobytes() in allowed
         views.add(image.tobytes())
@@ -163,18 +164,18 @@ def test_undecodable_file_is_dropped_not_fatal(tmp_path):
     good = [str(save_image(tmp_path / f"{i}.jpg", image_format="JPEG")) for i in range(3)]
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(truncated_jpeg_bytes())
-    dataset = input_pipeline.make_dataset([good[0], str(broken), good[1], good[2]],
+    dataset = pipeline.make_dataset([good[0], str(broken), good[1], good[2]],
                                           np.array([0, 1, 0, 1]), 2, 16, 8)
-    images, labels = next(iter(dataset))
-    assert images.shape[0] == 3
+    inputs, labels = next(iter(dataset))
+    assert inputs["image"].shape[0] == 3
     np.testing.assert_array_equal(labels.numpy().argmax(1), [0, 0, 1])
 
 
 def test_prediction_batches_keep_every_index_and_skip_the_autotuner(tmp_path):
     # With tf.data's autotuner a pass over a folder was pinned at 19.9 img/s in a third of
-    # passes on 2 cores (benchmarks/README); prediction and the feature cache run without it.
+    # passes on 2 cores (docs/benchmarks.md); prediction and the feature cache run without it.
     paths = [str(save_image(tmp_path / f"{i}.jpg", image_format="JPEG")) for i in range(5)]
-    dataset = input_pipeline.indexed_images(paths, 16, 2)
+    dataset = pipeline.indexed_images(paths, 16, 2)
     assert dataset.options().autotune.enabled is False
     indices = np.concatenate([batch[0].numpy() for batch in dataset])
     np.testing.assert_array_equal(indices, np.arange(5))
@@ -197,18 +198,6 @@ def test_a_link_loop_or_a_link_into_another_class_relabels_nothing(tmp_path):
     assert "another class folder" in bad["mel_file.jpg"] and "counted once" in bad["again.jpg"]
 
 
-def test_listing_sources_for_prediction_follows_each_real_file_once(tmp_path):
-    from skin_keras import inference  # pylint: disable=g-import-not-at-top
-
-    for index in range(4):
-        save_image(tmp_path / "img" / f"{index}.png")
-    os.symlink("..", tmp_path / "img" / "loop")
-    os.symlink(str(tmp_path / "img"), tmp_path / "img" / "twice")
-    files = inference.list_sources([tmp_path / "img", tmp_path / "img" / "0.png"])
-    assert sorted(p.name for p in files) == ["0.png", "1.png", "2.png", "3.png"]
-    assert len(folders.walk_files(tmp_path / "img")) == 4  # Not walked ~40 links deep.
-
-
 def test_palette_bmp_is_refused_by_name_and_palette_png_decodes_right(tmp_path):
     pixels = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
     Image.fromarray(pixels).convert("P").save(tmp_path / "palette.bmp")
@@ -216,7 +205,7 @@ def test_palette_bmp_is_refused_by_name_and_palette_png_decodes_right(tmp_path):
     _, reason = folders.inspect_image(tmp_path / "palette.bmp")
     assert reason.startswith("unsupported 8-bit palette BMP")
     assert folders.inspect_image(tmp_path / "palette.png")[1] is None
-    decoded = input_pipeline.decode_and_resize(
+    decoded = pipeline.decode_and_resize(
         (tmp_path / "palette.png").read_bytes(), 40).numpy()
     with Image.open(tmp_path / "palette.png") as image:
         expected = np.asarray(image.convert("RGB").resize((40, 40), Image.BILINEAR), np.float32)
@@ -256,7 +245,7 @@ def corrupt_files(folder):
 
 
 def test_the_full_decode_check_names_what_the_header_check_lets_through(tmp_path):
-    from skin_keras import decode_check  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import decode_check  # pylint: disable=g-import-not-at-top
 
     folder = corrupt_files(tmp_path / "bad")
     save_image(tmp_path / "bad" / "good.png")
@@ -278,17 +267,3 @@ def test_the_full_decode_check_names_what_the_header_check_lets_through(tmp_path
         importlib.reload(decode_check)
     os.utime(paths[0], ns=(0, 0))
     assert decode_check.check_files(paths[:1]) == {paths[0]: results[paths[0]]}
-
-
-def test_atomic_writes_honour_the_umask(tmp_path):
-    from skin_keras import atomic  # pylint: disable=g-import-not-at-top
-
-    previous = os.umask(0o027)
-    try:
-        atomic.write_text_atomic(tmp_path / "a.txt", "x")
-        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
-        os.umask(0o022)
-        atomic.write_json_atomic(tmp_path / "b.json", {})
-        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
-    finally:
-        os.umask(previous)

@@ -11,7 +11,9 @@ import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
 from conftest import REPO, tiny_config
-from skin_keras import input_pipeline, models, recipe, synthetic, training
+from skin_keras.data import pipeline as input_pipeline, synthetic
+from skin_keras.model import builder as models
+from skin_keras.train import recipe, loop as training
 
 
 def test_balanced_class_weights_are_sklearns_and_sqrt_is_milder():

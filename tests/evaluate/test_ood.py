@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from skin_keras import artifacts, inference, models, ood_images, open_set
-from skin_keras.config import TrainConfig
-from skin_keras.errors import UserError
-from skin_keras.temperature import CalibrateConfig
+from skin_keras.infer import load as artifacts, predict as inference
+from skin_keras.model import builder as models
+from skin_keras.data import ood_images
+from skin_keras.evaluate import ood as open_set
+from skin_keras.train.config import TrainConfig
+from skin_keras.core.errors import UserError
+from skin_keras.workflows.calibrate import CalibrateConfig
 
 
 @pytest.mark.parametrize("coverage", [0.5, 0.8, 0.95, 0.999, 1.0])

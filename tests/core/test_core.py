@@ -1,0 +1,58 @@
+"""core/: atomic files, the logger the scripts print, and the package's import hygiene."""
+
+import logging
+import os
+import subprocess
+import sys
+
+from skin_keras.core import atomic, log
+
+
+def test_atomic_writes_honour_the_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        atomic.write_text_atomic(tmp_path / "a.txt", "x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+        os.umask(0o022)
+        atomic.write_json_atomic(tmp_path / "b.json", {})
+        assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(previous)
+
+
+def test_library_messages_reach_stdout_once_and_plain_when_a_script_asks(capsys):
+    logger = logging.getLogger("skin_keras.some.module")
+    saved = logging.getLogger(log.ROOT).handlers[:], logging.getLogger(log.ROOT).propagate
+    try:
+        log.show_on_console()
+        log.show_on_console()  # Idempotent: still one line per message.
+        logger.info("note: a line")
+        logger.debug("not shown")
+        assert capsys.readouterr().out == "note: a line\n"
+    finally:
+        root = logging.getLogger(log.ROOT)
+        root.handlers[:], root.propagate = saved
+
+
+def modules_after(statement: str, watched: tuple[str, ...]) -> list[str]:
+    """Which of `watched` are imported after `statement` runs in a fresh interpreter."""
+    code = f"import sys; {statement}; print([m for m in {watched!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    return eval(result.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+
+
+def test_importing_the_package_and_its_model_code_has_no_heavy_side_effects():
+    # The package itself: nothing heavy at all.
+    assert modules_after("import skin_keras", ("tensorflow", "keras", "matplotlib",
+                                               "sklearn")) == []
+    # Keras 3.15 imports matplotlib.pyplot and scikit-learn itself when it is imported
+    # (keras/src/visualization, keras/src/wrappers); what is ours to avoid is drawing and
+    # training code (test_layout.py checks statically that only core/plots.py imports
+    # matplotlib and that scikit-learn stays in evaluate/, data/ and workflows/).
+    ours = ("skin_keras.core.plots", "skin_keras.train", "skin_keras.evaluate")
+    assert modules_after("import skin_keras, skin_keras.model, skin_keras.model.layers",
+                         ours) == []
+    # Loading a model reads the run folder's layout (train/run_folder.py), and draws nothing.
+    assert modules_after("import skin_keras.infer.load, skin_keras.infer.files",
+                         ("skin_keras.core.plots", "skin_keras.evaluate")) == []
