@@ -9,13 +9,15 @@ PY := $(VENV)/bin/python
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt
+# The pinned set, then this package itself (editable: the scripts and tests import the tree).
+$(VENV)/.installed: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
 data/demo/train: | venv
-	$(PY) -m skin_keras.synthetic data/demo
+	$(PY) -m skin_keras.data.synthetic data/demo
 
 demo: venv data/demo/train
 	$(PY) train.py --flagfile=configs/demo.cfg

@@ -104,7 +104,8 @@ def export(config: ExportConfig) -> dict:
     with tempfile.TemporaryDirectory() as scratch:  # The traced model TFLite converts from.
         for fmt in config.formats:
             _log.info(f"exporting {fmt} ...")
-            entry = _export_one(fmt, runner, config, val, batch, reference, labels, scratch)
+            entry = _export_one(fmt, runner, config, val, paths, batch, reference, labels,
+                                scratch)
             report["artifacts"][fmt] = entry
             failures += _judge(fmt, entry, report["keras"]["accuracy"])
     output.mkdir(parents=True, exist_ok=True)
@@ -116,11 +117,11 @@ def export(config: ExportConfig) -> dict:
     return report
 
 
-def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder, batch: dict,
-                reference: dict, labels: np.ndarray, scratch: str) -> dict:
-    """Writes one format's artifact and returns its report row."""
+def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder, paths: list,
+                batch: dict, reference: dict, labels: np.ndarray, scratch: str) -> dict:
+    """Writes one format's artifact (checked on `batch`, the images of `paths`, against the
+    Keras model's `reference` answers) and returns its report row."""
     output = Path(config.output)
-    paths = [val.paths[i] for i in parity.sample_images(val, config.parity_images)]
     if fmt == "saved_model":
         model_base = output / "saved_model" / config.name
         return saved_model.export_saved_model(

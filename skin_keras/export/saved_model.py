@@ -24,6 +24,7 @@ import tensorflow as tf
 from skin_keras.core.errors import UserError
 from skin_keras.data import patient_metadata, pipeline
 from skin_keras.export import parity
+from skin_keras.infer import litert
 from skin_keras.infer.runner import KerasRunner
 from skin_keras.model import io, parts
 from skin_keras.model.layers.unknown import RULE_FILE
@@ -99,7 +100,7 @@ def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Pa
     model_base.mkdir(parents=True, exist_ok=True)
     staging = model_base / f".{version}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    archive.write_out(str(staging), verbose=False)
+    litert.write_archive(archive, staging)
     # The graph holds the class names as a constant; labels.txt is for people and clients.
     (staging / "assets").mkdir(exist_ok=True)
     (staging / "assets" / "labels.txt").write_text("\n".join(runner.class_names) + "\n")

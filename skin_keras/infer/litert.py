@@ -127,8 +127,16 @@ def traced_source(model: keras.Model, folder: str, batch: int | None = 1) -> str
     archive.track(model)
     archive.add_endpoint("serve", lambda named: model(named, training=False),
                          input_signature=[specs])
-    archive.write_out(folder, verbose=False)
+    write_archive(archive, folder)
     return folder
+
+
+def write_archive(archive: keras.export.ExportArchive, folder: str | Path) -> None:
+    """Writes a SavedModel for inference only, without tracing the gradients of ops with custom
+    gradients: nothing that serves or converts it differentiates, and for a two-member B0
+    ensemble with metadata they took a third of the time (34 s against 21-25 s, 2026-12-02)."""
+    archive.write_out(str(folder), verbose=False, options=tf.saved_model.SaveOptions(
+        experimental_custom_gradients=False))
 
 
 def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),

@@ -8,8 +8,9 @@ import pytest
 
 from conftest import tiny_config
 from test_data import corrupt_files
-from skin_keras.data import augment as augmentation_lib, pipeline as input_pipeline, synthetic
-from skin_keras.train import loop as training
+from skin_keras.data import augment, pipeline, synthetic
+from skin_keras.data.augmentation import Augmentation
+from skin_keras.train import loop
 
 
 @pytest.fixture
@@ -21,12 +22,12 @@ def files(tmp_path):
 @pytest.mark.parametrize("mixup, cutmix", [(0.4, 0.0), (0.0, 1.0), (0.4, 1.0)])
 def test_mixup_and_cutmix_labels_are_soft_and_sum_to_one(files, mixup, cutmix):
     paths, labels = files
-    augmentation = augmentation_lib.Augmentation(mixup_alpha=mixup, cutmix_alpha=cutmix,
-                                               randaugment_magnitude=0.5)
-    dataset = input_pipeline.make_dataset(paths, labels, 3, img_size=24, batch_size=8,
-                                          training=True, seed=0, augmentation=augmentation)
+    augmentation = Augmentation(mixup_alpha=mixup, cutmix_alpha=cutmix, randaugment_magnitude=0.5)
+    dataset = pipeline.make_dataset(paths, labels, 3, img_size=24, batch_size=8,
+                                    training=pipeline.Training(seed=0, augmentation=augmentation))
     soft = 0
-    for images, mixed in dataset:
+    for inputs, mixed in dataset:
+        images = inputs["image"]
         np.testing.assert_allclose(mixed.numpy().sum(axis=1), 1.0, atol=1e-5)
         assert images.shape[1:] == (24, 24, 3)
         assert float(images.numpy().min()) >= 0.0 and float(images.numpy().max()) <= 255.0
@@ -36,11 +37,11 @@ def test_mixup_and_cutmix_labels_are_soft_and_sum_to_one(files, mixup, cutmix):
 
 def test_per_image_augmentation_changes_pixels_but_not_shape_or_range(files):
     paths, labels = files
-    plain = next(iter(input_pipeline.make_dataset(paths[:1], labels[:1], 3, 24, 1)))[0].numpy()
-    augmentation = augmentation_lib.Augmentation(crop_scale=0.5, rotation=True, color_jitter=0.3)
-    dataset = input_pipeline.make_dataset(paths[:1] * 16, labels[:1].repeat(16), 3, 24, 16,
-                                          training=True, seed=0, augmentation=augmentation)
-    images = next(iter(dataset))[0].numpy()
+    plain = next(iter(pipeline.make_dataset(paths[:1], labels[:1], 3, 24, 1)))[0]["image"].numpy()
+    augmentation = Augmentation(crop_scale=0.5, rotation=True, color_jitter=0.3)
+    dataset = pipeline.make_dataset(paths[:1] * 16, labels[:1].repeat(16), 3, 24, 16,
+                                    training=pipeline.Training(seed=0, augmentation=augmentation))
+    images = next(iter(dataset))[0]["image"].numpy()
     assert images.shape == (16, 24, 24, 3)
     assert images.min() >= 0.0 and images.max() <= 255.0
     # Not just one of the 8 flips/turns of the plain image: something else happened too.
@@ -50,7 +51,7 @@ def test_per_image_augmentation_changes_pixels_but_not_shape_or_range(files):
 
 def test_rotation_by_a_quarter_turn_equals_rot90():
     image = np.random.default_rng(0).uniform(0, 255, (9, 9, 3)).astype("float32")
-    rotated = augmentation_lib._rotate(image, np.float32(np.pi / 2)).numpy()  # pylint: disable=protected-access
+    rotated = augment._rotate(image, np.float32(np.pi / 2)).numpy()  # pylint: disable=protected-access
     turned = [np.rot90(image, k) for k in (1, 3)]
     assert min(np.abs(rotated - t).max() for t in turned) < 1e-3
 
@@ -67,7 +68,7 @@ def test_training_with_every_augmentation_counts_and_names_every_file(tmp_path, 
                          zoom_out=1.5, illuminant_jitter=0.2, gamma_jitter=0.2,
                          vignette_prob=0.5, blur_prob=0.3, jpeg_prob=0.3,
                          color_constancy="gray_world")
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     dataset = json.loads((run / "train_params.json").read_text())["dataset"]
     assert dataset["trainset number"] == 37  # 36 + the repaired JPEG.
     assert sorted(entry.split(": ")[0].rsplit("/", 1)[1] for entry in dataset["bad files"]) == [

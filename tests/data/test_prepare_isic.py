@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from skin_keras.data import folders, isic, synthetic
+from skin_keras.data import folders, isic, placing, synthetic
 from skin_keras.core.errors import UserError
 
 CODES = list(isic.CLASS_NAMES)
@@ -279,7 +279,7 @@ def test_real_ham10000_split(ham_200px, tmp_path):
 def test_an_interrupted_run_is_finished_by_running_it_again(download, tmp_path, monkeypatch):
     out_dir = tmp_path / "data"
     placed = []
-    real_place = isic.place_file
+    real_place = placing.place_file
 
     def killed_after_five(source, target, mode):
         if len(placed) == 5:
@@ -287,7 +287,7 @@ def test_an_interrupted_run_is_finished_by_running_it_again(download, tmp_path, 
         placed.append(target)
         return real_place(source, target, mode)
 
-    monkeypatch.setattr(isic, "place_file", killed_after_five)
+    monkeypatch.setattr(placing, "place_file", killed_after_five)
     with pytest.raises(KeyboardInterrupt):
         isic.prepare(config_for(download, out_dir))
     monkeypatch.undo()

@@ -1,19 +1,20 @@
-"""The "unknown" answer: scores, the coverage threshold, the detector layer, the OOD folder."""
+"""The "unknown" answer: scores, the coverage threshold, the score layer, the OOD folder."""
 
 import hashlib
-from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from skin_keras.infer import load as artifacts, predict as inference
-from skin_keras.model import builder as models
+from conftest import probabilities, tiny_model
+from skin_keras.core.errors import UserError
 from skin_keras.data import ood_images
 from skin_keras.evaluate import ood as open_set
+from skin_keras.model import io, parts
+from skin_keras.model.layers import UnknownScore
+from skin_keras.model.layers.unknown import UnknownRule
 from skin_keras.train.config import TrainConfig
-from skin_keras.core.errors import UserError
 from skin_keras.workflows.calibrate import CalibrateConfig
 
 
@@ -21,7 +22,7 @@ from skin_keras.workflows.calibrate import CalibrateConfig
 def test_threshold_keeps_the_coverage_half_way_between_scores(coverage):
     scores = np.random.default_rng(1).normal(size=203)
     threshold = open_set.threshold_for_coverage(scores, coverage)
-    rule = open_set.UnknownRule(threshold, coverage)
+    rule = UnknownRule(threshold, coverage)
     flagged = 203 - int(np.ceil(coverage * 203))
     assert rule.flags(scores).sum() == flagged and np.mean(scores >= threshold) >= coverage
     ordered = np.sort(scores)
@@ -62,32 +63,34 @@ def test_feature_distance_is_the_mahalanobis_distance_to_the_nearest_class_mean(
                                rtol=1e-4)
 
 
-def test_the_detector_layer_scores_as_numpy_leaves_the_output_and_survives_saving(tmp_path):
-    model = models.build_model("b0", 3, 32, "none", freeze_backbone=False)
+def test_the_score_layer_scores_as_numpy_and_survives_saving(tmp_path):
+    model = tiny_model()
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    features = models.feature_model(model)(images).numpy()
+    raw = probabilities(model, images)
+    features = parts.feature_model(model)({"image": images})["features"].numpy()
     fitted = open_set.fit_feature_distance(
         np.r_[features, features + rng.normal(size=features.shape)], np.r_[0, 1, 2, 0, 1, 2, 0,
                                                                            1], 3)
-    detector = open_set.UnknownDetector("feature_distance", -7.5, 0.9, 3, features.shape[1],
-                                        name="unknown_detector")
-    with_detector = models.with_detector(model, detector)
-    detector.set_weights(fitted)
-    np.testing.assert_array_equal(with_detector(images), model(images))
-    probabilities, scores = models.scored_model(with_detector)(images)
-    np.testing.assert_allclose(scores, open_set.feature_distance(features, *fitted), rtol=1e-4)
-    with_detector.save(tmp_path / "d.keras")
+    score = UnknownScore("feature_distance", -7.5, 0.9, 3, features.shape[1],
+                         name="unknown_score")
+    calibrated = io.calibrated(model, 1.0, score)
+    score.set_weights(fitted)
+    answer = calibrated({"image": images})
+    np.testing.assert_allclose(answer["probabilities"], raw, atol=1e-6)  # T = 1.
+    np.testing.assert_allclose(answer["unknown_score"],
+                               open_set.feature_distance(features, *fitted), rtol=1e-4)
+    calibrated.save(tmp_path / "d.keras")
     loaded = keras.models.load_model(tmp_path / "d.keras")
-    assert open_set.detector_of(loaded).rule == open_set.UnknownRule(-7.5, 0.9,
-                                                                     "feature_distance")
-    np.testing.assert_allclose(models.scored_model(loaded)(images)[1], scores, rtol=1e-5)
-    # Another rule replaces the first; max_probability needs no features.
-    other = models.with_detector(loaded, open_set.UnknownDetector("max_probability", 0.4, 0.9))
-    assert [type(layer).__name__ for layer in other.layers].count("UnknownDetector") == 1
-    np.testing.assert_allclose(models.scored_model(other)(images)[1],
-                               probabilities.numpy().max(axis=1), rtol=1e-6)
-    assert models.scored_model(model) is None
+    assert io.unknown_layer(loaded).rule == UnknownRule(-7.5, 0.9, "feature_distance")
+    np.testing.assert_allclose(loaded({"image": images})["unknown_score"],
+                               answer["unknown_score"], rtol=1e-5)
+    # max_probability needs no features: the top calibrated probability.
+    other = io.calibrated(model, 2.0, UnknownScore("max_probability", 0.4, 0.9))
+    answer = other({"image": images})
+    np.testing.assert_allclose(answer["unknown_score"], answer["probabilities"].numpy().max(1),
+                               rtol=1e-6)
+    assert io.unknown_layer(model) is None
 
 
 def test_ood_folder_has_every_kind_is_seeded_and_never_overwrites(tiny_dataset, tmp_path):
@@ -109,21 +112,3 @@ def test_ood_folder_has_every_kind_is_seeded_and_never_overwrites(tiny_dataset, 
     no_lesions = ood_images.make_ood_folder(ood_images.OodConfig(output=str(tmp_path / "c"),
                                                                  count=1, size=40))
     assert set(no_lesions) == set(ood_images.FAR_KINDS)
-
-
-def test_a_nan_score_is_the_model_s_error_not_a_known_image(tiny_dataset):
-    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:4]
-
-    def forward(images, metadata=None):
-        scores = np.zeros(len(images), np.float32)
-        scores[0] = np.nan  # Only the first image of each batch.
-        return np.full((len(images), 3), 1 / 3, np.float32), scores
-
-    loaded = artifacts.LoadedModel(["a", "b", "c"], 32, Path("m"), forward=forward,
-                                   unknown=open_set.UnknownRule(-1.0, 0.95))
-    _, scores, errors = inference.predict_scored_files(loaded, paths, batch_size=2,
-                                                       show_progress=False)
-    assert errors == [inference.MODEL_NAN, None, inference.MODEL_NAN, None]
-    rows = inference.prediction_rows(paths, np.full((4, 3), 1 / 3), errors, ["a", "b", "c"],
-                                     unknown=(loaded.unknown, scores))
-    assert [row["unknown"] for row in rows] == [None, False, None, False]

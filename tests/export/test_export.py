@@ -12,30 +12,33 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO, embedded_metadata
-from skin_keras.infer import load as artifacts, predict as inference, litert, onnx_runtime
-from skin_keras.evaluate import evaluation
-from skin_keras.export import exporting
-from skin_keras.data import folders, pipeline as input_pipeline
+from conftest import REPO, embedded_metadata, probabilities
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, pipeline
+from skin_keras.evaluate import evaluation
+from skin_keras.evaluate.evaluation import EvaluateConfig
+from skin_keras.export import files, job, parity, saved_model
+from skin_keras.infer import backend, litert, load, onnx_runtime, predict
+from skin_keras.infer.files import predict_files
+from skin_keras.infer.predict import PredictConfig
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run, tiny_dataset, tmp_path_factory):
+def exported(untrained_run, tiny_dataset, tmp_path_factory):
     output = tmp_path_factory.mktemp("exports") / "skin"
-    config = exporting.ExportConfig(model_path=str(trained_run), output=str(output),
-                                    data_val=str(tiny_dataset / "val"), formats=exporting.FORMATS,
-                                    parity_images=12, calibration_images=8)
-    return output, exporting.export(config)
+    config = job.ExportConfig(model_path=str(untrained_run), output=str(output),
+                              data_val=str(tiny_dataset / "val"), formats=job.FORMATS,
+                              parity_images=12, calibration_images=8)
+    return output, job.export(config)
 
 
 @pytest.mark.slow
-def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, trained_run):
+def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, untrained_run):
     output, report = exported
     version_dir = output / "saved_model" / "skin" / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "assets" / "labels.txt").read_text().splitlines() == \
-        artifacts.load_model(trained_run).class_names
+        load.load(untrained_run).class_names
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run([str(cli), "show", "--dir", str(version_dir), "--all"],
                            capture_output=True, text=True, check=True).stdout
@@ -46,9 +49,9 @@ def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, trained
 
 
 @pytest.mark.slow
-def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
+def test_saved_model_signatures_equal_keras(exported, untrained_run, tmp_path):
     output, _ = exported
-    loaded = artifacts.load_model(trained_run)
+    loaded = load.load(untrained_run)
     served = tf.saved_model.load(str(output / "saved_model" / "skin" / "1"))
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)
@@ -58,10 +61,10 @@ def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
         Image.fromarray(image).save(buffer, "PNG")
         png_bytes.append(buffer.getvalue())
     # The same decode-and-resize as training, done by hand, then the float signature.
-    images = np.stack([input_pipeline.decode_and_resize(b, loaded.img_size).numpy()
+    images = np.stack([pipeline.decode_and_resize(b, loaded.img_size).numpy()
                        for b in png_bytes])
     by_images = served.signatures["serving_images"](images=tf.constant(images))
-    expected = loaded.model.predict(images, verbose=0)
+    expected = probabilities(loaded.model, images)
     np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=1e-5)
     by_bytes = served.signatures["serving_default"](image_bytes=tf.constant(png_bytes))
     np.testing.assert_allclose(by_bytes["probabilities"].numpy(),
@@ -72,17 +75,17 @@ def test_saved_model_signatures_equal_keras(exported, trained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_versions_count_up_and_a_taken_version_is_refused(exported, trained_run, tmp_path):
+def test_versions_count_up_and_a_taken_version_is_refused(exported, untrained_run, tmp_path):
     output, report = exported
     assert report["artifacts"]["saved_model"]["version"] == 1
     base = output / "saved_model" / "skin"
-    assert exporting.next_version(base) == 2
+    assert saved_model.next_version(base) == 2
     (tmp_path / "7").mkdir()
     (tmp_path / "notes").mkdir()
-    assert exporting.next_version(tmp_path) == 8
-    assert exporting.next_version(tmp_path / "absent") == 1
+    assert saved_model.next_version(tmp_path) == 8
+    assert saved_model.next_version(tmp_path / "absent") == 1
     with pytest.raises(UserError, match="exists already"):
-        exporting.write_saved_model(artifacts.load_model(trained_run), base, 1)
+        saved_model.write_saved_model(load.load(untrained_run), base, 1)
 
 
 @pytest.mark.slow
@@ -97,7 +100,7 @@ def test_tflite_files_use_builtin_ops_only_and_carry_labels_and_metadata(exporte
     assert metadata["input"]["shape"][0] == 1 and metadata["input"]["value range"] == [0, 255]
     assert metadata["input"]["dtype"] == ("uint8" if kind == "int8" else "float32")
     assert (folder / "labels.txt").read_text().splitlines() == metadata["class_names"]
-    detail = litert.TFLiteRunner(content).input
+    detail = litert.TFLiteRunner(content).input_details["image"]
     assert list(detail["shape"]) == metadata["input"]["shape"]
     assert detail["dtype"] == (np.uint8 if kind == "int8" else np.float32)
 
@@ -124,26 +127,26 @@ def test_tflite_files_describe_themselves_in_the_tflite_metadata_schema(exported
     alone = tmp_path / path.name
     alone.write_bytes(path.read_bytes())
     expected = (output / f"tflite_{kind}" / "labels.txt").read_text().splitlines()
-    assert artifacts.load_model(alone).class_names == expected
+    assert load.load(alone).class_names == expected
 
 
 @pytest.mark.slow
 def test_a_plain_converted_tflite_file_predicts_with_labels_beside_or_indices(
-        trained_run, tmp_path, capsys):
-    loaded = artifacts.load_model(trained_run)
+        untrained_run, tmp_path, caplog):
+    loaded = load.load(untrained_run)
     plain = tmp_path / "plain.tflite"
     plain.write_bytes(litert.convert(loaded.model, "fp32"))
     images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    by_index = artifacts.load_model(plain)
+    by_index = load.load(plain)
     assert by_index.class_names == ["class 0", "class 1", "class 2"]
-    assert "named by their index" in capsys.readouterr().out
-    np.testing.assert_allclose(by_index.predict_images(images), loaded.predict_images(images),
+    assert "named by their index" in caplog.text
+    np.testing.assert_allclose(probabilities(by_index, images), probabilities(loaded, images),
                                atol=1e-4)
     (tmp_path / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
-    assert artifacts.load_model(plain).class_names == loaded.class_names
+    assert load.load(plain).class_names == loaded.class_names
     (tmp_path / "labels.txt").write_text("a\nb\n")
     with pytest.raises(UserError, match="answers 3 classes but its labels name 2"):
-        artifacts.load_model(plain)
+        load.load(plain)
 
 
 # Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (README, "On Android /
@@ -162,18 +165,20 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
 
     output, _ = exported
     path = output / f"tflite_{kind}" / f"skin_{kind}.tflite"
-    loaded = artifacts.load_model(path)
+    loaded = load.load(path)
     # Real images at the model's size, as PNG: both sides then read the same pixels.
-    files = []
+    pngs = []
     for jpeg in sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:24]:
-        pixels = input_pipeline.load_image(str(jpeg), loaded.img_size).numpy()
-        files.append(tmp_path / f"{jpeg.stem}.png")
-        Image.fromarray(np.round(pixels).astype(np.uint8)).save(files[-1])
-    rows = inference.predict_to_folder(path, files, tmp_path / "predicted")
+        pixels = pipeline.load_image(str(jpeg), loaded.img_size).numpy()
+        pngs.append(tmp_path / f"{jpeg.stem}.png")
+        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
+    rows = predict.predict_to_folder(PredictConfig(model_path=str(path),
+                                                   source=tuple(map(str, pngs)),
+                                                   output=str(tmp_path / "predicted")))
     classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
         base_options=tasks.BaseOptions(model_asset_path=str(path))))
     try:
-        for file, row in zip(files, rows):
+        for file, row in zip(pngs, rows):
             head, = classifier.classify(mediapipe.Image.create_from_file(str(file))).classifications
             scores = {c.category_name: c.score for c in head.categories}
             assert set(scores) == set(loaded.class_names)  # Its labels, from the file.
@@ -185,8 +190,8 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
 
 
 @pytest.mark.slow
-def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run, tiny_dataset,
-                                                         tmp_path, monkeypatch, capsys):
+def test_onnx_export_answers_as_keras_and_describes_itself(exported, untrained_run, tiny_dataset,
+                                                         tmp_path, monkeypatch, caplog):
     import onnx
 
     output, report = exported
@@ -194,7 +199,7 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run
     assert entry["runtime"] == "onnxruntime" and entry["max abs probability difference"] < 1e-5
     path = output / "onnx" / "skin.onnx"
     properties = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    keras_model = artifacts.load_model(trained_run)
+    keras_model = load.load(untrained_run)
     assert json.loads(properties["class_names"]) == keras_model.class_names
     assert json.loads(properties["skin_keras"])["input"]["value range"] == [0, 255]
     # Any batch size, images in [0, 255] as for the other formats.
@@ -202,97 +207,99 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, trained_run
     alone = tmp_path / "alone" / "skin.onnx"  # Nothing beside it: class names from the file.
     alone.parent.mkdir()
     alone.write_bytes(path.read_bytes())
-    loaded = artifacts.load_model(alone)
+    loaded = load.load(alone)
     assert loaded.class_names == keras_model.class_names
-    np.testing.assert_allclose(loaded.predict_images(images), keras_model.predict_images(images),
+    np.testing.assert_allclose(probabilities(loaded, images), probabilities(keras_model, images),
                                atol=1e-5)
     # --backend=onnx runs a cached ONNX copy of a .keras model; other backends refuse the file.
     # Its own cache: other tests expect auto to pick TFLite for the same run.
     monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "cache"))
-    converted = inference.select_backend(keras_model, "onnx", 1)
-    assert type(converted.forward).__name__ == "ONNXRunner"
+    converted = backend.select(keras_model, "onnx", 1)
+    assert isinstance(converted, onnx_runtime.ONNXRunner)
     # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself); a damaged
     # copy is said and passed over.
-    assert type(inference.select_backend(keras_model, "auto", 1).forward).__name__ == "ONNXRunner"
+    assert isinstance(backend.select(keras_model, "auto", 1), onnx_runtime.ONNXRunner)
     for cached in (tmp_path / "cache" / "onnx").glob("*.onnx"):
         cached.write_bytes(b"damaged")
-    assert inference.select_backend(keras_model, "auto", 1) is keras_model
-    assert "the cached ONNX copy cannot be read" in capsys.readouterr().out
-    np.testing.assert_allclose(converted.predict_images(images),
-                               keras_model.predict_images(images), atol=1e-5)
+    assert backend.select(keras_model, "auto", 1) is keras_model
+    assert "the cached ONNX copy cannot be read" in caplog.text
+    np.testing.assert_allclose(probabilities(converted, images),
+                               probabilities(keras_model, images), atol=1e-5)
     with pytest.raises(UserError, match="--backend=tflite needs a run folder, .keras or .tflite"):
-        inference.select_backend(loaded, "tflite", 1)
+        backend.select(loaded, "tflite", 1)
     # A damaged file: one line that says so.
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(path.read_bytes()[:5000])
     with pytest.raises(UserError, match="is not a readable ONNX model"):
-        artifacts.load_model(broken)
+        load.load(broken)
     # A model tf2onnx cannot convert: one line naming it, not tf2onnx's traceback.
     def fails(model, description):
         raise ValueError("unsupported op Foo\nmore detail")
 
     monkeypatch.setattr(onnx_runtime, "convert", fails)
-    with pytest.raises(exporting.ExportError, match="tf2onnx could not convert .*: unsupported "
+    with pytest.raises(files.ExportError, match="tf2onnx could not convert .*: unsupported "
                        "op Foo$"):
-        exporting.export(exporting.ExportConfig(
-            model_path=str(trained_run), output=str(tmp_path / "x"),
+        job.export(job.ExportConfig(
+            model_path=str(untrained_run), output=str(tmp_path / "x"),
             data_val=str(tiny_dataset / "val"), formats=("onnx",), parity_images=2))
 
 
 @pytest.mark.slow
-def test_report_figures_can_be_recomputed(exported, trained_run, tiny_dataset):
+def test_report_figures_can_be_recomputed(exported, untrained_run, tiny_dataset):
     output, report = exported
     assert json.loads((output / "report.json").read_text()) == report
-    loaded = artifacts.load_model(trained_run)
+    loaded = load.load(untrained_run)
     val = folders.scan_image_folder(tiny_dataset / "val")
-    chosen = exporting.sample_images(val, report["parity images"])
-    images = np.stack([input_pipeline.load_image(val.paths[i], loaded.img_size).numpy()
+    chosen = parity.sample_images(val, report["parity images"])
+    images = np.stack([pipeline.load_image(val.paths[i], loaded.img_size).numpy()
                        for i in chosen])
-    reference = loaded.model.predict(images, verbose=0)
+    reference = probabilities(loaded.model, images)
     for kind in ("fp32", "fp16"):
         entry = report["artifacts"][f"tflite_{kind}"]
-        probabilities, _, _ = exporting.tflite_predict(Path(entry["path"]).read_bytes(), images)
-        assert entry["top1 agreement"] == np.mean(probabilities.argmax(1) == reference.argmax(1))
+        answer = probabilities(litert.TFLiteRunner(Path(entry["path"]).read_bytes()), images)
+        assert entry["top1 agreement"] == np.mean(answer.argmax(1) == reference.argmax(1))
         assert entry["max abs probability difference"] == pytest.approx(
-            np.max(np.abs(probabilities - reference)), abs=1e-6)
-        assert entry["top1 agreement"] >= exporting.MIN_TOP1_AGREEMENT
+            np.max(np.abs(answer - reference)), abs=1e-6)
+        assert entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT
         assert entry["file size bytes"] == Path(entry["path"]).stat().st_size
     assert report["artifacts"]["tflite_fp32"]["max abs probability difference"] < 1e-4
 
 
 @pytest.mark.slow
-def test_tflite_matches_keras_on_real_dermoscopy_images(exported, trained_run, ham_200px):
+def test_tflite_matches_keras_on_real_dermoscopy_images(exported, untrained_run, ham_200px):
     output, _ = exported
-    loaded = artifacts.load_model(trained_run)
+    loaded = load.load(untrained_run)
     paths = sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:16]
-    images = np.stack([input_pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
-    reference = loaded.model.predict(images, verbose=0)
+    images = np.stack([pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
+    reference = probabilities(loaded.model, images)
     tolerances = {"fp32": 1e-4, "fp16": 5e-3, "dynamic": 0.1}
     for kind, tolerance in tolerances.items():
         content = (output / f"tflite_{kind}" / f"skin_{kind}.tflite").read_bytes()
-        probabilities, _, _ = exporting.tflite_predict(content, images)
-        np.testing.assert_allclose(probabilities, reference, atol=tolerance, err_msg=kind)
+        np.testing.assert_allclose(probabilities(litert.TFLiteRunner(content), images),
+                                   reference, atol=tolerance, err_msg=kind)
 
 
 @pytest.mark.slow
-def test_predict_and_evaluate_accept_the_exported_models(exported, trained_run, tiny_dataset,
+def test_predict_and_evaluate_accept_the_exported_models(exported, untrained_run, tiny_dataset,
                                                         tmp_path):
     output, _ = exported
     paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]
-    keras_probabilities, _ = inference.predict_files(artifacts.load_model(trained_run), paths,
-                                                     show_progress=False)
+    by_keras, _ = predict_files(load.load(untrained_run), paths, 32, show_progress=False)
     for model_path, tolerance in ((output / "saved_model" / "skin", 1e-5),
                                   (output / "tflite_fp32" / "skin_fp32.tflite", 1e-4)):
-        loaded = artifacts.load_model(model_path)
-        assert loaded.model is None and loaded.img_size == 64
-        probabilities, errors = inference.predict_files(loaded, paths, show_progress=False)
+        loaded = load.load(model_path)
+        assert not hasattr(loaded, "model") and loaded.img_size == 64
+        answer, errors = predict_files(loaded, paths, 32, show_progress=False)
         assert errors == [None] * len(paths)
-        np.testing.assert_allclose(probabilities, keras_probabilities, atol=tolerance)
-    report = evaluation.evaluate(loaded, tiny_dataset / "val", tmp_path / "eval")
+        np.testing.assert_allclose(answer["probabilities"], by_keras["probabilities"],
+                                   atol=tolerance)
+    report = evaluation.evaluate_model_path(EvaluateConfig(
+        model_path=str(model_path), data=str(tiny_dataset / "val"), output=str(tmp_path / "e")))
     assert report["images"] == 15
     with pytest.raises(UserError, match="Grad-CAM \\(--explain\\) needs the Keras model"):
-        inference.predict_to_folder(output / "tflite_int8" / "skin_int8.tflite", paths[:1],
-                                    tmp_path / "out", explain=True)
+        predict.predict_to_folder(PredictConfig(
+            model_path=str(output / "tflite_int8" / "skin_int8.tflite"),
+            source=(str(paths[0]),), output=str(tmp_path / "out"), explain=True))
 
 
 @pytest.mark.slow
@@ -309,18 +316,18 @@ def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
 
 
 @pytest.mark.slow
-def test_an_output_under_a_file_is_refused_before_any_work(trained_run, tiny_dataset, tmp_path,
+def test_an_output_under_a_file_is_refused_before_any_work(untrained_run, tiny_dataset, tmp_path,
                                                           monkeypatch):
     (tmp_path / "file").write_text("x")
 
     def no_loading(*args):
         raise AssertionError("the model was loaded before the output was checked")
 
-    monkeypatch.setattr(exporting, "load_model", no_loading)
+    monkeypatch.setattr(load, "load", no_loading)
     with pytest.raises(UserError, match="file is a file, not a folder"):
-        exporting.export(exporting.ExportConfig(model_path=str(trained_run),
-                                                output=str(tmp_path / "file" / "out"),
-                                                data_val=str(tiny_dataset / "val")))
+        job.export(job.ExportConfig(model_path=str(untrained_run),
+                                    output=str(tmp_path / "file" / "out"),
+                                    data_val=str(tiny_dataset / "val")))
 
 
 @pytest.mark.slow
@@ -343,8 +350,8 @@ def test_exports_say_which_colour_constancy_and_are_readable_by_others(exported)
 def test_robustness_report_works_on_exported_models(exported, tiny_dataset, tmp_path):
     output, _ = exported
     for model_path in (output / "saved_model" / "skin", output / "tflite_fp32" / "skin_fp32.tflite"):
-        result = evaluation.evaluate_model_path(model_path, tiny_dataset / "val",
-                                                tmp_path / model_path.name,
-                                                shift_names=("warm", "vignette"))
+        result = evaluation.evaluate_model_path(EvaluateConfig(
+            model_path=str(model_path), data=str(tiny_dataset / "val"),
+            output=str(tmp_path / model_path.name), shifts=("warm", "vignette")))
         assert list(result["shifts"]) == ["clean", "warm", "vignette"]
         assert result["images"] == 15

@@ -1,29 +1,33 @@
-"""predict.py and evaluate.py on folders: exact predictions, bad files, TTA, metrics, Grad-CAM."""
+"""Prediction on files with any runner: exact answers, bad files named, TTA, the rows and the
+files predict.py writes, Grad-CAM, the backends, and predict.py end to end."""
 
 import csv
 import json
+import os
 import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn import metrics as sk_metrics
 
-from conftest import REPO
-from skin_keras.infer import load as artifacts, gradcam, predict as inference, litert
-from skin_keras.evaluate import evaluation
-from skin_keras.data import folders, pipeline as input_pipeline
-from skin_keras.model import record as model_info
+from conftest import REPO, copy_run, probabilities
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, pipeline
+from skin_keras.infer import backend, files, gradcam, litert, load, predict
+from skin_keras.infer.predict import PredictConfig
+from skin_keras.infer.runner import About, Runner
+from skin_keras.model import record
+from skin_keras.model.layers.unknown import UnknownRule
 
 
 @pytest.fixture(scope="module")
-def loaded(trained_run):
-    return artifacts.load_model(trained_run)
+def loaded(untrained_run):
+    return load.load(untrained_run)
 
 
 @pytest.fixture
@@ -41,15 +45,20 @@ def mixed_source(tmp_path, tiny_dataset):
     return source
 
 
-def keras_probabilities(loaded, paths):
-    dataset = input_pipeline.make_dataset([str(p) for p in paths], None, 0, loaded.img_size, 4)
-    return loaded.model.predict(dataset, verbose=0)
+def keras_probabilities(runner, paths):
+    dataset = pipeline.make_dataset([str(p) for p in paths], None, 0, runner.img_size, 4)
+    return runner.model.predict(dataset, verbose=0)["probabilities"]
 
 
-@pytest.mark.slow
+def predict_to(model_path, sources, output, **options):
+    return predict.predict_to_folder(PredictConfig(
+        model_path=str(model_path), source=tuple(str(s) for s in sources), output=str(output),
+        **options))
+
+
 def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mixed_source,
                                                                        tmp_path):
-    rows = inference.predict_to_folder(loaded.source, [mixed_source], tmp_path / "out", topk=2)
+    rows = predict_to(loaded.source, [mixed_source], tmp_path / "out", topk=2)
     errors = {row["path"].rsplit("/", 1)[1]: row["error"] for row in rows if row["error"]}
     assert set(errors) == {"broken.jpg", "empty.png", "notes.txt"}
     good = [row for row in rows if not row["error"]]
@@ -73,35 +82,35 @@ def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mi
     assert [row["path"] for row in saved] == [row["path"] for row in rows]
 
 
-@pytest.mark.slow
 def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_conversion(
-        loaded, mixed_source, capsys):
-    assert inference.select_backend(loaded, "auto", images=10) is loaded  # Small, not cached.
-    tflite = inference.select_backend(loaded, "tflite", images=10)
-    assert "converting" in capsys.readouterr().out
-    assert isinstance(tflite.forward, litert.TFLiteRunner)
-    paths = inference.list_sources([mixed_source])
+        loaded, mixed_source, caplog):
+    assert backend.select(loaded, "auto", images=10) is loaded  # Small, not cached.
+    tflite = backend.select(loaded, "tflite", images=10)
+    assert "converting" in caplog.text
+    assert isinstance(tflite, litert.TFLiteRunner)
+    assert (tflite.class_names, tflite.source) == (loaded.class_names, loaded.source)
+    paths = files.list_sources([mixed_source])
     # Two TTA views (the first is the image as it is).
-    by_keras, keras_errors = inference.predict_files(loaded, paths, 4, 2, False)
-    by_tflite, tflite_errors = inference.predict_files(tflite, paths, 4, 2, False)
+    by_keras, keras_errors = files.predict_files(loaded, paths, 4, 2, show_progress=False)
+    by_tflite, tflite_errors = files.predict_files(tflite, paths, 4, 2, show_progress=False)
     assert tflite_errors == keras_errors and sum(e is None for e in keras_errors) == 6
-    np.testing.assert_allclose(by_tflite, by_keras, atol=1e-5)  # NaN rows match too.
-    # Batches larger than TFLiteRunner.CHUNK run in several calls, the last one smaller.
+    np.testing.assert_allclose(by_tflite["probabilities"], by_keras["probabilities"],
+                               atol=1e-5)  # NaN rows match too.
+    # Batches larger than TFLiteRunner.chunk run in several calls, the last one smaller.
     images = np.random.default_rng(0).uniform(0, 255, (11, loaded.img_size, loaded.img_size, 3))
-    np.testing.assert_allclose(tflite.predict_images(images), loaded.predict_images(images),
+    np.testing.assert_allclose(probabilities(tflite, images), probabilities(loaded, images),
                                atol=1e-5)
-    auto = inference.select_backend(loaded, "auto", images=10)  # Now cached: TFLite.
-    assert isinstance(auto.forward, litert.TFLiteRunner)
-    assert auto.model is loaded.model  # Grad-CAM still has the Keras model.
-    assert "converting" not in capsys.readouterr().out
+    caplog.clear()
+    auto = backend.select(loaded, "auto", images=10)  # Now cached: TFLite.
+    assert isinstance(auto, litert.TFLiteRunner)
+    assert "converting" not in caplog.text
 
 
-@pytest.mark.slow
-def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_source,
+def test_run_folder_and_keras_file_give_the_same_predictions(untrained_run, mixed_source,
                                                              tmp_path):
-    from_run = inference.predict_to_folder(trained_run, [mixed_source], tmp_path / "a")
-    from_file = inference.predict_to_folder(trained_run / "weights" / "best.keras",
-                                            [mixed_source / "more"], tmp_path / "b")
+    from_run = predict_to(untrained_run, [mixed_source], tmp_path / "a")
+    from_file = predict_to(untrained_run / "weights" / "best.keras", [mixed_source / "more"],
+                           tmp_path / "b")
     by_path = {row["path"]: row["probabilities"] for row in from_run}
     assert len(from_file) == 3
     for row in from_file:  # Other batches: equal up to float rounding.
@@ -110,82 +119,38 @@ def test_run_folder_and_keras_file_give_the_same_predictions(trained_run, mixed_
                                        list(by_path[row["path"]].values()), atol=1e-5)
 
 
-@pytest.mark.slow
 def test_tta_averages_the_eight_flips_and_rotations(loaded, tiny_dataset):
     paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:5]
-    plain, _ = inference.predict_files(loaded, paths, batch_size=2, tta=1, show_progress=False)
-    np.testing.assert_allclose(plain, keras_probabilities(loaded, paths), atol=1e-5)
-    averaged, _ = inference.predict_files(loaded, paths, batch_size=2, tta=8, show_progress=False)
-    images = np.stack([input_pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
+    plain, _ = files.predict_files(loaded, paths, batch_size=2, tta=1, show_progress=False)
+    np.testing.assert_allclose(plain["probabilities"], keras_probabilities(loaded, paths),
+                               atol=1e-5)
+    averaged, _ = files.predict_files(loaded, paths, batch_size=2, tta=8, show_progress=False)
+    images = np.stack([pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
     views = [np.rot90(flipped, k, axes=(1, 2)) for flipped in (images, images[:, :, ::-1])
              for k in range(4)]
-    expected = np.mean([loaded.model.predict(v, verbose=0) for v in views], axis=0)
-    np.testing.assert_allclose(averaged, expected, atol=1e-5)
+    expected = np.mean([probabilities(loaded.model, v) for v in views], axis=0)
+    np.testing.assert_allclose(averaged["probabilities"], expected, atol=1e-5)
     with pytest.raises(UserError, match="--tta=9"):
-        inference.predict_files(loaded, paths, tta=9, show_progress=False)
+        files.predict_files(loaded, paths, 4, tta=9, show_progress=False)
 
 
-@pytest.mark.slow
-def test_evaluate_figures_equal_sklearn(loaded, tiny_dataset, tmp_path):
-    report = evaluation.evaluate(loaded, tiny_dataset / "val", tmp_path / "eval", batch_size=4)
-    folder = folders.scan_image_folder(tiny_dataset / "val")
-    # predictions.json keeps full precision (the CSV's 6 decimals can tie and move an AUC).
-    rows = json.loads((tmp_path / "eval" / "predictions.json").read_text())
-    probabilities = np.array([[row["probabilities"][name] for name in loaded.class_names]
-                              for row in rows])
-    y_true, y_pred = folder.labels, probabilities.argmax(1)
-    labels = list(range(len(loaded.class_names)))
-    precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0)
-    assert report["accuracy"] == pytest.approx(sk_metrics.accuracy_score(y_true, y_pred))
-    assert report["balanced accuracy"] == pytest.approx(
-        sk_metrics.balanced_accuracy_score(y_true, y_pred))
-    for index, name in enumerate(loaded.class_names):
-        assert report[name]["Precision"] == pytest.approx(precision[index], abs=5e-5)
-        assert report[name]["Recall"] == pytest.approx(recall[index], abs=5e-5)
-        assert report[name]["F1 score"] == pytest.approx(f1[index], abs=5e-5)
-        assert report[name]["Support"] == support[index]
-        assert report[name]["ROC AUC"] == pytest.approx(
-            sk_metrics.roc_auc_score(y_true == index, probabilities[:, index]), abs=5e-5)
-    assert report["tta views"] == 1
-    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    assert saved["accuracy"] == report["accuracy"] and saved["misclassified"] == report[
-        "misclassified"]
-    with open(tmp_path / "eval" / "misclassified.csv", newline="") as file:
-        wrong = list(csv.DictReader(file))
-    assert len(wrong) == int((y_true != y_pred).sum()) == report["misclassified"]
-    for row in wrong:
-        assert row["true"] != row["predicted"]
-    calibrated = saved["calibration"]
-    assert calibrated["negative log-likelihood"] == pytest.approx(
-        sk_metrics.log_loss(y_true, probabilities, labels=labels), rel=1e-5)
-    assert calibrated["brier score"] == pytest.approx(
-        np.mean(np.sum((probabilities - np.eye(len(labels))[y_true]) ** 2, axis=1)), rel=1e-5)
-    for png in ("confusion_matrix.png", "roc_curves.png", "reliability.png"):
-        assert (tmp_path / "eval" / png).read_bytes()[:4] == b"\x89PNG"
+def test_listing_sources_for_prediction_follows_each_real_file_once(tmp_path, tiny_dataset):
+    for index, path in enumerate(sorted((tiny_dataset / "val").rglob("*.jpg"))[:4]):
+        (tmp_path / "img").mkdir(exist_ok=True)
+        shutil.copy(path, tmp_path / "img" / f"{index}.jpg")
+    os.symlink("..", tmp_path / "img" / "loop")
+    os.symlink(str(tmp_path / "img"), tmp_path / "img" / "twice")
+    listed = files.list_sources([tmp_path / "img", tmp_path / "img" / "0.jpg"])
+    assert sorted(p.name for p in listed) == ["0.jpg", "1.jpg", "2.jpg", "3.jpg"]
+    assert len(folders.walk_files(tmp_path / "img")) == 4  # Not walked ~40 links deep.
 
 
-@pytest.mark.slow
-def test_evaluate_accepts_a_test_set_without_some_class_but_not_unknown_ones(loaded,
-                                                                            tiny_dataset,
-                                                                            tmp_path):
-    shutil.copytree(tiny_dataset / "val", tmp_path / "test")
-    shutil.rmtree(tmp_path / "test" / "Melanoma")
-    report = evaluation.evaluate(loaded, tmp_path / "test", tmp_path / "eval", tta=2)
-    assert report["Melanoma"]["Support"] == 0 and report["Melanoma"]["ROC AUC"] is None
-    assert report["tta views"] == 2
-    (tmp_path / "test" / "Unknown").mkdir()
-    with pytest.raises(UserError, match="differ from the model's classes: unexpected Unknown"):
-        evaluation.evaluate(loaded, tmp_path / "test", tmp_path / "eval")
-
-
-@pytest.mark.slow
 def test_grad_cam_map_has_the_image_size_and_is_not_constant(loaded, tiny_dataset):
     path = sorted((tiny_dataset / "val").rglob("*.jpg"))[0]
-    image = input_pipeline.load_image(str(path), loaded.img_size).numpy()[None]
+    image = pipeline.load_image(str(path), loaded.img_size).numpy()[None]
     heat_maps, classes = gradcam.grad_cam(loaded.model, image)
     assert heat_maps.shape == (1, loaded.img_size, loaded.img_size)
-    assert classes[0] == loaded.model.predict(image, verbose=0).argmax()
+    assert classes[0] == probabilities(loaded.model, image).argmax()
     with Image.open(path) as original:
         size = original.size
         figure = gradcam.overlay_figure(original, heat_maps[0], "caption")
@@ -215,13 +180,13 @@ def _saved_model_folder(tmp):
 ])
 def test_model_paths_that_are_not_keras_models_are_clear_errors(tmp_path, make, message):
     with pytest.raises(UserError, match=message):
-        artifacts.load_model(make(tmp_path))
+        load.load(make(tmp_path))
 
 
 @pytest.mark.slow
-def test_predict_script_end_to_end(trained_run, mixed_source, tmp_path):
+def test_predict_script_end_to_end(untrained_run, mixed_source, tmp_path):
     out = tmp_path / "out"
-    command = [sys.executable, str(REPO / "predict.py"), f"--model_path={trained_run}",
+    command = [sys.executable, str(REPO / "predict.py"), f"--model_path={untrained_run}",
                f"--source={mixed_source}", f"--output={out}", "--save_images", "--explain"]
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -243,12 +208,12 @@ def test_predict_script_end_to_end(trained_run, mixed_source, tmp_path):
         "predict.py: error: --batch_size=0 is out of range [1, 65536]")
 
 
-def saved_run(folder, model, class_names, record=True, indices=None):
+def saved_run(folder, model, class_names, with_record=True, indices=None):
     """A run-like folder holding `model` as weights/best.keras (with or without its record)."""
     (folder / "weights").mkdir(parents=True)
-    if record:
-        model_info.save_model(model, folder / "weights" / "best.keras",
-                              model_info.ModelInfo.of(model, class_names))
+    if with_record:
+        record.save_model(model, folder / "weights" / "best.keras",
+                          record.ModelInfo.of(model, class_names))
     else:
         model.save(folder / "weights" / "best.keras")
     if indices is not None:
@@ -256,9 +221,7 @@ def saved_run(folder, model, class_names, record=True, indices=None):
     return folder
 
 
-@pytest.mark.slow
-def test_a_model_that_answers_nan_is_blamed_not_the_images(loaded, mixed_source, tmp_path,
-                                                           tiny_dataset):
+def test_a_model_that_answers_nan_is_blamed_not_the_images(loaded, mixed_source, tmp_path):
     broken = keras.models.clone_model(loaded.model)
     broken.set_weights(loaded.model.get_weights())
     bias = broken.get_layer("predictions").bias
@@ -266,32 +229,45 @@ def test_a_model_that_answers_nan_is_blamed_not_the_images(loaded, mixed_source,
     run = saved_run(tmp_path / "run", broken, loaded.class_names)
     with pytest.raises(UserError, match="produced NaN for all 6 readable images: the model is "
                                         "broken"):
-        inference.predict_to_folder(run, [mixed_source], tmp_path / "out")
+        predict_to(run, [mixed_source], tmp_path / "out")
     with open(tmp_path / "out" / "predictions.csv", newline="") as file:
         errors = [row["error"] for row in csv.DictReader(file)]
-    assert errors.count(inference.MODEL_NAN) == 6 and "could not be decoded" not in errors
-    with pytest.raises(UserError, match="produced NaN for 15 of the images"):
-        evaluation.evaluate(artifacts.load_model(run), tiny_dataset / "val", tmp_path / "eval")
+    assert errors.count(files.MODEL_NAN) == 6 and "could not be decoded" not in errors
 
 
-@pytest.mark.slow
-def test_a_keras_file_carries_its_class_names(trained_run, tmp_path):
+def test_a_nan_score_is_the_model_s_error_not_a_known_image(tiny_dataset):
+    paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:4]
+
+    class Scored(Runner):  # A model whose score is NaN for the first image of each batch.
+        def _run(self, feed):
+            scores = np.zeros(len(feed["image"]), np.float32)
+            scores[0] = np.nan
+            return {"probabilities": np.full((len(scores), 3), 1 / 3, np.float32),
+                    "unknown_score": scores}
+
+    runner = Scored(About(["a", "b", "c"], 32, Path("m"), UnknownRule(-1.0, 0.95)),
+                    ("image",), ("probabilities", "unknown_score"))
+    results, errors = files.predict_files(runner, paths, batch_size=2, show_progress=False)
+    assert errors == [files.MODEL_NAN, None, files.MODEL_NAN, None]
+    rows = predict.prediction_rows(paths, results, errors, runner)
+    assert [row["unknown"] for row in rows] == [None, False, None, False]
+
+
+def test_a_keras_file_carries_its_class_names(untrained_run, tmp_path):
     copy = tmp_path / "alone.keras"  # Far from its run folder.
-    shutil.copy(trained_run / "weights" / "best.keras", copy)
-    assert model_info.read_from(copy) == model_info.ModelInfo(
+    shutil.copy(untrained_run / "weights" / "best.keras", copy)
+    assert record.read_from(copy) == record.ModelInfo(
         ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma"), 64, "efficientnetv2_b0",
         "shades of gray (p=6) colour constancy")
-    assert artifacts.load_model(copy).class_names == artifacts.load_model(trained_run).class_names
+    assert load.load(copy).class_names == load.load(untrained_run).class_names
     # A run folder whose class list is not the model's: same count, other names.
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
+    run = copy_run(untrained_run, tmp_path / "run")
     (run / "class_indices.json").write_text('{"0": "Melanoma", "1": "Melanocytic nevus", '
                                             '"2": "Basal cell carcinoma"}')
     with pytest.raises(UserError, match="was trained on the classes .* but .* lists"):
-        artifacts.load_model(run)
+        load.load(run)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("indices, message", [
     ('{"0": "a", "1": "b"', "is not a class index file .*: Expecting"),
     ('{"a": "x", "b": "y", "c": "z"}', "is not a class index file .*: no key '0'"),
@@ -300,15 +276,11 @@ def test_a_keras_file_carries_its_class_names(trained_run, tmp_path):
 ])
 def test_older_keras_files_take_their_class_names_from_the_run_folder(loaded, tmp_path, indices,
                                                                       message):
-    good = saved_run(tmp_path / "good", loaded.model, loaded.class_names, record=False,
+    good = saved_run(tmp_path / "good", loaded.model, loaded.class_names, with_record=False,
                      indices='{"0": "a", "1": "b", "2": "c"}')
-    assert artifacts.load_model(good).class_names == ["a", "b", "c"]  # Runs before records.
-    bad = saved_run(tmp_path / "bad", loaded.model, loaded.class_names, record=False,
+    assert load.load(good).class_names == ["a", "b", "c"]  # Runs before records.
+    bad = saved_run(tmp_path / "bad", loaded.model, loaded.class_names, with_record=False,
                     indices=indices)
     with pytest.raises(UserError, match=message) as error:
-        artifacts.load_model(bad)
+        load.load(bad)
     assert "\n" not in str(error.value)
-
-
-# (A 32 px model, whose graph XNNPACK cannot resize, runs in LiteRT one image at a time:
-# test_cross_validation's exported ensemble.)

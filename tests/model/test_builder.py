@@ -5,35 +5,38 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from skin_keras.model import fused_batch_norm, builder as models
+from conftest import probabilities, tiny_model
 from skin_keras.core.errors import UserError
+from skin_keras.model import builder, fused_batch_norm, io, parts
+from skin_keras.model.spec import BACKBONES
 
 
-@pytest.mark.parametrize("name", sorted(models.BACKBONES))
+@pytest.mark.parametrize("name", sorted(BACKBONES))
 def test_every_model_builds_and_a_frozen_backbone_leaves_only_the_head(name):
-    model = models.build_model(name, num_classes=8, img_size=32, weights="none",
-                               freeze_backbone=True)
-    features = models.backbone_of(model).output_shape[-1]
-    assert models.count_params(model.trainable_weights) == features * 8 + 8
+    model = tiny_model(8, model=name, freeze_layers=True)
+    features = parts.backbone_of(model).output_shape[-1]
+    assert parts.count_params(model.trainable_weights) == features * 8 + 8
     if name in ("s", "m", "l", "b0"):
-        assert models.count_params(model.trainable_weights) == 10_248  # The seed's figure.
-    assert model.output_shape == (None, 8)
-    assert models.image_size(model) == 32
+        assert parts.count_params(model.trainable_weights) == 10_248  # The seed's figure.
+    assert io.input_names(model) == ("image",)
+    assert {name: tuple(t.shape) for name, t in io.output_dict(model).items()} == {
+        "probabilities": (None, 8)}
+    assert parts.image_size(model) == 32
 
 
 def test_unknown_model_is_a_user_error():
     with pytest.raises(UserError, match="unknown model 'x'; choose one of s, m, l, b0"):
-        models.build_model("x", 8, 32, weights="none")
+        builder.build_backbone("x", weights="none")
 
 
 def test_frozen_backbone_keeps_weights_and_batchnorm_statistics_when_training():
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    model = tiny_model(freeze_layers=True)
     model.compile(optimizer="sgd", loss="categorical_crossentropy")
-    backbone = models.backbone_of(model)
+    backbone = parts.backbone_of(model)
     before = [w.copy() for w in backbone.get_weights()]  # Includes BN moving mean/variance.
     head_before = model.get_layer("predictions").get_weights()[0].copy()
     images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    model.train_on_batch(images, np.eye(3)[[0, 1, 2, 0]])
+    model.train_on_batch({"image": images}, np.eye(3)[[0, 1, 2, 0]])
     for old, new in zip(before, backbone.get_weights()):
         np.testing.assert_array_equal(old, new)
     assert not np.array_equal(head_before, model.get_layer("predictions").get_weights()[0])
@@ -41,32 +44,34 @@ def test_frozen_backbone_keeps_weights_and_batchnorm_statistics_when_training():
 
 def test_a_frozen_backbone_computes_in_training_what_it_computes_in_inference(tmp_path):
     # Keras passes fit()'s training=True into nested models; stochastic depth must not apply.
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True, dropout_rate=0)
-    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
-    inference = model(images, training=False).numpy()
-    np.testing.assert_array_equal(model(images, training=True).numpy(), inference)
+    model = tiny_model(freeze_layers=True, dropout=0.0)
+    images = {"image": np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")}
+    inference = model(images, training=False)["probabilities"].numpy()
+    np.testing.assert_array_equal(model(images, training=True)["probabilities"].numpy(),
+                                  inference)
     model.save(tmp_path / "m.keras")
     loaded = keras.models.load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(loaded(images, training=True).numpy(), inference)
+    np.testing.assert_array_equal(loaded(images, training=True)["probabilities"].numpy(),
+                                  inference)
 
 
 def test_unfrozen_backbone_from_scratch_trains():
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=False)
-    assert models.count_params(model.trainable_weights) > 5_000_000
+    model = tiny_model()
+    assert parts.count_params(model.trainable_weights) > 5_000_000
 
 
 def test_weights_from_a_local_file_round_trip(tmp_path):
-    source = models.build_model("b0", 3, 32, weights="none", freeze_backbone=False)
+    source = tiny_model()
     path = tmp_path / "backbone.weights.h5"
-    models.backbone_of(source).save_weights(path)
-    loaded = models.build_model("b0", 5, 32, weights=str(path))
-    for expected, actual in zip(models.backbone_of(source).get_weights(),
-                                models.backbone_of(loaded).get_weights()):
+    parts.backbone_of(source).save_weights(path)
+    loaded = tiny_model(5, weights=str(path), freeze_layers=True)
+    for expected, actual in zip(parts.backbone_of(source).get_weights(),
+                                parts.backbone_of(loaded).get_weights()):
         np.testing.assert_array_equal(expected, actual)
     with pytest.raises(UserError, match="does not fit EfficientNetV2-B1"):
-        models.build_model("b1", 5, 32, weights=str(path))
+        builder.build_backbone("b1", weights=str(path))
     with pytest.raises(UserError, match="no such file"):
-        models.build_model("b0", 5, 32, weights=str(tmp_path / "missing.h5"))
+        builder.build_backbone("b0", weights=str(tmp_path / "missing.h5"))
 
 
 def test_imagenet_download_failure_explains_how_to_work_offline(monkeypatch):
@@ -77,12 +82,12 @@ def test_imagenet_download_failure_explains_how_to_work_offline(monkeypatch):
 
     monkeypatch.setattr(efficientnet_v2.file_utils, "get_file", offline)
     with pytest.raises(UserError, match="copy efficientnetv2-b0_notop.h5 into .*models/"):
-        models.build_model("b0", 3, 32, weights="imagenet")
+        builder.build_backbone("b0", weights="imagenet")
 
 
 def test_flops_are_counted_by_the_profiler_and_grow_with_image_area():
-    small = models.count_flops(models.build_model("b0", 8, 32, weights="none"))
-    large = models.count_flops(models.build_model("b0", 8, 64, weights="none"))
+    small = parts.count_flops(tiny_model(8))
+    large = parts.count_flops(tiny_model(8, img_size=64))
     assert small > 1e7
     assert 3.5 < large / small < 4.5
 
@@ -116,3 +121,15 @@ def test_the_fused_batchnorm_kernel_computes_what_keras_computes(policy, toleran
                                        rtol=tolerance[0], atol=tolerance[1])
     # Moving statistics did move (from 0 and 1), so the comparison covers the update.
     assert np.abs(fused_answer[2]).max() > 0.1 and np.abs(fused_answer[3] - 1).max() > 0.1
+
+
+def test_the_fused_batchnorm_is_a_choice_of_the_spec():
+    fused, plain = tiny_model(batch_norm="fused"), tiny_model(batch_norm="keras")
+    assert all(getattr(layer, "_skin_keras_fused", False)
+               for layer in fused_batch_norm.batch_norm_layers(parts.backbone_of(fused)))
+    assert not any(getattr(layer, "_skin_keras_fused", False)
+                   for layer in fused_batch_norm.batch_norm_layers(parts.backbone_of(plain)))
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    plain.set_weights(fused.get_weights())
+    np.testing.assert_allclose(probabilities(fused, images), probabilities(plain, images),
+                               atol=1e-6)

@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from sklearn import metrics as sk
 
-from skin_keras.model import metrics
-from skin_keras.core import plots as reports
+from skin_keras.model import metrics, spec
+
 
 
 def sklearn_figures(y_true, y_pred, num_classes):
@@ -47,7 +47,7 @@ def test_confusion_stats_equal_sklearn(seed):
     expected = sklearn_figures(y_true, y_pred, num_classes)
     matrix = metrics.confusion_matrix(y_true, y_pred, num_classes)
     np.testing.assert_array_equal(matrix, expected["matrix"])
-    stats = reports.stats_numpy(matrix)
+    stats = metrics.stats_numpy(matrix)
     for key in ("precision", "recall", "f1", "support", "specificity", "accuracy",
                 "balanced_accuracy", "mean_precision", "mean_recall", "mean_f1",
                 "mean_specificity"):
@@ -58,7 +58,7 @@ def test_absent_and_never_predicted_classes_are_zero_not_nan():
     # Class 2 never occurs and is never predicted; class 1 occurs but is never predicted.
     y_true = np.array([0, 0, 1, 1, 3])
     y_pred = np.array([0, 3, 0, 3, 3])
-    stats = reports.stats_numpy(metrics.confusion_matrix(y_true, y_pred, 4))
+    stats = metrics.stats_numpy(metrics.confusion_matrix(y_true, y_pred, 4))
     for key in ("precision", "recall", "f1", "specificity"):
         assert not np.isnan(stats[key]).any(), key
     assert stats["precision"][1] == 0 and stats["recall"][2] == 0 and stats["f1"][2] == 0
@@ -68,7 +68,7 @@ def test_absent_and_never_predicted_classes_are_zero_not_nan():
 
 
 def test_empty_matrix_gives_zeros():
-    stats = reports.stats_numpy(np.zeros((3, 3)))
+    stats = metrics.stats_numpy(np.zeros((3, 3)))
     assert all(np.all(np.asarray(value) == 0) for value in stats.values())
 
 
@@ -85,8 +85,8 @@ def test_keras_metric_streams_over_batches_with_onehot_and_integer_labels():
     expected = sklearn_figures(y_true, y_pred, num_classes)
     np.testing.assert_array_equal(metric.matrix.numpy(), expected["matrix"])
     result = {key: float(value) for key, value in metric.result().items()}
-    assert set(result) == set(metrics.SUMMARY_KEYS)
-    for key in metrics.SUMMARY_KEYS:
+    assert set(result) == set(spec.SUMMARY_KEYS)
+    for key in spec.SUMMARY_KEYS:
         assert result[key] == pytest.approx(expected[key], abs=1e-6), key
     metric.reset_state()
     assert metric.matrix.numpy().sum() == 0
@@ -123,7 +123,7 @@ def test_keras_metric_sums_replicas_under_mirrored_strategy():
 
 def test_classification_info_has_the_seed_schema():
     matrix = metrics.confusion_matrix([0, 1, 1, 2], [0, 1, 2, 2], 3)
-    info = reports.classification_info(matrix, ["a", "b", "c"])
+    info = metrics.classification_info(matrix, ["a", "b", "c"])
     assert list(info) == ["accuracy", "balanced accuracy", "a", "b", "c", "mean precision",
                           "mean recall", "mean specificity", "mean f1 score"]
     assert info["b"] == {"Precision": 1.0, "Recall": 0.5, "Specificity": 1.0, "F1 score": 0.6667}

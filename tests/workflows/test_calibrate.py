@@ -2,6 +2,8 @@
 temperature scaling (the fit, the layer, a run calibrated in place)."""
 
 import csv
+import subprocess
+import sys
 import json
 import shutil
 
@@ -10,12 +12,17 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from skin_keras.infer import load as artifacts
-from skin_keras.evaluate import calibration, evaluation
-from skin_keras.model import builder as models
-from skin_keras.data import ood_images
-from skin_keras.workflows import calibrate as temperature
+from conftest import copy_run, probabilities, tiny_model
 from skin_keras.core.errors import UserError
+from skin_keras.data import ood_images
+from skin_keras.evaluate import calibration, evaluation
+from skin_keras.evaluate.evaluation import EvaluateConfig
+from skin_keras.infer import load
+from skin_keras.model import io
+from skin_keras.model.layers import UnknownScore
+from skin_keras.model.layers.temperature import scaled
+from skin_keras.train import run_folder
+from skin_keras.workflows import calibrate as temperature
 
 
 def reference_ece(probabilities, labels, bins=15):
@@ -73,7 +80,7 @@ def test_fitted_temperature_lowers_nll_on_held_out_images_and_keeps_every_label(
     fit, held_out = slice(0, 2000), slice(2000, None)
     fitted = temperature.fit_temperature(overconfident[fit], labels[fit])
     assert fitted == pytest.approx(3.0, rel=0.1)
-    after = calibration.scaled(overconfident[held_out], fitted)
+    after = scaled(overconfident[held_out], fitted)
     assert calibration.negative_log_likelihood(after, labels[held_out]) < (
         calibration.negative_log_likelihood(overconfident[held_out], labels[held_out]) - 0.1)
     assert calibration.expected_calibration_error(after, labels[held_out]) < 0.5 * (
@@ -82,33 +89,32 @@ def test_fitted_temperature_lowers_nll_on_held_out_images_and_keeps_every_label(
 
 
 def test_temperature_layer_equals_numpy_and_survives_save_and_load(tmp_path):
-    model = models.build_model("b0", 3, 32, "none", freeze_backbone=False)
-    calibrated = temperature.with_temperature(model, 2.5)
+    model = tiny_model()
+    calibrated = io.calibrated(model, 2.5, UnknownScore("max_probability", 0.5, 0.9))
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
-    raw = model(images).numpy()
-    np.testing.assert_allclose(calibrated(images), calibration.scaled(raw, 2.5), atol=1e-6)
+    raw = probabilities(model, images)
+    np.testing.assert_allclose(probabilities(calibrated, images), scaled(raw, 2.5), atol=1e-6)
     calibrated.save(tmp_path / "c.keras")
     loaded = keras.models.load_model(tmp_path / "c.keras")
-    assert calibration.temperature_of(loaded) == 2.5 and calibration.temperature_of(model) is None
-    np.testing.assert_allclose(loaded(images), calibrated(images), atol=1e-6)
+    assert io.temperature_of(loaded) == 2.5 and io.temperature_of(model) is None
+    np.testing.assert_allclose(probabilities(loaded, images), probabilities(calibrated, images),
+                               atol=1e-6)
 
 
-@pytest.mark.slow
-def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(trained_run, run)
-    before = artifacts.load_model(run)
-    entry = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run),
-                                                                  unknown_coverage=0.8))
+def test_calibrate_a_run_in_place_and_again(untrained_run, calibrated_run, tiny_dataset,
+                                            tmp_path):
+    run = copy_run(calibrated_run, tmp_path / "run")  # calibrated_run's setup calibrated it.
+    before = load.load(untrained_run)
+    entry = json.loads((run / "train_params.json").read_text())["calibration"]
     params = json.loads((run / "train_params.json").read_text())
     assert params["calibration"] == entry
     assert entry["images"] == 15 and entry["fitted on"] == str(tiny_dataset / "val")
     assert entry["after"]["negative log-likelihood"] <= entry["before"]["negative log-likelihood"]
-    after = artifacts.load_model(run)
+    after = load.load(run)
     assert after.temperature == entry["temperature"] and before.temperature is None
     images = np.random.default_rng(0).uniform(0, 255, (4, 64, 64, 3)).astype(np.float32)
-    np.testing.assert_allclose(after.predict_images(images), calibration.scaled(
-        before.predict_images(images), entry["temperature"]), atol=1e-5)
+    np.testing.assert_allclose(probabilities(after, images), scaled(
+        probabilities(before, images), entry["temperature"]), atol=1e-5)
     assert (run / "weights" / temperature.UNCALIBRATED).is_file()
     # (Exports of a calibrated model: test_patient_metadata's metadata_run is calibrated.)
 
@@ -117,8 +123,9 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
     assert entry["unknown"]["validation images kept"] == pytest.approx(12 / 15)
     ood = tmp_path / "ood"
     ood_images.make_ood_folder(ood_images.OodConfig(output=str(ood), count=2, size=48))
-    report = evaluation.evaluate_model_path(run, tiny_dataset / "val", tmp_path / "e",
-                                            backend="keras", ood=str(ood))
+    report = evaluation.evaluate_model_path(EvaluateConfig(
+        model_path=str(run), data=str(tiny_dataset / "val"), output=str(tmp_path / "e"),
+        backend="keras", ood=str(ood)))
     assert report["unknown"]["images flagged"] == 3
     assert report["ood"]["unknown rule"]["labelled images kept"] == pytest.approx(12 / 15)
     assert set(report["ood"]["scores"]) == {"max_probability", "feature_distance", "energy"}
@@ -129,8 +136,9 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
     assert sum(row["unknown"] == "true" for row in rows) == 3
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ood"] == report["ood"]
     with pytest.raises(UserError, match="--ood=.* is not a folder"):  # Said before any work.
-        evaluation.evaluate_model_path(run, tiny_dataset / "val", tmp_path / "f",
-                                       ood=str(tmp_path / "none"))
+        evaluation.evaluate_model_path(EvaluateConfig(
+            model_path=str(run), data=str(tiny_dataset / "val"), output=str(tmp_path / "f"),
+            ood=str(tmp_path / "none")))
     # Again: refitted from the model as trained, not calibrated twice.
     again = temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
     assert again["temperature"] == pytest.approx(entry["temperature"], rel=1e-6)
@@ -144,7 +152,30 @@ def test_calibrate_a_run_in_place_and_again(trained_run, tiny_dataset, tmp_path)
         temperature.calibrate_run(temperature.CalibrateConfig(
             model_path=str(run / "weights" / "best.keras")))
     # A resumed run trains on from the model as trained (best.keras put back).
-    temperature.uncalibrate(run)
-    assert artifacts.load_model(run).temperature is None
+    run_folder.uncalibrate(run)
+    assert load.load(run).temperature is None
     assert not (run / "weights" / temperature.UNCALIBRATED).exists()
     assert "calibration" not in json.loads((run / "train_params.json").read_text())
+
+
+@pytest.mark.slow
+def test_calibrate_and_ood_images_scripts_end_to_end(untrained_run, tiny_dataset, tmp_path):
+    run = copy_run(untrained_run, tmp_path / "run")
+    result = subprocess.run([sys.executable, "-m", "skin_keras.calibrate",
+                             f"--model_path={run}", "--unknown_score=max_probability"],
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("temperature ") and "max_probability <" in result.stdout
+    assert load.load(run).unknown.score == "max_probability"
+    result = subprocess.run([sys.executable, "-m", "skin_keras.calibrate",
+                             f"--model_path={run / 'weights'}"],
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"calibrate.py: error: --model_path={run / 'weights'}: give a run folder (with "
+        "weights/best.keras and train_params.json); calibration is recorded there")
+    result = subprocess.run([sys.executable, "-m", "skin_keras.ood_images",
+                             f"--output={tmp_path / 'ood'}", "--count=1", "--size=24"],
+                            capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"wrote 5 images to {tmp_path / 'ood'}: noise 1")

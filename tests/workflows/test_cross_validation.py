@@ -8,17 +8,18 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import CLASSES, Killed, embedded_metadata, tiny_config
 from sklearn import metrics as sk_metrics
 
-from skin_keras.infer import load as artifacts
-from skin_keras.evaluate import calibration
-from skin_keras.workflows import cross_validation
-from skin_keras.export import exporting
-from skin_keras.data import folders, synthetic
-from skin_keras.train import loop as training
+from conftest import CLASSES, Killed, embedded_metadata, probabilities, tiny_config
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, synthetic
 from skin_keras.data.patient_metadata import MISSING, Record
+from skin_keras.export import job
+from skin_keras.infer import load
+from skin_keras.infer.runner import explainable
+from skin_keras.model.layers.temperature import scaled
+from skin_keras.train import loop
+from skin_keras.workflows import cross_validation, training
 
 
 def _folder(labels, names=CLASSES) -> folders.ImageFolder:
@@ -72,24 +73,23 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     # score is a second output of its exports.
     config = tiny_config(tmp_path, metadata_data, folds=2, epochs=1, freeze_layers=True,
                          metadata=str(metadata_data / "train_metadata.csv"), calibrate=True)
-    train_and_evaluate = training.train_and_evaluate
+    train_and_evaluate = loop.train_and_evaluate
 
     def killed_in_fold_2(member_config, verbose="auto", run_dir=None):
         if run_dir is not None and run_dir.name == "fold_2":
             raise Killed
         return train_and_evaluate(member_config, verbose, run_dir)
 
-    monkeypatch.setattr(training, "train_and_evaluate", killed_in_fold_2)
+    monkeypatch.setattr(loop, "train_and_evaluate", killed_in_fold_2)
     with pytest.raises(Killed):
-        train_and_evaluate(config, verbose=0)
+        training.run(config, verbose=0)
     monkeypatch.undo()
     run = tmp_path / "runs" / "exp1"
     params = json.loads((run / "train_params.json").read_text())
     assert params["cross-validation"]["finished folds"] == [1]
     first = (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns
 
-    resumed = training.train_and_evaluate(dataclasses.replace(config, resume=str(run)),
-                                          verbose=0)
+    resumed = training.run(dataclasses.replace(config, resume=str(run)), verbose=0)
     assert resumed == run
     assert (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns == first  # Kept.
     assert json.loads((run / "train_params.json").read_text())["cross-validation"][
@@ -119,17 +119,19 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     assert any((tmp_path / "features").iterdir())
 
     # The ensemble is the run's model: the mean of its members, in Keras and exported.
-    ensemble = artifacts.load_model(run)
-    members = [artifacts.load_model(run / f"fold_{fold}") for fold in (1, 2)]
-    assert ensemble.takes_metadata and ensemble.unknown.score == "max_probability"
+    ensemble = load.load(run)
+    members = [load.load(run / f"fold_{fold}") for fold in (1, 2)]
+    assert "metadata" in ensemble.inputs and ensemble.unknown.score == "max_probability"
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2")]
-    expected, expected_scores = ensemble.predict_scored(images, records)
-    np.testing.assert_allclose(expected, calibration.scaled(np.mean(
-        [m.predict_images(images, records) for m in members], axis=0), ensemble.temperature),
-        atol=1e-6)
+    batch = {"image": images, "metadata": records}
+    answer = ensemble(batch)
+    expected, expected_scores = answer["probabilities"], answer["unknown_score"]
+    np.testing.assert_allclose(expected, scaled(np.mean(
+        [probabilities(m, images, metadata=records) for m in members], axis=0),
+        ensemble.temperature), atol=1e-6)
     np.testing.assert_allclose(expected_scores, expected.max(axis=1), atol=1e-6)
-    report = exporting.export(exporting.ExportConfig(
+    report = job.export(job.ExportConfig(
         model_path=str(run), data_val=str(metadata_data / "val"), output=str(tmp_path / "x"),
         formats=("saved_model", "tflite_fp32"), parity_images=6))
     for entry in report["artifacts"].values():
@@ -147,13 +149,13 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     # (ONNX with two inputs and the score output: test_patient_metadata's export test.)
     for path in (tmp_path / "x" / "saved_model" / "skin",
                  tmp_path / "x" / "tflite_fp32" / "skin_fp32.tflite"):
-        exported = artifacts.load_model(path)
+        exported = load.load(path)
         assert exported.unknown == ensemble.unknown
-        probabilities, scores = exported.predict_scored(images, records)
-        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
-        np.testing.assert_allclose(scores, expected_scores, atol=1e-5)
+        answer = exported(batch)
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=1e-5)
+        np.testing.assert_allclose(answer["unknown_score"], expected_scores, atol=1e-5)
     # At 32 px the last feature map is 1x1 and XNNPACK cannot resize the graph to a batch of
     # 3: the runner fell back to one image at a time, with the same answers.
-    assert exported.forward.batch_one_only
+    assert exported.batch_one_only
     with pytest.raises(UserError, match="is an ensemble: Grad-CAM"):
-        ensemble.require_explainable()
+        explainable(ensemble)
