@@ -6,6 +6,7 @@ HAM10000 images read ../shared/datasets and skip with a reason where it is absen
 """
 
 import csv
+import io as bytes_io
 import logging
 import os
 import shutil
@@ -19,6 +20,7 @@ from skin_keras.core import console  # noqa: E402  pylint: disable=g-import-not-
 
 console.quiet_tensorflow_startup()  # The suite's log as the scripts' (no CUDA probing noise).
 
+import keras  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
 import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -27,6 +29,8 @@ import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
 # TensorFlow runs any op; the default strategy still uses one device.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * 2)
+
+from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from skin_keras.data import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model import io, record  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -74,12 +78,35 @@ def untrained_run_folder(tmp_path: Path, data: Path, **overrides) -> Path:
     as built: what training writes, without the epochs (seconds instead of a minute)."""
     config = tiny_config(tmp_path, data, **overrides)
     run_data = inputs.read_run_data(config)
+    keras.utils.set_random_seed(int(os.environ.get("SKIN_KERAS_TEST_SEED", config.seed)))
     model = build_model(config.model_spec, run_data.train.num_classes, run_data.encoding)
     run_dir = run_folder.new_run_dir(config.save_ret)
     run_folder.write_run_files(run_dir, config, run_data, model, None)
     record.save_model(model, run_dir / "weights" / "best.keras",
                       record.ModelInfo.of(model, run_data.train.class_names))
     return run_dir
+
+
+def corrupt_files(folder):
+    """Files that pass the header check but not TensorFlow's decoder, and one it repairs."""
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    png = bytearray(buffer.getvalue())
+    start = png.find(b"IDAT") + 20
+    png[start:start + 20] = b"\x00" * 20  # Corrupt compressed data.
+    (folder / "corrupt_idat.png").write_bytes(bytes(png))
+    buffer = bytes_io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    scan = jpeg.find(b"\xff\xda")
+    (folder / "header_only.jpg").write_bytes(jpeg[:scan] + b"\xff\xd9")
+    damaged = bytearray(jpeg)
+    noise = np.random.default_rng(1).integers(0, 255, 50, dtype=np.uint8).tobytes()
+    damaged[scan + 200:scan + 250] = noise.replace(b"\xff", b"\x00")
+    (folder / "corrupt_scan.jpg").write_bytes(bytes(damaged))
+    return folder
 
 
 def copy_run(run: Path, target: Path) -> Path:
@@ -90,6 +117,7 @@ def copy_run(run: Path, target: Path) -> Path:
 def config_from_flagfile(path, *overrides: str) -> TrainConfig:
     """What train.py builds from `--flagfile=path` and the flags after it."""
     from absl import flags  # pylint: disable=g-import-not-at-top
+
     from skin_keras.core import cli  # pylint: disable=g-import-not-at-top
 
     values = flags.FlagValues()

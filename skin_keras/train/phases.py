@@ -18,7 +18,7 @@ from skin_keras.model import builder, parts
 from skin_keras.train import run_folder
 from skin_keras.train.checkpoints import FullModelCheckpoints, HeadCheckpoints
 from skin_keras.train.inputs import training_draw
-from skin_keras.train.recipe import Stage, finetune_optimizer, stage_plan
+from skin_keras.train.recipe import Stage, stage_plan
 from skin_keras.train.session import Session
 
 _log = logging.getLogger(__name__)
@@ -89,8 +89,7 @@ class FineTune(FullImages):
         config = session.config
         with session.strategy.scope():
             builder.unfreeze_top_blocks(parts.backbone_of(session.model), config.unfreeze_blocks)
-        session.compile(finetune_optimizer(config, session.steps_per_epoch),
-                        (session.model, session.train_model))
+        session.compile(finetune=True, models=(session.model, session.train_model))
         _log.info(f"fine-tuning: epochs {self.first_epoch + 1}-{self.last_epoch}, "
                   f"{parts.count_params(session.model.trainable_weights):,} trainable "
                   f"parameters, lr {config.finetune_lr}")

@@ -17,7 +17,7 @@ from skin_keras.train import distribute, feature_cache, run_folder
 from skin_keras.train.config import TrainConfig
 from skin_keras.train.epoch_log import EpochLog
 from skin_keras.train.inputs import RunData, selected, training_draw
-from skin_keras.train.recipe import class_weights, make_optimizer
+from skin_keras.train.recipe import class_weights, finetune_optimizer, make_optimizer
 
 _log = logging.getLogger(__name__)
 
@@ -41,16 +41,19 @@ class Session:
     log: EpochLog | None = None
     _cached: tuple | None = None
 
-    def compile(self, optimizer, models=None) -> None:
-        """Compiles the models (all by default) with one optimizer, the loss and the metric,
-        and builds the optimizer. --jit_compile: auto leaves XLA to Keras (on with an
-        accelerator, off on CPU-only machines), on/off force it.
+    def compile(self, finetune: bool = False, models=None) -> None:
+        """Compiles the models (all by default) with one new optimizer (the fine-tuning one with
+        `finetune`), the loss and the metric, and builds the optimizer, all in the strategy's
+        scope. --jit_compile: auto leaves XLA to Keras (on with an accelerator, off on CPU-only
+        machines), on/off force it.
 
         Creating the optimizer's slots here, outside tf.function, saves tracing the training
         step twice (about half a minute for B0 on a 2-core CPU)."""
         models = models or (self.model, self.train_model, self.head)
         unique = list({id(m): m for m in models if m is not None}.values())
         with self.strategy.scope():
+            optimizer = (finetune_optimizer if finetune else make_optimizer)(
+                self.config, self.steps_per_epoch)
             for model in unique:
                 model.compile(optimizer=optimizer, loss=self.loss, metrics=[self.metric],
                               jit_compile={"on": True, "off": False}.get(
@@ -101,7 +104,7 @@ def build(config: TrainConfig, data: RunData) -> Session:
                       keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                       metric, ModelInfo.of(model, data.train.class_names), steps_per_epoch,
                       class_weights(data.train.class_counts(), config.class_weight))
-    session.compile(make_optimizer(config, steps_per_epoch))
+    session.compile()
     return session
 
 

@@ -6,11 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from test_data import corrupt_files
 from skin_keras.data import augment, pipeline, synthetic
 from skin_keras.data.augmentation import Augmentation
 from skin_keras.train import loop
+
+from conftest import corrupt_files, tiny_config
 
 
 @pytest.fixture

@@ -8,8 +8,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from skin_keras.data import folders, pipeline
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, pipeline
+
+from conftest import corrupt_files
 
 
 def save_image(path, mode="RGB", size=(40, 30), image_format=None, value=None):
@@ -220,28 +222,6 @@ def test_an_empty_class_folder_is_allowed_where_classes_may_be_missing(tmp_path)
     assert folder.class_counts().tolist() == [0, 1]
     with pytest.raises(UserError, match="without readable images in .*: Melanoma"):
         folders.scan_image_folder(tmp_path / "test")
-
-
-def corrupt_files(folder):
-    """Files that pass the header check but not TensorFlow's decoder, and one it repairs."""
-    folder.mkdir(parents=True, exist_ok=True)
-    pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "PNG")
-    png = bytearray(buffer.getvalue())
-    start = png.find(b"IDAT") + 20
-    png[start:start + 20] = b"\x00" * 20  # Corrupt compressed data.
-    (folder / "corrupt_idat.png").write_bytes(bytes(png))
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
-    jpeg = buffer.getvalue()
-    scan = jpeg.find(b"\xff\xda")
-    (folder / "header_only.jpg").write_bytes(jpeg[:scan] + b"\xff\xd9")
-    damaged = bytearray(jpeg)
-    noise = np.random.default_rng(1).integers(0, 255, 50, dtype=np.uint8).tobytes()
-    damaged[scan + 200:scan + 250] = noise.replace(b"\xff", b"\x00")
-    (folder / "corrupt_scan.jpg").write_bytes(bytes(damaged))
-    return folder
 
 
 def test_the_full_decode_check_names_what_the_header_check_lets_through(tmp_path):

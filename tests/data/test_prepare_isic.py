@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
-from skin_keras.data import folders, isic, placing, synthetic
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, isic, placing, synthetic
+
+from conftest import REPO
 
 CODES = list(isic.CLASS_NAMES)
 HEADER = ["image", "MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK"]

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from conftest import REPO
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders
 from skin_keras.evaluate import evaluation
 from skin_keras.evaluate.evaluation import EvaluateConfig
 from skin_keras.infer import load
 from skin_keras.model import record
+
+from conftest import REPO
 
 
 def evaluate(model_path, data, output, **options):

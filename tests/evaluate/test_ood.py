@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from conftest import probabilities, tiny_model
 from skin_keras.core.errors import UserError
 from skin_keras.data import ood_images
 from skin_keras.evaluate import ood as open_set
@@ -16,6 +15,8 @@ from skin_keras.model.layers import UnknownScore
 from skin_keras.model.layers.unknown import UnknownRule
 from skin_keras.train.config import TrainConfig
 from skin_keras.workflows.calibrate import CalibrateConfig
+
+from conftest import probabilities, tiny_model
 
 
 @pytest.mark.parametrize("coverage", [0.5, 0.8, 0.95, 0.999, 1.0])

@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import REPO, embedded_metadata, probabilities
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
 from skin_keras.evaluate import evaluation
@@ -21,6 +20,8 @@ from skin_keras.export import files, job, parity, saved_model
 from skin_keras.infer import backend, litert, load, onnx_runtime, predict
 from skin_keras.infer.files import predict_files
 from skin_keras.infer.predict import PredictConfig
+
+from conftest import REPO, embedded_metadata, probabilities
 
 
 @pytest.fixture(scope="module")

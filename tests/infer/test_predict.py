@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, copy_run, probabilities
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
 from skin_keras.infer import backend, files, gradcam, litert, load, predict
@@ -23,6 +22,8 @@ from skin_keras.infer.predict import PredictConfig
 from skin_keras.infer.runner import About, Runner
 from skin_keras.model import record
 from skin_keras.model.layers.unknown import UnknownRule
+
+from conftest import REPO, copy_run, probabilities
 
 
 @pytest.fixture(scope="module")

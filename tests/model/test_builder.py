@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import probabilities, tiny_model
 from skin_keras.core.errors import UserError
 from skin_keras.model import builder, fused_batch_norm, io, parts
 from skin_keras.model.spec import BACKBONES
+
+from conftest import probabilities, tiny_model
 
 
 @pytest.mark.parametrize("name", sorted(BACKBONES))

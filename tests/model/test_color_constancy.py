@@ -5,11 +5,12 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import probabilities, tiny_model
 from skin_keras.data import pipeline
 from skin_keras.model import parts
 from skin_keras.model.layers import color_constancy
 from skin_keras.train import feature_cache
+
+from conftest import probabilities, tiny_model
 
 
 def real_images(ham_200px, count=6, size=64):

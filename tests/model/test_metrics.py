@@ -8,7 +8,6 @@ from sklearn import metrics as sk
 from skin_keras.model import metrics, spec
 
 
-
 def sklearn_figures(y_true, y_pred, num_classes):
     labels = list(range(num_classes))
     precision, recall, f1, support = sk.precision_recall_fscore_support(

@@ -5,11 +5,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from conftest import probabilities, tiny_model
 from skin_keras.data.patient_metadata import MISSING, Record
 from skin_keras.model import io, parts
 from skin_keras.model.layers import metadata as metadata_encoding
 from skin_keras.model.layers.metadata import PatientMetadata
+
+from conftest import probabilities, tiny_model
 
 
 def test_encoding_of_missing_values_unseen_categories_and_bad_ages():

@@ -8,15 +8,19 @@ import sys
 import pytest
 from absl import flags
 
-from conftest import REPO, tiny_config
-from skin_keras.core import cli, options
+from skin_keras.core import cli
+from skin_keras.core.errors import UserError
+from skin_keras.data.augmentation import Augmentation
+from skin_keras.data.isic import PrepareConfig
+from skin_keras.evaluate.evaluation import EvaluateConfig
+from skin_keras.export.job import ExportConfig
+from skin_keras.infer.predict import PredictConfig
+from skin_keras.model import spec
 from skin_keras.train import config as config_lib
 from skin_keras.train.config import TrainConfig
-from skin_keras.core.errors import UserError
-from skin_keras.evaluate.evaluation import EvaluateConfig
-from skin_keras.export.exporting import ExportConfig
-from skin_keras.infer.predict import PredictConfig
-from skin_keras.data.isic import PrepareConfig
+from skin_keras.workflows.calibrate import CalibrateConfig
+
+from conftest import REPO, tiny_config
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -114,7 +118,7 @@ def test_optimizer_names_are_canonical():
 
 
 @pytest.mark.parametrize("config_class", [TrainConfig, PredictConfig, EvaluateConfig,
-                                          ExportConfig, PrepareConfig])
+                                          ExportConfig, PrepareConfig, CalibrateConfig])
 def test_flags_are_generated_from_every_field_and_parse_back(config_class):
     values = flags.FlagValues()
     cli.define_flags(config_class, flag_values=values)
@@ -152,20 +156,31 @@ def test_base_cfg_sets_nothing_the_defaults_do_not():
 
 
 def test_config_module_imports_no_tensorflow():
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); import skin_keras.train.config, "
-            "skin_keras.options; print('tensorflow' in sys.modules, 'keras' in sys.modules)")
-    result = subprocess.run([sys.executable, "-c", code, str(REPO)], capture_output=True,
-                            text=True, check=True)
+    code = ("import sys, skin_keras.train.config, skin_keras.core.options; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
     assert result.stdout.split() == ["False", "False"]
 
 
-def test_every_choice_tuple_is_declared_once():
-    # models, distribute and colour constancy read their allowed values from config.
+def test_every_choice_tuple_and_option_group_is_declared_once():
+    # The model, distribution and colour constancy read their allowed values from one place.
+    from skin_keras.model import builder  # pylint: disable=g-import-not-at-top
     from skin_keras.model.layers import color_constancy  # pylint: disable=g-import-not-at-top
     from skin_keras.train import distribute  # pylint: disable=g-import-not-at-top
-    from skin_keras.model import builder as models  # pylint: disable=g-import-not-at-top
 
     assert distribute.STRATEGIES is config_lib.STRATEGIES
-    assert models.BACKBONES is config_lib.BACKBONES
-    assert color_constancy.METHODS is config_lib.COLOR_CONSTANCY
-    assert options.specs(TrainConfig)[0].name == "data_train"
+    assert builder.BACKBONES is spec.BACKBONES
+    assert color_constancy.METHODS is spec.COLOR_CONSTANCY
+    # The option groups a config includes are declared once, with their defaults: the config's
+    # fields are theirs, and its typed parts are built from them.
+    fields = {field.name: field for field in dataclasses.fields(TrainConfig)}
+    for group in (spec.ModelSpec, Augmentation, spec.UnknownOptions):
+        for field in dataclasses.fields(group):
+            assert fields[field.name] is field or fields[field.name].default == field.default
+    config = TrainConfig(model="b1", rotation=True, unknown_coverage=0.9)
+    assert config.model_spec == spec.ModelSpec(model="b1")
+    assert config.augmentation == Augmentation(rotation=True)
+    assert config.unknown == spec.UnknownOptions(unknown_coverage=0.9)
+    assert CalibrateConfig(model_path="/r", unknown_coverage=0.9).unknown_coverage == 0.9
+    assert set(TrainConfig().to_dict()) == set(fields)

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
-from skin_keras.train import distribute, epoch_log, loop as training
 from skin_keras.core.errors import UserError
+from skin_keras.train import distribute, epoch_log, loop
+
+from conftest import tiny_config
 
 
 def test_mirrored_uses_the_two_logical_cpus():
@@ -26,7 +27,7 @@ def test_mirrored_training_matches_one_device(tmp_path, tiny_dataset):
         config = tiny_config(tmp_path / strategy, tiny_dataset, strategy=strategy,
                              freeze_layers=True, dropout=0.0, batch_size=8, lr=0.01,
                              deterministic=True, feature_cache="none", epochs=1)
-        runs[strategy] = training.train_and_evaluate(config, verbose=0)
+        runs[strategy] = loop.train_and_evaluate(config, verbose=0)
     logs = {name: json.loads((run / "log.json").read_text()) for name, run in runs.items()}
     matrices = {name: json.loads((run / epoch_log.MATRICES_FILE).read_text())
                 for name, run in runs.items()}

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from skin_keras.core import plots as reports
+from skin_keras.model import metrics
 from skin_keras.train.epoch_log import EpochLog
 
 NAMES = ["a", "b", "c"]
@@ -23,7 +23,7 @@ def test_entries_follow_the_seed_schema_and_the_best_epoch_is_tracked(tmp_path):
     assert log.add(3, GOOD, HALF, 0.4, 0.7, 0.001) is False
     assert log.best_epoch == 2 and log.epochs == 3
     entry = log.entries["epoch:2"]
-    assert entry["valid info"] == {**reports.classification_info(GOOD, NAMES), "loss": 0.6}
+    assert entry["valid info"] == {**metrics.classification_info(GOOD, NAMES), "loss": 0.6}
     assert entry["lr"] == 0.005 and entry["stage"] == {"img_size": 32}
     np.testing.assert_array_equal(log.best_matrices()[1], GOOD)
     log.write_log(tmp_path)

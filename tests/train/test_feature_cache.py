@@ -8,11 +8,19 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import Killed, kill_at_log_write, tiny_config
-from test_data import corrupt_files
-from skin_keras.train import checkpoints as checkpointing, feature_cache, loop as training
-from skin_keras.data import folders, pipeline as input_pipeline
-from skin_keras.model import builder as models
+from skin_keras.data import folders, pipeline
+from skin_keras.model import parts
+from skin_keras.train import checkpoints as checkpointing
+from skin_keras.train import feature_cache, loop
+
+from conftest import (
+    Killed,
+    corrupt_files,
+    kill_at_log_write,
+    probabilities,
+    tiny_config,
+    tiny_model,
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,29 +32,30 @@ def cached_run(tmp_path_factory, tiny_dataset):
     corrupt_files(tmp_path / "data" / "train" / "Melanoma")
     config = tiny_config(tmp_path, tmp_path / "data", freeze_layers=True, cache_views=2, lr=0.01,
                          color_constancy="shades_of_gray")
-    return config, training.train_and_evaluate(config, verbose=0)
+    return config, loop.train_and_evaluate(config, verbose=0)
 
 
 def images_of(paths, size):
-    return np.stack([input_pipeline.load_image(path, size).numpy() for path in paths])
+    return np.stack([pipeline.load_image(path, size).numpy() for path in paths])
 
 
 def test_cached_features_are_the_backbone_features_of_each_view(tmp_path, tiny_dataset):
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    model = tiny_model(freeze_layers=True)
     paths = folders.scan_image_folder(tiny_dataset / "val").paths[:4]
     cache = feature_cache.FeatureCache(tmp_path, model, "float32")
     features, ok = cache.features(paths, views=3)
     assert ok.all() and features.shape == (4, 3, 1280)
-    extractor = models.feature_model(model)
-    for view, images in enumerate(input_pipeline.dihedral_views(images_of(paths, 32))[:3]):
-        np.testing.assert_allclose(features[:, view], extractor.predict(images, verbose=0),
-                                   rtol=1e-5, atol=1e-5)
+    extractor = parts.feature_model(model)
+    for view, images in enumerate(pipeline.dihedral_views(images_of(paths, 32))[:3]):
+        np.testing.assert_allclose(
+            features[:, view], extractor.predict({"image": images}, verbose=0)["features"],
+            rtol=1e-5, atol=1e-5)
     assert not np.allclose(features[:, 0], features[:, 1])  # The views differ.
 
 
 def test_the_cache_is_keyed_by_content_and_computes_nothing_twice(tmp_path, tiny_dataset,
                                                                   monkeypatch):
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    model = tiny_model(freeze_layers=True)
     paths = folders.scan_image_folder(tiny_dataset / "val").paths[:3]
     cache = feature_cache.FeatureCache(tmp_path, model, "float32")
     first, _ = cache.features(paths, views=1)
@@ -63,9 +72,9 @@ def test_the_cache_is_keyed_by_content_and_computes_nothing_twice(tmp_path, tiny
     with pytest.raises(AssertionError, match="computed again"):  # A view not cached yet.
         cache.features(paths, views=2)
     # Other weights or another size: another folder.
-    other = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
+    other = tiny_model(freeze_layers=True)
     assert feature_cache.FeatureCache(tmp_path, other, "float32").folder != cache.folder
-    bigger = models.build_model("b0", 3, 48, weights="none", freeze_backbone=True)
+    bigger = tiny_model(freeze_layers=True, img_size=48)
     bigger.set_weights(model.get_weights())
     assert feature_cache.FeatureCache(tmp_path, bigger, "float32").folder != cache.folder
 
@@ -89,12 +98,13 @@ def test_a_cached_run_writes_the_same_run_folder(cached_run, trained_run):
 def test_the_saved_model_predicts_on_images_what_the_head_learned_on_features(cached_run):
     config, run = cached_run
     model = keras.models.load_model(run / "weights" / "last.keras")
-    assert models.count_params(models.backbone_of(model).weights) > 5_000_000  # Whole model.
+    assert parts.count_params(parts.backbone_of(model).weights) > 5_000_000  # Whole model.
     val = folders.scan_image_folder(config.data_val)
-    on_images = model.predict(images_of(val.paths, config.img_size), verbose=0)
+    on_images = probabilities(model, images_of(val.paths, config.img_size))
     cache = feature_cache.FeatureCache(config.feature_cache, model, "float32")
     features, _ = cache.features(val.paths, views=1)
-    on_features = models.head_model(model).predict(features[:, 0], verbose=0)
+    on_features = parts.head_model(model).predict({"features": features[:, 0]},
+                                                  verbose=0)["probabilities"]
     np.testing.assert_allclose(on_images, on_features, rtol=1e-5, atol=1e-6)
     # The logged validation loss of the last epoch is the loss of the saved model on the images.
     last = json.loads((run / "log.json").read_text())[f"epoch:{config.epochs}"]
@@ -113,9 +123,9 @@ def saved_val_loss(path, config):
     """Validation loss of a saved model on the images (what log.json records)."""
     model = keras.models.load_model(path)
     val = folders.scan_image_folder(config.data_val)
-    probabilities = model.predict(images_of(val.paths, config.img_size), verbose=0)
+    answer = probabilities(model, images_of(val.paths, config.img_size))
     return float(np.mean(keras.losses.categorical_crossentropy(np.eye(3)[val.labels],
-                                                               probabilities))), model
+                                                               answer))), model
 
 
 @pytest.mark.slow
@@ -126,17 +136,17 @@ def test_a_run_killed_in_the_cached_head_phase_resumes_from_the_head_checkpoint(
     # writing epoch 3's checkpoint and its log entry: the checkpoint is then one epoch ahead.
     config = tiny_config(tmp_path, tiny_dataset, freeze_layers=True, epochs=6, lr=0.05)
     # Uninterrupted first: best.keras and last.keras hold their epochs.
-    check_best_and_last(training.train_and_evaluate(config, verbose=0), config)
+    check_best_and_last(loop.train_and_evaluate(config, verbose=0), config)
     kill_at_log_write(monkeypatch, epochs_logged=3)
     with pytest.raises(Killed):
-        training.train_and_evaluate(config, verbose=0)
+        loop.train_and_evaluate(config, verbose=0)
     monkeypatch.undo()
     run = tmp_path / "runs" / "exp2"
     checkpoint = run / "weights" / checkpointing.HEAD_CHECKPOINT
     assert sorted(checkpointing.read_head_checkpoint(checkpoint)) == [2, 3]
     assert len(json.loads((run / "log.json").read_text())) == 2
 
-    training.train_and_evaluate(dataclasses.replace(config, resume=str(run)), verbose=0)
+    loop.train_and_evaluate(dataclasses.replace(config, resume=str(run)), verbose=0)
     log = json.loads((run / "log.json").read_text())
     assert list(log) == [f"epoch:{n}" for n in range(1, 7)]
     assert not checkpoint.exists()

@@ -6,15 +6,16 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import tiny_config
-from skin_keras.model import builder as models
-from skin_keras.train import loop as training
+from skin_keras.model import builder, parts
+from skin_keras.train import loop
+
+from conftest import tiny_config, tiny_model
 
 
 def test_unfreeze_top_blocks_keeps_batchnorm_and_lower_blocks_frozen():
-    model = models.build_model("b0", 3, 32, weights="none", freeze_backbone=True)
-    backbone = models.backbone_of(model)
-    models.unfreeze_top_blocks(backbone, 1)
+    model = tiny_model(freeze_layers=True)
+    backbone = parts.backbone_of(model)
+    builder.unfreeze_top_blocks(backbone, 1)
     trainable = [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
     assert trainable and all(name.startswith(("block6", "top_conv")) for name in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
@@ -27,20 +28,20 @@ def test_unfreeze_top_blocks_keeps_batchnorm_and_lower_blocks_frozen():
     changed = {w.path for w in backbone.weights if not np.array_equal(before[w.path], w.numpy())}
     assert changed and all("block6" in path or "top_conv" in path for path in changed)
     assert not any("_bn/" in path for path in changed)
-    models.unfreeze_top_blocks(backbone, 0)
+    builder.unfreeze_top_blocks(backbone, 0)
     assert backbone.get_layer("stem_conv").trainable
     assert not backbone.get_layer("stem_bn").trainable
 
 
 @pytest.mark.slow
-def test_finetune_phase_continues_the_log_and_trains_only_the_top(tmp_path, tiny_dataset, capsys):
+def test_finetune_phase_continues_the_log_and_trains_only_the_top(tmp_path, tiny_dataset, caplog):
     config = tiny_config(tmp_path, tiny_dataset, epochs=1, freeze_layers=True, finetune_epochs=1,
                          unfreeze_blocks=1, finetune_lr=1e-3)
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     log = json.loads((run / "log.json").read_text())
     assert list(log) == ["epoch:1", "epoch:2"]
-    assert "fine-tuning: epochs 2-2" in capsys.readouterr().out
-    last = models.backbone_of(keras.models.load_model(run / "weights" / "last.keras"))
+    assert "fine-tuning: epochs 2-2" in caplog.text
+    last = parts.backbone_of(keras.models.load_model(run / "weights" / "last.keras"))
     assert last.get_layer("block6a_expand_conv").trainable
     assert not last.get_layer("stem_conv").trainable
     assert np.isfinite(log["epoch:2"]["train info"]["loss"])

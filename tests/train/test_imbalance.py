@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from sklearn.utils.class_weight import compute_class_weight
 
+from skin_keras.data import pipeline, synthetic
+from skin_keras.model import parts
+from skin_keras.train import loop, recipe
+
 from conftest import REPO, tiny_config
-from skin_keras.data import pipeline as input_pipeline, synthetic
-from skin_keras.model import builder as models
-from skin_keras.train import recipe, loop as training
 
 
 def test_balanced_class_weights_are_sklearns_and_sqrt_is_milder():
@@ -34,7 +35,7 @@ def test_balanced_sampling_gives_every_class_the_same_share():
     counts = [300, 60, 12]
     labels = np.repeat(np.arange(3), counts)
     paths = [f"file_{i}.jpg" for i in range(len(labels))]
-    stream = input_pipeline.balanced_file_stream(paths, labels, num_classes=4, seed=0)
+    stream = pipeline.balanced_file_stream({"image": paths}, labels, num_classes=4, seed=0)
     drawn = np.concatenate([[label for _, label in stream.as_numpy_iterator()]
                             for _ in range(6)])  # Six epochs of len(paths) draws each.
     assert len(drawn) == 6 * len(labels)
@@ -48,18 +49,18 @@ def test_balanced_sampling_gives_every_class_the_same_share():
 def test_balanced_sampling_pipeline_yields_decoded_batches(tmp_path):
     paths = synthetic.write_class_folders(tmp_path, [20, 2], ("common", "rare"), size=(16, 12))
     labels = np.array([0] * 20 + [1] * 2)
-    dataset = input_pipeline.make_dataset([str(p) for p in paths], labels, 2, img_size=16,
-                                          batch_size=11, training=True, seed=0,
-                                          sampling="balanced")
+    dataset = pipeline.make_dataset([str(p) for p in paths], labels, 2, img_size=16,
+                                    batch_size=11,
+                                    training=pipeline.Training(seed=0, sampling="balanced"))
     batches = list(dataset)
-    assert sum(b[0].shape[0] for b in batches) == 22
-    assert batches[0][0].shape[1:] == (16, 16, 3)
+    assert sum(b[0]["image"].shape[0] for b in batches) == 22
+    assert batches[0][0]["image"].shape[1:] == (16, 16, 3)
     rare = sum(float(b[1].numpy()[:, 1].sum()) for b in batches)
     assert rare > 4  # About half of 22 draws, against 2 in natural order.
 
 
 @pytest.mark.slow
-def test_weighted_balanced_run_logs_its_weights_and_stops_early(tmp_path, tiny_dataset, capsys):
+def test_weighted_balanced_run_logs_its_weights_and_stops_early(tmp_path, tiny_dataset, caplog):
     # An imbalanced copy of the training set: 4, 12 and 12 images.
     shutil.copytree(tiny_dataset, tmp_path / "data")
     for path in sorted((tmp_path / "data" / "train" / "Basal cell carcinoma").iterdir())[4:]:
@@ -68,7 +69,7 @@ def test_weighted_balanced_run_logs_its_weights_and_stops_early(tmp_path, tiny_d
     config = tiny_config(tmp_path, tmp_path / "data", class_weight="balanced",
                          sampling="balanced", patience=1, epochs=5, lr=1e-12, monitor="val_loss",
                          freeze_layers=True)
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     params = json.loads((run / "train_params.json").read_text())
     expected = compute_class_weight("balanced", classes=np.arange(3),
                                     y=np.repeat(np.arange(3), [4, 12, 12]))
@@ -79,7 +80,7 @@ def test_weighted_balanced_run_logs_its_weights_and_stops_early(tmp_path, tiny_d
     assert params["train parameters"]["sampling"] == "balanced"
     log = json.loads((run / "log.json").read_text())
     assert list(log) == ["epoch:1", "epoch:2"]
-    assert "early stopping after epoch 2" in capsys.readouterr().out
+    assert "early stopping after epoch 2" in caplog.text
 
 
 @pytest.mark.slow
@@ -90,7 +91,7 @@ def test_a_nan_loss_stops_the_run_keeps_the_best_weights_and_fails(tmp_path, tin
                f"--data_train={tiny_dataset / 'train'}", f"--data_val={tiny_dataset / 'val'}",
                f"--save_ret={tmp_path / 'runs'}", f"--feature_cache={tmp_path / 'features'}"]
     result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    assert result.returncode == training.DIVERGED_EXIT_CODE == 3, result.stderr[-2000:]
+    assert result.returncode == loop.DIVERGED_EXIT_CODE == 3, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     assert re.match(r"train.py: error: training diverged in epoch \d: the loss became nan",
                     result.stderr.strip().splitlines()[-1])
@@ -111,14 +112,14 @@ def test_mixed_precision_run_keeps_float32_weights_and_output(tmp_path, tiny_dat
 
     config = tiny_config(tmp_path, tiny_dataset, precision="mixed_bfloat16", epochs=1,
                          freeze_layers=True)
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     assert keras.mixed_precision.global_policy().name == "float32"  # Restored afterwards.
     model = keras.models.load_model(run / "weights" / "best.keras")
     assert model.get_layer("predictions").dtype_policy.compute_dtype == "float32"
-    stem = models.backbone_of(model).get_layer("stem_conv")
+    stem = parts.backbone_of(model).get_layer("stem_conv")
     assert stem.dtype_policy.name == "mixed_bfloat16"  # The backbone computes in bfloat16.
     assert all(w.dtype == "float32" for w in model.weights)
     images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    probabilities = model.predict(images, verbose=0)
+    probabilities = model.predict({"image": images}, verbose=0)["probabilities"]
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)

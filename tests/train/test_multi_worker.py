@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import REPO, tiny_config
-from skin_keras.train import custom_loop, distribute, epoch_log, loop as training
 from skin_keras.core import options
 from skin_keras.core.errors import UserError
+from skin_keras.train import custom_loop, distribute, epoch_log, loop
+from skin_keras.workflows import training
+
+from conftest import REPO, tiny_config
 
 # Worker 1 of the test's cluster: train.py, killed (SIGKILL, no clean-up) when epoch 2 begins.
 DIES_AT_EPOCH_2 = """
@@ -119,7 +121,7 @@ def test_two_workers_train_as_one_device_and_resume_after_one_dies(tmp_path, tin
                                                                    monkeypatch):
     with monkeypatch.context() as patch:  # The same loop on one device, as the reference.
         patch.setattr(custom_loop, "needs_custom_loop", lambda strategy: True)
-        single = training.train_and_evaluate(
+        single = loop.train_and_evaluate(
             _config(tmp_path / "single", tiny_dataset, strategy="one_device"), verbose=0)
     config = _config(tmp_path / "cluster", tiny_dataset, strategy="multi_worker")
     ports = _free_ports(2)
@@ -197,5 +199,4 @@ def test_multi_worker_needs_a_cluster_and_refuses_folds(monkeypatch, tmp_path, t
                                     '"task": {"type": "worker", "index": 1}}')
     assert not distribute.is_chief_task()
     with pytest.raises(UserError, match="--folds does not run on a multi-worker cluster"):
-        training.train_and_evaluate(_config(tmp_path, tiny_dataset, folds=2,
-                                            strategy="multi_worker"))
+        training.run(_config(tmp_path, tiny_dataset, folds=2, strategy="multi_worker"))

@@ -5,9 +5,10 @@ import json
 import keras
 import pytest
 
+from skin_keras.model import parts
+from skin_keras.train import loop, recipe
+
 from conftest import tiny_config
-from skin_keras.model import builder as models
-from skin_keras.train import recipe, loop as training
 
 
 def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
@@ -37,12 +38,12 @@ def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
 def test_progressive_run_trains_one_model_at_growing_sizes(tmp_path, tiny_dataset):
     config = tiny_config(tmp_path, tiny_dataset, epochs=3, progressive_stages=3, img_size=64,
                          min_img_size=32, dropout=0.3, min_dropout=0.1, freeze_layers=True)
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     log = json.loads((run / "log.json").read_text())
     assert [entry["stage"]["img_size"] for entry in log.values()] == [32, 48, 64]
     assert [entry["stage"]["dropout"] for entry in log.values()] == [0.1, 0.2, 0.3]
     lrs = [entry["lr"] for entry in log.values()]
     assert lrs == sorted(lrs, reverse=True)  # One schedule across the stages.
     model = keras.models.load_model(run / "weights" / "last.keras")
-    assert models.image_size(model) == 64  # The saved model keeps the final size.
+    assert parts.image_size(model) == 64  # The saved model keeps the final size.
     assert model.get_layer("head_dropout").rate == pytest.approx(0.3)

@@ -11,11 +11,12 @@ import time
 import keras
 import pytest
 
-from conftest import REPO, Killed, config_from_flagfile, kill_at_log_write, tiny_config
-from skin_keras.model import builder as models
-from skin_keras.train import run_folder, loop as training
-from skin_keras.train.config import TrainConfig
 from skin_keras.core.errors import UserError
+from skin_keras.model import parts
+from skin_keras.train import loop, run_folder
+from skin_keras.train.config import TrainConfig
+
+from conftest import REPO, Killed, config_from_flagfile, kill_at_log_write, tiny_config, tiny_model
 
 
 @pytest.mark.slow
@@ -92,7 +93,7 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     work = tmp_path / "work"
     shutil.copytree(tiny_dataset, work / "data")
     (work / "w").mkdir()
-    models.backbone_of(models.build_model("b0", 3, 32, weights="none")).save_weights(
+    parts.backbone_of(tiny_model()).save_weights(
         work / "w" / "bb.weights.h5")
     monkeypatch.chdir(work)
     config = TrainConfig(data_train="data/train", data_val="data/val", save_ret="runs",
@@ -100,14 +101,14 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
                          img_size=32, batch_size=8, epochs=3, optim="Adam", lr=1e-3)
     kill_at_log_write(monkeypatch, epochs_logged=1)
     with pytest.raises(Killed):
-        training.train_and_evaluate(config, verbose=0)
+        loop.train_and_evaluate(config, verbose=0)
     monkeypatch.undo()
     run = work / "runs" / "exp1"
     assert not (run / "log.json").exists()
 
     # The README's command, from the folder the run started in: starts again from scratch.
     monkeypatch.chdir(work)
-    training.train_and_evaluate(config_from_flagfile(
+    loop.train_and_evaluate(config_from_flagfile(
         "runs/exp1/flags.cfg", "--resume=runs/exp1"), verbose=0)
     assert list(json.loads((run / "log.json").read_text())) == ["epoch:1", "epoch:2", "epoch:3"]
     # From another folder: the same flags.cfg, the same run.
@@ -122,11 +123,11 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     resumed = config_from_flagfile(run / "flags.cfg", f"--resume={run}")
     (work / "data" / "train" / "Melanoma").rename(work / "data" / "train" / "Nevus")
     with pytest.raises(UserError, match="not the run's classes .*missing Melanoma; new Nevus"):
-        training.train_and_evaluate(resumed, verbose=0)
+        loop.train_and_evaluate(resumed, verbose=0)
     (work / "data" / "train" / "Nevus").rename(work / "data" / "train" / "Melanoma")
     shutil.copytree(work / "data" / "train" / "Melanoma", work / "data" / "train" / "Zoster")
     with pytest.raises(UserError, match="missing none; new Zoster"):
-        training.train_and_evaluate(resumed, verbose=0)
+        loop.train_and_evaluate(resumed, verbose=0)
     shutil.rmtree(work / "data" / "train" / "Zoster")
 
     # A last.keras that safe_mode refuses (a Lambda layer runs arbitrary code).
@@ -134,7 +135,7 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     keras.Model(inputs, keras.layers.Lambda(lambda x: x * 2)(inputs)).save(
         run / "weights" / "last.keras")
     with pytest.raises(UserError, match="could not be loaded to resume from: .*Lambda") as error:
-        training.train_and_evaluate(resumed, verbose=0)
+        loop.train_and_evaluate(resumed, verbose=0)
     assert "\n" not in str(error.value)
 
 

@@ -11,12 +11,13 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import REPO, config_from_flagfile, tiny_config
-from skin_keras.data import folders, pipeline as input_pipeline, isic
-from skin_keras.model import metrics, builder as models
-from skin_keras.core import plots as reports
-from skin_keras.train import run_folder, loop as training
 from skin_keras.core.errors import UserError
+from skin_keras.data import folders, isic, pipeline
+from skin_keras.model import metrics, parts
+from skin_keras.train import loop, run_folder
+from skin_keras.train import session as sessions
+
+from conftest import REPO, config_from_flagfile, tiny_config
 
 
 def read_json(path):
@@ -33,7 +34,8 @@ def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
 
     params = read_json(trained_run / "train_params.json")
     assert params["train parameters"]["model"] == "b0"
-    assert params["train parameters"]["img_size"] == 64
+    assert params["train parameters"]["img_size"] == 32
+    assert params["train parameters"]["batch_norm"] == "fused"  # The BatchNorm kernel chosen.
     assert params["dataset"]["trainset number"] == 36
     assert params["dataset"]["valset number"] == 15
     assert params["dataset"]["number classes"] == 3
@@ -80,9 +82,9 @@ def test_flags_cfg_replays_the_run(trained_run, monkeypatch, tmp_path):
 def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_dataset):
     model = keras.models.load_model(trained_run / "weights" / "best.keras")
     val = folders.scan_image_folder(tiny_dataset / "val")
-    dataset = input_pipeline.make_dataset(val.paths, None, val.num_classes,
-                                          img_size=models.image_size(model), batch_size=4)
-    probabilities = model.predict(dataset, verbose=0)
+    dataset = pipeline.make_dataset(val.paths, None, val.num_classes,
+                                    img_size=parts.image_size(model), batch_size=4)
+    probabilities = model.predict(dataset, verbose=0)["probabilities"]
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     matrix = metrics.confusion_matrix(val.labels, probabilities.argmax(axis=1), val.num_classes)
     log = read_json(trained_run / "log.json")
@@ -91,15 +93,15 @@ def test_best_weights_reproduce_the_logged_validation_figures(trained_run, tiny_
     best_epoch = int(np.argmax(monitored)) + 1  # The first epoch with the highest value.
     logged = dict(log[f"epoch:{best_epoch}"]["valid info"])
     logged.pop("loss")
-    assert reports.classification_info(matrix, val.class_names) == logged
+    assert metrics.classification_info(matrix, val.class_names) == logged
     assert params["train parameters"]["monitor"] == "val_balanced_accuracy"
 
 
 @pytest.mark.slow
 def test_last_weights_load_and_predict_raw_images(trained_run):
     model = keras.models.load_model(trained_run / "weights" / "last.keras")
-    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    probabilities = model.predict(images, verbose=0)
+    images = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    probabilities = model.predict({"image": images}, verbose=0)["probabilities"]
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
@@ -142,7 +144,7 @@ def test_the_progress_bar_knows_the_epoch_length_from_the_first_epoch(tmp_path, 
                                                                       capsys):
     # The live bar of a terminal (verbose=1) on the file pipeline (no feature cache), whose
     # length TensorFlow cannot know: 36 images in batches of 8 are 5 steps, not "1/Unknown".
-    training.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=1), verbose=1)
+    loop.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=1), verbose=1)
     shown = capsys.readouterr().out
     assert "Unknown" not in shown and "5/5" in shown
 
@@ -152,16 +154,16 @@ def test_jit_compile_on_trains_with_xla(tmp_path, tiny_dataset, monkeypatch):
     # The frozen recipe: the head, the model fit() runs, is what XLA compiles (seconds; the
     # whole B0 takes a minute and a half to compile on this CPU, the same code path).
     compiled = []
+    original = sessions.Session.compile
 
-    def spy(models_to_compile, *args):
-        original(models_to_compile, *args)
-        compiled.extend(models_to_compile)
+    def spy(session, finetune=False, models=None):
+        original(session, finetune, models)
+        compiled.extend(m for m in models or (session.model, session.train_model, session.head)
+                        if m is not None)
 
-    original = training.compile_models
-    monkeypatch.setattr(training, "compile_models", spy)
-    run = training.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=2,
-                                                  freeze_layers=True, jit_compile="on"),
-                                      verbose=0)
+    monkeypatch.setattr(sessions.Session, "compile", spy)
+    run = loop.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=2,
+                                              freeze_layers=True, jit_compile="on"), verbose=0)
     assert compiled and all(model.jit_compile is True for model in compiled)
     log = read_json(run / "log.json")
     assert list(log) == ["epoch:1", "epoch:2"]
@@ -192,7 +194,7 @@ def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
             target.mkdir(parents=True, exist_ok=True)
             shutil.copy(ham_200px / "ISIC_2019_Training_Input" / f"{image}.jpg", target)
     config = tiny_config(tmp_path, tmp_path / "data", epochs=1, img_size=48, freeze_layers=True)
-    run = training.train_and_evaluate(config, verbose=0)
+    run = loop.train_and_evaluate(config, verbose=0)
     params = read_json(run / "train_params.json")
     assert params["dataset"] == {**params["dataset"], "trainset number": 32, "valset number": 16,
                                  "number classes": 8}

@@ -2,17 +2,16 @@
 temperature scaling (the fit, the layer, a run calibrated in place)."""
 
 import csv
-import subprocess
-import sys
 import json
 import shutil
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from conftest import copy_run, probabilities, tiny_model
 from skin_keras.core.errors import UserError
 from skin_keras.data import ood_images
 from skin_keras.evaluate import calibration, evaluation
@@ -23,6 +22,8 @@ from skin_keras.model.layers import UnknownScore
 from skin_keras.model.layers.temperature import scaled
 from skin_keras.train import run_folder
 from skin_keras.workflows import calibrate as temperature
+
+from conftest import copy_run, probabilities, tiny_model
 
 
 def reference_ece(probabilities, labels, bins=15):

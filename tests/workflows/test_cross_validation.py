@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk_metrics
 
-from conftest import CLASSES, Killed, embedded_metadata, probabilities, tiny_config
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, synthetic
 from skin_keras.data.patient_metadata import MISSING, Record
@@ -20,6 +19,8 @@ from skin_keras.infer.runner import explainable
 from skin_keras.model.layers.temperature import scaled
 from skin_keras.train import loop
 from skin_keras.workflows import cross_validation, training
+
+from conftest import CLASSES, Killed, embedded_metadata, probabilities, tiny_config
 
 
 def _folder(labels, names=CLASSES) -> folders.ImageFolder:

@@ -1,0 +1,138 @@
+"""Models with a patient-metadata input, from the run folder on: predicting with and without
+the CSV, evaluating with the ablation, and every export answering as Keras on both inputs."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from skin_keras.core.errors import UserError
+from skin_keras.data import patient_metadata
+from skin_keras.data.patient_metadata import MISSING, Record
+from skin_keras.evaluate import evaluation
+from skin_keras.evaluate.evaluation import EvaluateConfig
+from skin_keras.export import job
+from skin_keras.infer import load, predict
+from skin_keras.infer.predict import PredictConfig
+from skin_keras.workflows import calibrate
+
+from conftest import probabilities, untrained_run_folder
+
+
+def predict_to(model_path, sources, output, **options):
+    return predict.predict_to_folder(PredictConfig(
+        model_path=str(model_path), source=tuple(str(s) for s in sources), output=str(output),
+        **options))
+
+
+@pytest.fixture(scope="module")
+def metadata_run(tmp_path_factory, metadata_data) -> Path:
+    """An untrained metadata model's run folder, calibrated (a temperature and the
+    feature_distance unknown rule), so the tests below also cover a Temperature layer and a
+    score behind a metadata model."""
+    run = untrained_run_folder(tmp_path_factory.mktemp("metadata_run"), metadata_data,
+                               metadata=str(metadata_data / "train_metadata.csv"))
+    calibrate.calibrate_run(calibrate.CalibrateConfig(model_path=str(run)))
+    return run
+
+
+def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadata(
+        metadata_run, metadata_data, tmp_path):
+    params = json.loads((metadata_run / "train_params.json").read_text())
+    described = params["model"]["metadata"]
+    assert described["vocabulary"] == {"sex": ["female", "male"],
+                                       "anatom_site_general": ["site 0", "site 1", "site 2"]}
+    assert described["train"]["with a row"] == 36 and described["val"]["with a row"] == 14
+    assert "--metadata=" in (metadata_run / "flags.cfg").read_text()
+    fitted = params["calibration"]
+    assert fitted["images"] == 15  # Fitted with the run's own metadata CSV.
+    assert load.load(metadata_run).temperature == fitted["temperature"]
+
+    rows = predict_to(metadata_run, [metadata_data / "val"], tmp_path / "p",
+                      metadata=str(metadata_data / "metadata.csv"), backend="keras")
+    used = {Path(row["path"]).stem: row["metadata"] for row in rows}
+    assert used["v0_0001"] == "missing" and used["v0_0002"] == "used"
+    header = (tmp_path / "p" / "predictions.csv").read_text().splitlines()[0]
+    assert header.endswith(",metadata,unknown,unknown_score,error")  # --calibrate: a rule.
+    # Metadata changes the answers; no CSV runs every image as missing, like blank rows.
+    blank = predict_to(metadata_run, [metadata_data / "val"], tmp_path / "b", backend="keras")
+    assert {row["metadata"] for row in blank} == {"missing"}
+    with_csv = np.array([list(row["probabilities"].values()) for row in rows])
+    without = np.array([list(row["probabilities"].values()) for row in blank])
+    # 1e-5, not more: a model calibrated to a high temperature has flat probabilities that
+    # differ by 1e-4 (seen in CI); float noise is 1e-7.
+    assert np.abs(with_csv - without).max() > 1e-5
+    loaded = load.load(metadata_run)
+    records, _, _ = patient_metadata.for_prediction("none", ["x"])
+    images = np.stack([np.full((32, 32, 3), 120.0, np.float32)])
+    np.testing.assert_allclose(probabilities(loaded, images),
+                               probabilities(loaded, images, metadata=records))
+    # (TFLite with the metadata input: test_exports_equal_keras_on_both_inputs, int8.)
+
+
+def test_evaluate_reports_the_metadata_ablation_and_refuses_it_for_image_only_models(
+        metadata_run, metadata_data, untrained_run, tmp_path):
+    report = evaluation.evaluate_model_path(EvaluateConfig(
+        model_path=str(metadata_run), data=str(metadata_data / "val"),
+        output=str(tmp_path / "e"), backend="keras", metadata=str(metadata_data / "metadata.csv"),
+        metadata_ablation=True))
+    saved = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    ablation = saved["metadata ablation"]
+    assert ablation["with metadata"]["balanced accuracy"] == report["balanced accuracy"]
+    blanked = json.loads((tmp_path / "e" / "metadata_blanked" / "metrics.json").read_text())
+    assert ablation["metadata blanked"]["balanced accuracy"] == blanked["balanced accuracy"]
+    # The blanked run really ran without metadata: its answers differ from the fed ones.
+    fed, blank = (np.array([list(row["probabilities"].values()) for row in json.loads(
+        (folder / "predictions.json").read_text())]) for folder in (
+            tmp_path / "e", tmp_path / "e" / "metadata_blanked"))
+    assert np.abs(fed - blank).max() > 1e-5  # (see the test above)
+    assert saved["metadata"]["images with a row"] == 14
+    with pytest.raises(UserError, match="has no metadata input"):
+        evaluation.evaluate_model_path(EvaluateConfig(
+            model_path=str(untrained_run), data=str(metadata_data / "val"),
+            output=str(tmp_path / "x"), metadata_ablation=True))
+
+
+def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_path):
+    report = job.export(job.ExportConfig(
+        model_path=str(metadata_run), data_val=str(metadata_data / "val"),
+        output=str(tmp_path / "x"), formats=("saved_model", "tflite_int8", "onnx"),
+        parity_images=10, calibration_images=4))
+    assert report["metadata"] == "varied over the vocabulary"
+    artifacts_ = report["artifacts"]
+    assert artifacts_["saved_model"]["max abs probability difference"] < 1e-5
+    # The unknown rule (--calibrate fits one) travels: same scores, same images flagged.
+    threshold = load.load(metadata_run).unknown.threshold  # About -1e3.
+    assert artifacts_["saved_model"]["unknown agreement"] == 1.0
+    assert artifacts_["saved_model"]["max abs score difference"] < 1e-4 * abs(threshold)
+    # int8: the score is quantized too; the report says how far (a float TFLite file's score
+    # output: test_cross_validation's calibrated ensemble).
+    assert 0 <= artifacts_["tflite_int8"]["unknown agreement"] <= 1
+    assert artifacts_["saved_model"]["image-only signature max abs difference"] < 1e-5
+    # int8: the metadata input is uint8 too (quantized with the file's scale by the runner).
+    assert artifacts_["tflite_int8"]["max abs probability difference"] < 0.05
+    described = json.loads((tmp_path / "x" / "tflite_int8" / "metadata.json").read_text())
+    assert described["metadata input"]["shape"] == [1, 9]  # 2 age, 2 + 1 sex, 3 + 1 site.
+
+    # Each exported file, loaded as predict.py loads it, answers as Keras on raw records.
+    keras_model = load.load(metadata_run)
+    records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2"),
+               Record(70.0, "other", "site 0")]
+    images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    batch = {"image": images, "metadata": records}
+    answer = keras_model(batch)
+    expected, expected_scores = answer["probabilities"], answer["unknown_score"]
+    assert artifacts_["onnx"]["max abs probability difference"] < 1e-5
+    for path, tolerance in ((tmp_path / "x" / "saved_model" / "skin", 1e-5),
+                            (tmp_path / "x" / "onnx" / "skin.onnx", 1e-5),
+                            (tmp_path / "x" / "tflite_int8" / "skin_int8.tflite", 0.05)):
+        loaded = load.load(path)
+        assert "metadata" in loaded.inputs and loaded.unknown == keras_model.unknown
+        answer = loaded(batch)
+        np.testing.assert_allclose(answer["probabilities"], expected, atol=tolerance)
+        if tolerance < 0.01:
+            np.testing.assert_allclose(answer["unknown_score"], expected_scores, rtol=1e-4)
+    served = tf.saved_model.load(str(tmp_path / "x" / "saved_model" / "skin" / "1"))
+    assert set(served.signatures) == {"serving_default", "serving_images", "serving_image_only"}
