@@ -47,10 +47,17 @@ CLASSES = ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma")
 logging.getLogger("skin_keras").setLevel(logging.INFO)
 
 
+# One feature cache for the process's tests: frozen random backbones are seeded alike, so a
+# later run on the same images finds their features there (keyed by weights and content).
+FEATURE_CACHE = Path(os.environ["SKIN_KERAS_CACHE"]) / "features"
+
+
 def tiny_config(tmp_path: Path, data: Path, **overrides) -> TrainConfig:
-    """A config that trains in seconds: B0, 32 px, random weights, two epochs."""
+    """A config that trains in seconds: B0, 32 px, random weights, two epochs; the backbone
+    trains unless `freeze_layers=True` (then the head trains on cached features: a warm run
+    takes seconds, one that trains the whole B0 most of a minute)."""
     values = dict(data_train=str(data / "train"), data_val=str(data / "val"),
-                  save_ret=str(tmp_path / "runs"), feature_cache=str(tmp_path / "features"),
+                  save_ret=str(tmp_path / "runs"), feature_cache=str(FEATURE_CACHE),
                   model="b0", weights="none",
                   freeze_layers=False, img_size=32, batch_size=8, epochs=2, optim="Adam",
                   lr=1e-3)
@@ -189,9 +196,11 @@ def calibrated_run(tmp_path_factory, untrained_run) -> Path:
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_dataset) -> Path:
-    """The run folder of one tiny training run (two epochs), for tests about what training
-    writes; tests that only read a model use `untrained_run`."""
-    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset)
+    """The run folder of one tiny training run (two epochs, a frozen backbone on the images
+    every epoch: test_feature_cache compares a cached run with it), for tests about what
+    training writes; tests that only read a model use `untrained_run`."""
+    config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, freeze_layers=True,
+                         feature_cache="none")
     return loop.train_and_evaluate(config, verbose=0)
 
 

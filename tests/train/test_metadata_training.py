@@ -20,7 +20,8 @@ def test_metadata_run_resumes_only_with_the_same_vocabulary(
     csv_path = str(tmp_path / "metadata.csv")
     original = (metadata_data / "train_metadata.csv").read_text()
     Path(csv_path).write_text(original)
-    config = tiny_config(tmp_path, metadata_data, epochs=2, metadata=csv_path)
+    config = tiny_config(tmp_path, metadata_data, epochs=2, metadata=csv_path,
+                         freeze_layers=True)
     with monkeypatch.context() as patch:
         kill_at_log_write(patch, 2)
         with pytest.raises(Killed):
@@ -29,7 +30,7 @@ def test_metadata_run_resumes_only_with_the_same_vocabulary(
     # The CSV edited in place so that its vocabulary differs: refused, naming why.
     Path(csv_path).write_text(original.replace("site 2", "site 9"))
     resumed = tiny_config(tmp_path, metadata_data, epochs=2, metadata=csv_path,
-                          resume=str(run_dir))
+                          freeze_layers=True, resume=str(run_dir))
     with pytest.raises(UserError, match="other categories than the run was started with"):
         loop.train_and_evaluate(resumed, verbose=0)
     Path(csv_path).write_text(original)

@@ -144,7 +144,8 @@ def test_the_progress_bar_knows_the_epoch_length_from_the_first_epoch(tmp_path, 
                                                                       capsys):
     # The live bar of a terminal (verbose=1) on the file pipeline (no feature cache), whose
     # length TensorFlow cannot know: 36 images in batches of 8 are 5 steps, not "1/Unknown".
-    loop.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=1), verbose=1)
+    loop.train_and_evaluate(tiny_config(tmp_path, tiny_dataset, epochs=1, freeze_layers=True,
+                                        feature_cache="none"), verbose=1)
     shown = capsys.readouterr().out
     assert "Unknown" not in shown and "5/5" in shown
 

@@ -117,7 +117,7 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     # The metadata branch trained on cached features (its zero-initialised bias moved).
     member = keras.models.load_model(run / "fold_1" / "weights" / "last.keras")
     assert np.abs(member.get_layer("metadata_dense_1").bias.numpy()).max() > 0
-    assert any((tmp_path / "features").iterdir())
+    assert any(Path(config.feature_cache).iterdir())
 
     # The ensemble is the run's model: the mean of its members, in Keras and exported.
     ensemble = load.load(run)
@@ -134,7 +134,7 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     np.testing.assert_allclose(expected_scores, expected.max(axis=1), atol=1e-6)
     report = job.export(job.ExportConfig(
         model_path=str(run), data_val=str(metadata_data / "val"), output=str(tmp_path / "x"),
-        formats=("saved_model", "tflite_fp32"), parity_images=6))
+        formats=("tflite_fp32",), parity_images=6))
     for entry in report["artifacts"].values():
         assert entry["top1 agreement"] == 1.0 and entry["unknown agreement"] == 1.0
     # The TFLite file describes both inputs and both outputs, probabilities first (MediaPipe
@@ -148,8 +148,8 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     graph = flatbuffer.subgraphs[0]
     assert [len(graph.tensors[i].shape) for i in graph.outputs] == [2, 1]
     # (ONNX with two inputs and the score output: test_patient_metadata's export test.)
-    for path in (tmp_path / "x" / "saved_model" / "skin",
-                 tmp_path / "x" / "tflite_fp32" / "skin_fp32.tflite"):
+    # (A SavedModel with a metadata input and a score output: test_metadata_models.)
+    for path in (tmp_path / "x" / "tflite_fp32" / "skin_fp32.tflite",):
         exported = load.load(path)
         assert exported.unknown == ensemble.unknown
         answer = exported(batch)
