@@ -14,6 +14,11 @@ import math
 from skin_keras.core.options import option
 
 
+def _off(high: float, help_text: str):
+    """A strength or probability from 0 (the default: off) to `high`."""
+    return option(0.0, f"{help_text} 0 = off.", low=0.0, high=high)
+
+
 @dataclasses.dataclass(frozen=True)
 class Augmentation:
     """Training-only changes to each image (in the input pipeline, never inside the model)."""
@@ -26,26 +31,20 @@ class Augmentation:
                              "border filled by reflection (1.0 = off; with --crop_scale, each "
                              "applies to half of the images).", low=1.0, high=2.5)
     rotation: bool = option(False, "Random rotation by any angle (borders reflected).")
-    color_jitter: float = option(0.0, "Strength s of random brightness (+-s*255), contrast and "
-                                 "saturation (x[1-s, 1+s]) and hue (+-s/4) (0 = off).", low=0.0,
-                                 high=0.9)
-    illuminant_jitter: float = option(0.0, "Random white balance: each channel times exp(u), u "
-                                      "in [-s, s] (0 = off).", low=0.0, high=1.0)
-    gamma_jitter: float = option(0.0, "Random tone curve (x/255)^g, g = exp(u), u in [-s, s] "
-                                 "(0 = off).", low=0.0, high=1.0)
-    vignette_prob: float = option(0.0, "Probability of a dark circular field of view or black "
-                                  "corners (a contact dermatoscope's; 0 = off).", low=0.0,
-                                  high=1.0)
-    blur_prob: float = option(0.0, "Probability of down-scaling to 30-80% and back (a softer "
-                              "camera; 0 = off).", low=0.0, high=1.0)
-    jpeg_prob: float = option(0.0, "Probability of JPEG re-compression at quality 30-90 "
-                              "(0 = off).", low=0.0, high=1.0)
-    randaugment_magnitude: float = option(0.0, "keras.layers.RandAugment factor in (0, 1] "
-                                          "(0 = off).", low=0.0, high=1.0)
-    mixup_alpha: float = option(0.0, "MixUp alpha (0 = off); labels become soft.", low=0.0,
-                                high=10.0)
-    cutmix_alpha: float = option(0.0, "CutMix factor (0 = off); with MixUp too, each batch gets "
-                                 "one of the two.", low=0.0, high=10.0)
+    color_jitter: float = _off(0.9, "Strength s of random brightness (+-s*255), contrast and "
+                               "saturation (x[1-s, 1+s]) and hue (+-s/4).")
+    illuminant_jitter: float = _off(1.0, "Random white balance: each channel times exp(u), u in "
+                                    "[-s, s].")
+    gamma_jitter: float = _off(1.0, "Random tone curve (x/255)^g, g = exp(u), u in [-s, s].")
+    vignette_prob: float = _off(1.0, "Probability of a dark circular field of view or black "
+                                "corners (a contact dermatoscope's).")
+    blur_prob: float = _off(1.0, "Probability of down-scaling to 30-80% and back (a softer "
+                            "camera).")
+    jpeg_prob: float = _off(1.0, "Probability of JPEG re-compression at quality 30-90.")
+    randaugment_magnitude: float = _off(1.0, "keras.layers.RandAugment factor in (0, 1].")
+    mixup_alpha: float = _off(10.0, "MixUp alpha; labels become soft.")
+    cutmix_alpha: float = _off(10.0, "CutMix factor; with MixUp too, each batch gets one of the "
+                               "two.")
 
     def changes_images(self) -> list[str]:
         """Names of the fields that are on (differ from their declared default); `crop_aspect`

@@ -93,6 +93,9 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                            "mirrored (all GPUs, else all logical CPUs), multi_worker (the "
                            "machines TF_CONFIG names, README) or tpu (TPU_NAME). --batch_size "
                            "is the global batch.", choices=STRATEGIES)
+    cluster_timeout: float = option(300.0, "With --strategy=multi_worker: seconds to wait for "
+                                    "every worker of the cluster to join before giving up with "
+                                    "a message naming the addresses.", low=1.0, high=86400.0)
     # --- Progressive learning (EfficientNetV2): small images, weak regularisation first ---
     progressive_stages: int = option(1, "Split training into N stages whose image size and "
                                      "regularisation grow linearly (1 = off).", low=1)

@@ -9,8 +9,8 @@ multi_worker (MultiWorkerMirroredStrategy, the cluster from TF_CONFIG): Keras 3'
 under it (keras-team/keras#20585), so training runs `custom_loop.fit` instead. Every worker runs
 the same command; the chief (TF_CONFIG's "chief" task, else worker 0) writes the run folder and
 the others write theirs into a scratch folder they delete (`worker_scratch`). A cluster that does
-not come up (a worker that never starts, a wrong address) ends within SKIN_KERAS_CLUSTER_TIMEOUT
-seconds (default 300) with a message, not a hang.
+not come up (a worker that never starts, a wrong address) ends within --cluster_timeout seconds
+(default 300) with a message, not a hang.
 """
 
 import contextlib
@@ -109,8 +109,6 @@ def is_chief_task() -> bool:
                                     and "chief" not in cluster)
 
 
-CLUSTER_TIMEOUT_ENV = "SKIN_KERAS_CLUSTER_TIMEOUT"
-
 
 # Sleeps, then says why and ends the process that started it (killed before that when in time).
 _WATCHDOG = """
@@ -147,27 +145,25 @@ def _mirrored_strategy(devices: tuple[str, ...]) -> tf.distribute.MirroredStrate
 
 
 @functools.cache  # TensorFlow's collective ops are configured once per process.
-def _multi_worker_strategy() -> tf.distribute.MultiWorkerMirroredStrategy:
+def _multi_worker_strategy(timeout: float) -> tf.distribute.MultiWorkerMirroredStrategy:
     cluster, task_type, index = _cluster_task(_tf_config())
-    try:
-        timeout = float(os.environ.get(CLUSTER_TIMEOUT_ENV) or 300)
-    except ValueError:
-        raise UserError(f"{CLUSTER_TIMEOUT_ENV} must be a number of seconds") from None
     addresses = ", ".join(f"{kind} {i} {address}" for kind, tasks in cluster.items()
                           for i, address in enumerate(tasks))
     with _deadline(timeout, f"the cluster in TF_CONFIG did not come up within {timeout:g} s "
                             f"({task_type} {index} here; {addresses}): start the same command "
-                            f"on every task, check the addresses and ports, or set "
-                            f"{CLUSTER_TIMEOUT_ENV}"):
+                            f"on every task, check the addresses and ports, or raise "
+                            f"--cluster_timeout"):
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
         # A first collective: returns once every worker has joined.
         strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None)
     return strategy
 
 
-def make_strategy(name: str) -> tf.distribute.Strategy:
+def make_strategy(name: str, cluster_timeout: float | None = None) -> tf.distribute.Strategy:
     """The strategy `name` names. "auto": multi_worker if TF_CONFIG lists a cluster of several
-    tasks, mirrored over all GPUs if there are several, else the default (one device)."""
+    tasks, mirrored over all GPUs if there are several, else the default (one device). A
+    multi-worker cluster that has not come up after `cluster_timeout` seconds (required then:
+    --cluster_timeout) ends the process with a message."""
     if name not in STRATEGIES:
         raise UserError(f"unknown --strategy={name}; choose one of {', '.join(STRATEGIES)}")
     if name == "auto":
@@ -189,7 +185,9 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
         if not _tf_config().get("cluster"):
             raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster and this "
                             "process's task (README: training on several machines)")
-        return _multi_worker_strategy()
+        if cluster_timeout is None:
+            raise ValueError("a multi-worker strategy needs the cluster_timeout")
+        return _multi_worker_strategy(cluster_timeout)
     try:  # tpu: the TPU named by TPU_NAME, or the local one on a TPU VM.
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver(
             tpu=os.environ.get("TPU_NAME", ""))

@@ -18,7 +18,7 @@ import keras
 from skin_keras.core import plots
 from skin_keras.core.errors import UserError
 from skin_keras.model.metrics import matrix_title
-from skin_keras.train import custom_loop, distribute, inputs, phases, run_folder
+from skin_keras.train import custom_loop, distribute, inputs, phases, resume, run_folder
 from skin_keras.train import session as sessions
 from skin_keras.train.checkpoints import RunRecorder
 from skin_keras.train.config import TrainConfig
@@ -72,27 +72,21 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
 
 def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     # --- Data and models ---
-    resume = run_folder.check_resumable(config) if config.resume else None
-    data = inputs.read_run_data(config, resume.class_names if resume else None)
-    if resume and resume.completed_epochs:
-        inputs.check_vocabulary(resume.run_dir / run_folder.PARAMS_FILE, data)
+    point = resume.check_resumable(config) if config.resume else None
+    data = inputs.read_run_data(config, point.class_names if point else None)
+    if point and point.completed_epochs:
+        inputs.check_vocabulary(point.run_dir / run_folder.PARAMS_FILE, data)
     session = sessions.build(config, data)
     plan = phases.plan(session)
 
     # --- Run folder: new, or the resumed run's at its last completed epoch ---
     start, continued = 0, None
-    if resume and resume.completed_epochs:
-        start, session.run_dir = resume.completed_epochs, resume.run_dir
-        run_folder.uncalibrate(session.run_dir)  # Training goes on from the model as trained.
-        session.log = EpochLog.restore(session.run_dir, data.train.class_names, config.monitor)
-        continued = phases.continued(plan, start)
-        continued.enter(session)
-        continued.resume(session)
-        _log.info(f"resuming {session.run_dir} after epoch {start}")
+    if point and point.completed_epochs:
+        start, continued = point.completed_epochs, resume.reopen(session, point, plan)
     else:  # A new run, or one killed before its first epoch ended: from scratch.
-        sessions.open_folder(session, resume.run_dir if resume else run_dir)
+        sessions.open_folder(session, point.run_dir if point else run_dir)
         _log.info(f"restarting {session.run_dir} from scratch (it stopped before its first "
-                  "epoch ended)" if resume else f"run folder: {session.run_dir}")
+                  "epoch ended)" if point else f"run folder: {session.run_dir}")
     replicas = session.strategy.num_replicas_in_sync
     if replicas > 1:
         _log.info(f"{type(session.strategy).__name__}: {replicas} replicas, "

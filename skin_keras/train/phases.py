@@ -15,7 +15,7 @@ import logging
 
 from skin_keras.data import pipeline
 from skin_keras.model import builder, parts
-from skin_keras.train import run_folder
+from skin_keras.train import resume
 from skin_keras.train.checkpoints import FullModelCheckpoints, HeadCheckpoints
 from skin_keras.train.inputs import training_draw
 from skin_keras.train.recipe import Stage, stage_plan
@@ -55,7 +55,7 @@ class FullImages:
         """Continues a killed run inside this phase: the weights and optimizer state of
         weights/last.keras (its step count drives the schedule)."""
         with session.strategy.scope():
-            saved = run_folder.load_for_resume(session.run_dir / "weights" / "last.keras")
+            saved = resume.load_for_resume(session.run_dir / "weights" / "last.keras")
             session.model.set_weights(saved.get_weights())
             for variable, value in zip(session.model.optimizer.variables,
                                        saved.optimizer.variables):
@@ -130,9 +130,3 @@ def plan(session: Session) -> list[FullImages]:
         else:
             phases.append(FullImages(stage, progressive=config.progressive_stages > 1))
     return phases
-
-
-def continued(phases: list[FullImages], completed_epochs: int) -> FullImages:
-    """The phase a run that completed `completed_epochs` epochs was in when it stopped."""
-    return next(phase for phase in phases
-                if phase.first_epoch < completed_epochs <= phase.last_epoch)

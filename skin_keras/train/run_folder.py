@@ -1,5 +1,5 @@
-"""The run folder: a new `<save_ret>/expN`, the files that describe the run, and the checks that
-decide whether an interrupted run can be resumed.
+"""The run folder: a new `<save_ret>/expN` and the files that describe the run (resume.py
+decides whether an interrupted one can be continued).
 
     <save_ret>/expN/
       weights/best.keras, weights/last.keras   full models (raw [0, 255] images in, probabilities
@@ -11,7 +11,6 @@ decide whether an interrupted run can be resumed.
       confusion_matrix_train.png, confusion_matrix_val.png, curves.png, tensorboard/
 """
 
-import dataclasses
 import json
 import logging
 import os
@@ -22,10 +21,9 @@ import keras
 import tensorflow as tf
 
 from skin_keras.core import atomic, cache
-from skin_keras.core.errors import UserError, first_line
+from skin_keras.core.errors import UserError
 from skin_keras.model import parts
 from skin_keras.train.config import TrainConfig
-from skin_keras.train.epoch_log import LOG_FILE, MATRICES_FILE
 
 _log = logging.getLogger(__name__)
 
@@ -126,65 +124,3 @@ def uncalibrate(run_dir: Path) -> None:
         atomic.write_json_atomic(params_path, params)
         _log.info("the run was calibrated: weights/best.keras is the model as trained again "
                   "(calibrate after training: --calibrate or python -m skin_keras.calibrate)")
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumePoint:
-    """Where an interrupted run continues: its folder, class names and completed epochs."""
-    run_dir: Path
-    class_names: tuple[str, ...]
-    completed_epochs: int
-
-
-def check_resumable(config: TrainConfig) -> ResumePoint:
-    """UserError unless config.resume is an interrupted run of the same config.
-
-    A run killed before its first epoch ended (no log.json yet) is resumed from scratch in its
-    folder; one killed before it wrote its parameters cannot be, and says so.
-    """
-    run_dir = Path(config.resume)
-    if not run_dir.is_dir():
-        raise UserError(f"--resume={run_dir} is not a folder")
-    if not (run_dir / PARAMS_FILE).exists() or not (run_dir / CLASS_INDICES).exists():
-        raise UserError(f"--resume={run_dir} is not a run folder, or one stopped before it "
-                        f"started training (no {PARAMS_FILE}): start a new run instead")
-    saved = _read_json(run_dir / PARAMS_FILE).get("train parameters", {})
-    # Runs written before paths were resolved at the start stored them as typed; the config
-    # resolves them relative to the current folder, and so does this comparison.
-    there = dataclasses.replace(config, **{name: value for name, value in saved.items()
-                                           if name in config.to_dict() and name != "resume"})
-    current = config.to_dict()
-    differing = [f"{name} ({saved.get(name)!r} there, {current[name]!r} now)"
-                 for name, value in there.to_dict().items()
-                 if name != "resume" and name in saved and value != current[name]]
-    if differing:
-        raise UserError(f"--resume needs the run's own flags; these differ: {'; '.join(differing)}"
-                        f" (use --flagfile={run_dir / FLAGS_FILE} --resume={run_dir})")
-    class_names = tuple(read_class_indices(run_dir / CLASS_INDICES))
-    if not (run_dir / LOG_FILE).exists():
-        return ResumePoint(run_dir, class_names, 0)
-    missing = [name for name in (MATRICES_FILE, "weights/last.keras")
-               if not (run_dir / name).exists()]
-    if missing:
-        raise UserError(f"--resume={run_dir} lacks {', '.join(missing)} although log.json lists "
-                        "epochs: the run folder is damaged")
-    completed = len(_read_json(run_dir / LOG_FILE))
-    return ResumePoint(run_dir, class_names, completed)
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is not readable JSON: {str(error).splitlines()[0]}") from None
-
-
-def load_for_resume(path: Path) -> keras.Model:
-    """The compiled model saved in a run folder, loaded safely (one line if it cannot be)."""
-    import skin_keras.model.layers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers them)
-
-    try:
-        return keras.models.load_model(path)
-    except (ValueError, OSError, TypeError) as error:
-        reason = first_line(error)
-        raise UserError(f"{path} could not be loaded to resume from: {reason}") from None

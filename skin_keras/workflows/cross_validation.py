@@ -41,6 +41,7 @@ from skin_keras.model import io, record
 from skin_keras.model.ensemble import ensemble_model
 from skin_keras.model.metrics import matrix_title
 from skin_keras.train import loop, run_folder
+from skin_keras.train import resume as resumes
 from skin_keras.train.config import TrainConfig
 
 _log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ def _member_config(config: TrainConfig, run_dir: Path, fold: int, metadata: str
 def train_folds(config: TrainConfig, verbose) -> Path:
     """Trains the K members (each a complete run folder), then writes the out-of-fold
     predictions, the ensemble and cv_metrics.json; returns the run folder."""
-    resume = run_folder.check_resumable(config) if config.resume else None
+    resume = resumes.check_resumable(config) if config.resume else None
     train = decode_check.set_aside_undecodable(folders.scan_image_folder(
         config.data_train, class_names=resume and resume.class_names), "train")
     val = decode_check.set_aside_undecodable(folders.scan_image_folder(

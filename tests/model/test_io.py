@@ -4,11 +4,18 @@ list of inputs, one output, the rule in an UnknownDetector) load with them and a
 import keras
 import numpy as np
 
-from conftest import probabilities, tiny_model
 from skin_keras.data.patient_metadata import MISSING, Record
 from skin_keras.infer import load
 from skin_keras.model import io, record
-from skin_keras.model.layers import PatientMetadata, Temperature, UnknownDetector, UnknownScore
+from skin_keras.model.layers import (
+    PatientMetadata,
+    Temperature,
+    UnknownDetector,
+    UnknownScore,
+    custom_objects,
+)
+
+from conftest import probabilities, tiny_model
 
 
 def legacy_calibrated(model: keras.Model, temperature: float, detector: UnknownDetector):
@@ -62,3 +69,12 @@ def test_models_saved_before_named_outputs_load_with_them_and_answer_the_same(tm
                                atol=1e-6)
     # A model built now has its names already: named() leaves it as it is.
     assert io.named(model) is model
+
+
+def test_every_layer_of_ours_is_registered_under_one_package():
+    objects = custom_objects()
+    assert set(objects) == {keras.saving.get_registered_name(cls) for cls in objects.values()}
+    assert all(name.startswith("skin_keras>") for name in objects)
+    assert {cls.__name__ for cls in objects.values()} >= {
+        "ColorConstancy", "PatientMetadata", "Temperature", "UnknownScore", "UnknownDetector",
+        "ConfusionMatrixMetric"}

@@ -55,7 +55,7 @@ def _workers(args: list[str], ports: list[int], first_command=None, timeout: flo
                      "task": {"type": "worker", "index": index}}
         # One thread each: the suite runs another test file beside this one on two cores.
         env = {**os.environ, "TF_CONFIG": json.dumps(tf_config),
-               "SKIN_KERAS_CLUSTER_TIMEOUT": "60", "TF_NUM_INTRAOP_THREADS": "1",
+               "TF_NUM_INTRAOP_THREADS": "1",
                "TF_NUM_INTEROP_THREADS": "1"}
         command = (first_command if index == 1 and first_command else
                    [sys.executable, "train.py"])
@@ -77,7 +77,8 @@ def _config(tmp_path, data, **overrides):
     # Frozen backbone (BatchNorm in inference mode) and no dropout: the workers' halves of a
     # batch give exactly the gradient of the whole batch.
     return tiny_config(tmp_path, data, freeze_layers=True, dropout=0.0, batch_size=8, lr=0.01,
-                       deterministic=True, feature_cache="none", epochs=2, **overrides)
+                       deterministic=True, feature_cache="none", epochs=2,
+                       **{"cluster_timeout": 60.0, **overrides})
 
 
 def _flags(config, folder) -> list[str]:
@@ -161,12 +162,11 @@ def test_a_cluster_that_never_comes_up_ends_with_a_message(tmp_path, tiny_datase
     ports = _free_ports(2)  # Worker 1 is never started.
     tf_config = {"cluster": {"worker": [f"localhost:{port}" for port in ports]},
                  "task": {"type": "worker", "index": 0}}
-    config = _config(tmp_path, tiny_dataset, strategy="multi_worker")
+    config = _config(tmp_path, tiny_dataset, strategy="multi_worker", cluster_timeout=3.0)
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "train.py", *_flags(config, tmp_path)], cwd=REPO, text=True,
-        capture_output=True,
-        env={**os.environ, "TF_CONFIG": json.dumps(tf_config), "SKIN_KERAS_CLUSTER_TIMEOUT": "3"},
+        capture_output=True, env={**os.environ, "TF_CONFIG": json.dumps(tf_config)},
         timeout=120)
     assert result.returncode == -9  # Killed: TensorFlow ignores SIGTERM while it waits.
     assert "train.py: error: the cluster in TF_CONFIG did not come up within 3 s" in result.stderr
@@ -188,13 +188,13 @@ def test_a_cluster_that_never_comes_up_ends_with_a_message(tmp_path, tiny_datase
 def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
     monkeypatch.setenv("TF_CONFIG", tf_config)
     with pytest.raises(UserError, match=message):
-        distribute.make_strategy("multi_worker")
+        distribute.make_strategy("multi_worker", cluster_timeout=3.0)
 
 
 def test_multi_worker_needs_a_cluster_and_refuses_folds(monkeypatch, tmp_path, tiny_dataset):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     with pytest.raises(UserError, match="needs TF_CONFIG"):
-        distribute.make_strategy("multi_worker")
+        distribute.make_strategy("multi_worker", cluster_timeout=3.0)
     monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, '
                                     '"task": {"type": "worker", "index": 1}}')
     assert not distribute.is_chief_task()

@@ -13,7 +13,7 @@ import pytest
 
 from skin_keras.core.errors import UserError
 from skin_keras.model import parts
-from skin_keras.train import loop, run_folder
+from skin_keras.train import loop, resume
 from skin_keras.train.config import TrainConfig
 
 from conftest import REPO, Killed, config_from_flagfile, kill_at_log_write, tiny_config, tiny_model
@@ -79,10 +79,10 @@ def test_resume_refuses_other_flags_and_non_runs(trained_run, tiny_dataset, tmp_
     params = json.loads((trained_run / "train_params.json").read_text())["train parameters"]
     same = {**params, "resume": str(trained_run)}
     with pytest.raises(UserError, match=r"these differ: epochs \(2 there, 9 now\)"):
-        run_folder.check_resumable(TrainConfig(**{**same, "epochs": 9}))
-    run_folder.check_resumable(TrainConfig(**same))  # The run's own flags are fine.
+        resume.check_resumable(TrainConfig(**{**same, "epochs": 9}))
+    resume.check_resumable(TrainConfig(**same))  # The run's own flags are fine.
     with pytest.raises(UserError, match="is not a run folder"):
-        run_folder.check_resumable(tiny_config(tmp_path, tiny_dataset, resume=str(tmp_path)))
+        resume.check_resumable(tiny_config(tmp_path, tiny_dataset, resume=str(tmp_path)))
 
 
 @pytest.mark.slow
@@ -113,7 +113,7 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     assert list(json.loads((run / "log.json").read_text())) == ["epoch:1", "epoch:2", "epoch:3"]
     # From another folder: the same flags.cfg, the same run.
     monkeypatch.chdir(tmp_path)
-    point = run_folder.check_resumable(config_from_flagfile(
+    point = resume.check_resumable(config_from_flagfile(
         run / "flags.cfg", f"--resume={run}"))
     assert point.completed_epochs == 3
     assert json.loads((run / "train_params.json").read_text())["train parameters"][
@@ -142,4 +142,4 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
 def test_a_folder_that_never_started_training_is_refused_with_what_to_do(tmp_path):
     (tmp_path / "exp1" / "weights").mkdir(parents=True)
     with pytest.raises(UserError, match="stopped before it started training .*start a new run"):
-        run_folder.check_resumable(TrainConfig(resume=str(tmp_path / "exp1")))
+        resume.check_resumable(TrainConfig(resume=str(tmp_path / "exp1")))

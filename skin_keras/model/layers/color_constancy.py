@@ -31,7 +31,7 @@ class ColorConstancy(keras.layers.Layer):
     image's illuminant estimate is neutral grey; values clipped to [0, 255]. Always computes in
     float32 (the p-th powers need its range), whatever the mixed-precision policy."""
 
-    def __init__(self, method: str = "shades_of_gray", power: float = 6.0, **kwargs):
+    def __init__(self, method: str, power: float, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         if method not in METHODS[1:]:
@@ -63,7 +63,7 @@ class ColorConstancy(keras.layers.Layer):
         return "gray world" if self.method == "gray_world" else f"shades of gray (p={self.power:g})"
 
 
-def reference(images: np.ndarray, method: str, power: float = 6.0) -> np.ndarray:
+def reference(images: np.ndarray, method: str, power: float) -> np.ndarray:
     """The layer's computation in NumPy float64, the reference the tests compare with."""
     images = np.asarray(images, np.float64)
     scaled = np.clip(images / 255.0, 0.0, 1.0)

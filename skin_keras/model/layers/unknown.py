@@ -56,8 +56,8 @@ class UnknownScore(keras.layers.Layer):
     c_k = mean_k P; max_probability ignores the features.
     """
 
-    def __init__(self, score: str = UNKNOWN_SCORES[0], threshold: float = 0.0,
-                 coverage: float = 1.0, num_classes: int = 0, feature_size: int = 0, **kwargs):
+    def __init__(self, score: str, threshold: float, coverage: float, num_classes: int = 0,
+                 feature_size: int = 0, **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         if score not in UNKNOWN_SCORES:
