@@ -7,10 +7,8 @@ import resource
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def peak_rss_mb() -> float:
@@ -22,60 +20,64 @@ def measure_train(args) -> dict:
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
-    from skin_keras.model import metrics, builder as models  # pylint: disable=g-import-not-at-top
-    from skin_keras.train import loop as training  # pylint: disable=g-import-not-at-top
+    from skin_keras.model import metrics  # pylint: disable=g-import-not-at-top
+    from skin_keras.model.builder import build_model  # pylint: disable=g-import-not-at-top
+    from skin_keras.model.spec import ModelSpec  # pylint: disable=g-import-not-at-top
 
     keras.mixed_precision.set_global_policy(args.precision)
-    model = models.build_model(args.model, args.classes, args.img_size, "none",
-                               freeze_backbone=False)
-    training.compile_models((model,), keras.optimizers.SGD(0.01, momentum=0.9),
-                            keras.losses.CategoricalCrossentropy(),
-                            metrics.ConfusionMatrixMetric(args.classes), args.jit_compile)
+    model = build_model(ModelSpec(model=args.model, img_size=args.img_size, weights="none",
+                                  freeze_layers=False, batch_norm=args.batch_norm), args.classes)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[metrics.ConfusionMatrixMetric(args.classes)],
+                  jit_compile={"on": True, "off": False}.get(args.jit_compile, "auto"))
+    optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3))
+    images = {"image": rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3)
+                                   ).astype("float32")}
     labels = np.eye(args.classes)[rng.integers(0, args.classes, args.batch_size)]
     start = time.perf_counter()
-    model.train_on_batch(images.astype("float32"), labels)
+    model.train_on_batch(images, labels)
     first = time.perf_counter() - start
     steps = []
     for _ in range(args.steps):
         start = time.perf_counter()
-        model.train_on_batch(images.astype("float32"), labels)
+        model.train_on_batch(images, labels)
         steps.append(time.perf_counter() - start)
     return {"img_s": args.batch_size / statistics.median(steps), "first_step_s": first}
 
 
 def measure_predict(args) -> dict:
-    """inference.predict_files on the folder (decode, resize, model), median of repeats."""
-    from skin_keras.infer import load as artifacts, predict as inference  # pylint: disable=g-import-not-at-top
+    """infer.files.predict_files on the folder (decode, resize, model), median of repeats."""
+    from skin_keras.infer import backend, files, load  # pylint: disable=g-import-not-at-top
 
-    paths = inference.list_sources(args.data.split(","))
-    loaded = artifacts.load_model(args.model_path)
+    paths = files.list_sources(args.data.split(","))
+    runner = load.load(args.model_path)
     start = time.perf_counter()
-    loaded = inference.select_backend(loaded, args.backend, len(paths))
+    runner = backend.select(runner, args.backend, len(paths))
     convert = time.perf_counter() - start
-    inference.predict_files(loaded, paths[:args.batch_size], args.batch_size,
-                            show_progress=False)  # Warm-up: tracing, thread pools.
+    files.predict_files(runner, paths[:args.batch_size], args.batch_size,
+                        show_progress=False)  # Warm-up: tracing, thread pools.
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        inference.predict_files(loaded, paths, args.batch_size, show_progress=False)
+        files.predict_files(runner, paths, args.batch_size, show_progress=False)
         times.append(time.perf_counter() - start)
     return {"img_s": len(paths) / statistics.median(times), "images": len(paths),
-            "backend": type(loaded.forward).__name__, "select_backend_s": convert}
+            "backend": type(runner).__name__, "select_backend_s": convert}
 
 
 def measure_pipeline(args) -> dict:
     """The training input pipeline alone (decode, resize, flips), median of passes."""
-    from skin_keras.data import folders, pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import folders, pipeline  # pylint: disable=g-import-not-at-top
 
     folder = folders.scan_image_folder(args.data)
-    dataset = input_pipeline.make_dataset(folder.paths, folder.labels, folder.num_classes,
-                                          args.img_size, args.batch_size, training=True)
+    dataset = pipeline.make_dataset(folder.paths, folder.labels, folder.num_classes,
+                                    args.img_size, args.batch_size, training=pipeline.Training())
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
-        count = sum(int(images.shape[0]) for images, _ in dataset)
+        count = sum(int(inputs["image"].shape[0]) for inputs, _ in dataset)
         times.append(time.perf_counter() - start)
     return {"img_s": count / statistics.median(times), "images": count}
 
@@ -94,6 +96,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="float32", help="train: the Keras dtype policy")
     parser.add_argument("--jit_compile", default="auto", help="train: auto, on or off (XLA)")
+    parser.add_argument("--batch_norm", default="fused", help="train: fused or keras")
     args = parser.parse_args()
     result = {"train": measure_train, "predict": measure_predict,
               "pipeline": measure_pipeline}[args.what](args)

@@ -10,14 +10,12 @@ size by predict.py's own function and saved as PNG (both sides then read the sam
 """
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def mediapipe_probabilities(model: Path, files: list[Path], class_names: list[str]) -> np.ndarray:
@@ -50,8 +48,8 @@ def main():
     parser.add_argument("--images", required=True, help="folder of JPEG/PNG images")
     parser.add_argument("--count", type=int, default=400, help="first N images, sorted by name")
     args = parser.parse_args()
-    from skin_keras.infer import load as artifacts, predict as inference  # pylint: disable=g-import-not-at-top
-    from skin_keras.data import pipeline as input_pipeline  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import pipeline  # pylint: disable=g-import-not-at-top
+    from skin_keras.infer import files as predicting, load  # pylint: disable=g-import-not-at-top
 
     files = sorted(p for p in Path(args.images).rglob("*")
                    if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
@@ -60,15 +58,16 @@ def main():
         raise SystemExit(f"no images in {args.images} or no .tflite files in {args.exports}")
     with tempfile.TemporaryDirectory() as scratch:
         for model in models:
-            loaded = artifacts.load_model(model)
+            loaded = load.load(model)
             resized = []
             for file in files:
-                pixels = input_pipeline.load_image(str(file), loaded.img_size).numpy()
+                pixels = pipeline.load_image(str(file), loaded.img_size).numpy()
                 resized.append(Path(scratch) / f"{file.stem}_{loaded.img_size}.png")
                 if not resized[-1].exists():
                     Image.fromarray(np.round(pixels).astype(np.uint8)).save(resized[-1])
             for label, inputs in (("as they are", files), ("at the model's size", resized)):
-                ours, _ = inference.predict_files(loaded, inputs, show_progress=False)
+                ours = predicting.predict_files(loaded, inputs, 32, show_progress=False)[0][
+                    "probabilities"]
                 theirs = mediapipe_probabilities(model, inputs, loaded.class_names)
                 print(f"{model.name}, {len(inputs)} images {label}: {compare(ours, theirs)}",
                       flush=True)

@@ -16,12 +16,10 @@ import argparse
 import collections
 import glob
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from skin_keras.core import console  # noqa: E402
 
@@ -32,8 +30,9 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
 
-from skin_keras.model import metrics, builder as models  # noqa: E402
-from skin_keras.train import loop as training  # noqa: E402
+from skin_keras.model import metrics  # noqa: E402
+from skin_keras.model.builder import build_model  # noqa: E402
+from skin_keras.model.spec import ModelSpec  # noqa: E402
 
 # The kind of layer an op belongs to, from the Keras layer name in its path (first match).
 LAYER_KINDS = (
@@ -64,13 +63,15 @@ def direction(op_path: str) -> str:
 
 def profile(args) -> Path:
     keras.mixed_precision.set_global_policy(args.precision)
-    model = models.build_model(args.model, 8, args.img_size, "none", freeze_backbone=False)
-    training.compile_models((model,), keras.optimizers.SGD(0.01, momentum=0.9),
-                            keras.losses.CategoricalCrossentropy(),
-                            metrics.ConfusionMatrixMetric(8))
+    model = build_model(ModelSpec(model=args.model, img_size=args.img_size, weights="none",
+                                  freeze_layers=False), 8)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    model.compile(optimizer=optimizer, loss=keras.losses.CategoricalCrossentropy(),
+                  metrics=[metrics.ConfusionMatrixMetric(8)])
+    optimizer.build(model.trainable_variables)
     rng = np.random.default_rng(0)
-    images = rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3))
-    images = images.astype("float32")
+    images = {"image": rng.uniform(0, 255, (args.batch_size, args.img_size, args.img_size, 3)
+                                   ).astype("float32")}
     labels = np.eye(8)[rng.integers(0, 8, args.batch_size)]
     for _ in range(2):  # Tracing and first-call allocations stay out of the profile.
         model.train_on_batch(images, labels)

@@ -33,8 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+REPO = Path(__file__).resolve().parents[1]  # skin_keras itself is installed (make venv).
 DATASET = REPO.parent / "shared" / "datasets" / "ham10000_600px"
 
 
@@ -83,9 +82,10 @@ def make_model(workdir: Path, model: str, classes: list[str], img_size: int) -> 
     if not (folder / "weights" / "best.keras").exists():  # In a child: no TensorFlow here.
         (folder / "weights").mkdir(parents=True, exist_ok=True)
         subprocess.run([sys.executable, "-c", (
-            "import sys; sys.path.insert(0, sys.argv[1]); from skin_keras import models; "
-            "models.build_model(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), 'none')"
-            ".save(sys.argv[5])"), str(REPO), model, str(len(classes)), str(img_size),
+            "import sys; from skin_keras.model.builder import build_model; "
+            "from skin_keras.model.spec import ModelSpec; "
+            "build_model(ModelSpec(model=sys.argv[1], img_size=int(sys.argv[3]), weights='none'),"
+            " int(sys.argv[2])).save(sys.argv[4])"), model, str(len(classes)), str(img_size),
             str(folder / "weights" / "best.keras")], check=True, capture_output=True)
         (folder / "class_indices.json").write_text(
             json.dumps({str(i): name for i, name in enumerate(classes)}))

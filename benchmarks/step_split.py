@@ -11,10 +11,8 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 BATCH, SIZE, CLASSES = 8, 224, 8
 
 
@@ -33,9 +31,11 @@ def keras_steps():
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from skin_keras.model import builder as models  # pylint: disable=g-import-not-at-top
+    from skin_keras.model.builder import build_model  # pylint: disable=g-import-not-at-top
+    from skin_keras.model.spec import ModelSpec  # pylint: disable=g-import-not-at-top
 
-    model = models.build_model("s", CLASSES, SIZE, "none", freeze_backbone=False)
+    model = build_model(ModelSpec(model="s", img_size=SIZE, weights="none", freeze_layers=False),
+                        CLASSES)
     images = tf.constant(np.random.default_rng(0).uniform(0, 255, (BATCH, SIZE, SIZE, 3)),
                          tf.float32)
     labels = tf.one_hot(np.arange(BATCH) % CLASSES, CLASSES)
@@ -43,12 +43,12 @@ def keras_steps():
 
     @tf.function
     def forward():
-        return loss(labels, model(images, training=True))
+        return loss(labels, model({"image": images}, training=True)["probabilities"])
 
     @tf.function
     def forward_backward():
         with tf.GradientTape() as tape:
-            value = loss(labels, model(images, training=True))
+            value = loss(labels, model({"image": images}, training=True)["probabilities"])
         return tape.gradient(value, model.trainable_variables)
 
     return (lambda: forward().numpy(),

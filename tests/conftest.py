@@ -5,8 +5,9 @@ Everything is offline and small (16-64 px images, weights=None). Tests that need
 HAM10000 images read ../shared/datasets and skip with a reason where it is absent.
 """
 
+import contextlib
 import csv
-import io as bytes_io
+import io
 import logging
 import os
 import shutil
@@ -33,7 +34,8 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top
 
 from skin_keras.data import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
-from skin_keras.model import io, record  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.model import io as named_io  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.model import record  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model.builder import build_model  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model.spec import ModelSpec  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.train import inputs, loop, run_folder  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -74,10 +76,10 @@ def tiny_model(num_classes: int = 3, encoding=None, **overrides):
 
 def probabilities(model_or_runner, images, **other_inputs) -> np.ndarray:
     """The probabilities a Keras model or a runner gives for images [B, H, W, 3]."""
-    named = {io.IMAGE: np.asarray(images, np.float32), **other_inputs}
+    named = {named_io.IMAGE: np.asarray(images, np.float32), **other_inputs}
     if callable(getattr(model_or_runner, "predict", None)):
-        return model_or_runner.predict(named, verbose=0)[io.PROBABILITIES]
-    return model_or_runner(named)[io.PROBABILITIES]
+        return model_or_runner.predict(named, verbose=0)[named_io.PROBABILITIES]
+    return model_or_runner(named)[named_io.PROBABILITIES]
 
 
 def untrained_run_folder(tmp_path: Path, data: Path, **overrides) -> Path:
@@ -98,13 +100,13 @@ def corrupt_files(folder):
     """Files that pass the header check but not TensorFlow's decoder, and one it repairs."""
     folder.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
-    buffer = bytes_io.BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "PNG")
     png = bytearray(buffer.getvalue())
     start = png.find(b"IDAT") + 20
     png[start:start + 20] = b"\x00" * 20  # Corrupt compressed data.
     (folder / "corrupt_idat.png").write_bytes(bytes(png))
-    buffer = bytes_io.BytesIO()
+    buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=90)
     jpeg = buffer.getvalue()
     scan = jpeg.find(b"\xff\xda")
@@ -201,7 +203,11 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     training writes; tests that only read a model use `untrained_run`."""
     config = tiny_config(tmp_path_factory.mktemp("trained"), tiny_dataset, freeze_layers=True,
                          feature_cache="none")
-    return loop.train_and_evaluate(config, verbose=0)
+    console = io.StringIO()
+    with contextlib.redirect_stdout(console):  # Keras' live bar, as in a terminal.
+        run = loop.train_and_evaluate(config, verbose=1)
+    (run.parent / "console.txt").write_text(console.getvalue())
+    return run
 
 
 def informative_csv(root: Path) -> Path:

@@ -2,8 +2,7 @@ import os, sys, time, statistics
 os.environ["TF_CPP_MIN_LOG_LEVEL"]="2"
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))  # the repository
 import numpy as np, tensorflow as tf, keras
-from skin_keras.model import builder as models, metrics
-from skin_keras.train import loop as training
+from skin_keras import models, training, metrics
 
 def fused_call(self, inputs, training=None, mask=None):
     if not training or not self.trainable:

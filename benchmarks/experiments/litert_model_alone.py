@@ -3,8 +3,7 @@ os.environ["TF_CPP_MIN_LOG_LEVEL"]="2"
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))  # the repository
 import numpy as np
 from ai_edge_litert.interpreter import Interpreter
-from skin_keras.infer import load as artifacts, litert
-from skin_keras.core import cache
+from skin_keras import artifacts, cache, litert
 loaded = artifacts.load_model("/tmp/skin_keras_bench/model_s_224/weights/best.keras")
 fp32 = (cache.cache_root()/"tflite"/f"{cache.file_sha1(loaded.source)}.tflite").read_bytes()
 t=time.perf_counter(); dyn = litert.convert(loaded.model, "dynamic"); print("convert dynamic", time.perf_counter()-t)

@@ -2,7 +2,7 @@ import os, sys, time
 os.environ["TF_CPP_MIN_LOG_LEVEL"]="2"
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parents[2]))  # the repository
 import numpy as np
-from skin_keras.infer import load as artifacts, predict as inference
+from skin_keras import artifacts, inference
 paths = inference.list_sources(["/tmp/skin_keras_bench/data/train", "/tmp/skin_keras_bench/data/val"])
 loaded = inference.select_backend(artifacts.load_model("/tmp/skin_keras_bench/model_s_224/weights/best.keras"), "tflite", len(paths))
 t=time.perf_counter(); inference.file_errors(paths); print("file_errors", time.perf_counter()-t)

@@ -68,7 +68,7 @@ def indexed_images(paths: Sequence[str], img_size: int, batch_size: int) -> tf.d
                           num_parallel_calls=AUTOTUNE).ignore_errors()
     # Without tf.data's autotuner AUTOTUNE means one decoder per core, fixed. With it, on 2
     # cores, a pass over a folder ran at a pinned 19.9 img/s (10.33 s for 206 images, the CPU
-    # idle for 4 of them) in about a third of passes, whatever the model (benchmarks/README).
+    # idle for 4 of them) in about a third of passes, whatever the model (docs/benchmarks.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.batch(batch_size).prefetch(AUTOTUNE).with_options(options)

@@ -50,13 +50,10 @@ def _load_saved_model(folder: Path) -> SavedModelRunner:
     if "serving_images" not in served.signatures:
         raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
                         "export.py writes")
-    signature = served.signatures["serving_images"]
-    runner = SavedModelRunner(signature, About(
-        read_labels(folder / "assets" / "labels.txt"),
-        int(signature.structured_input_signature[1]["images"].shape[1]), folder,
+    images = served.signatures["serving_images"].structured_input_signature[1]["images"]
+    return SavedModelRunner(served, About(
+        read_labels(folder / "assets" / "labels.txt"), int(images.shape[1]), folder,
         unknown=read_unknown_rule(folder / "assets" / RULE_FILE)))
-    runner.served = served  # The signature's variables live as long as the loaded object.
-    return runner
 
 
 def read_unknown_rule(path: Path) -> UnknownRule | None:

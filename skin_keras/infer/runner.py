@@ -49,10 +49,21 @@ class Runner:
     def __init__(self, about: About, inputs: tuple[str, ...], outputs: tuple[str, ...]):
         self.about, self.inputs, self.outputs = about, tuple(inputs), tuple(outputs)
 
-    class_names = property(lambda self: self.about.class_names)
-    img_size = property(lambda self: self.about.img_size)
-    source = property(lambda self: self.about.source)
-    unknown = property(lambda self: self.about.unknown)
+    @property
+    def class_names(self) -> list[str]:
+        return self.about.class_names
+
+    @property
+    def img_size(self) -> int:
+        return self.about.img_size
+
+    @property
+    def source(self) -> Path:
+        return self.about.source
+
+    @property
+    def unknown(self) -> UnknownRule | None:
+        return self.about.unknown
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
         feed = {io.IMAGE: np.asarray(batch[io.IMAGE], np.float32)}
@@ -103,7 +114,9 @@ class SavedModelRunner(Runner):
 
     encodes_itself = True
 
-    def __init__(self, signature, about: About):
+    def __init__(self, served, about: About):
+        self.served = served  # The signature's variables live as long as the loaded object.
+        signature = served.signatures["serving_images"]
         inputs = signature.structured_input_signature[1]
         super().__init__(about, (io.IMAGE, io.METADATA) if "sex" in inputs else (io.IMAGE,),
                          (io.PROBABILITIES, io.UNKNOWN_SCORE) if about.unknown is not None

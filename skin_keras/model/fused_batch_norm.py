@@ -4,7 +4,7 @@ Keras 3 computes a training-mode BatchNormalization from separate ops (mean, squ
 difference, multiply, add, and as many again for the gradient); Keras 2 used TensorFlow's fused
 kernel (`FusedBatchNormV3` and its gradient, which oneDNN accelerates on CPUs). In a full
 fine-tune step of EfficientNetV2-B0 on this CPU, those separate ops were 35% of the CPU time
-(`benchmarks/profile_ops.py`, numbers in benchmarks/README.md). `use_fused_kernel(model)` gives
+(`benchmarks/profile_ops.py`, numbers in docs/benchmarks.md). `use_fused_kernel(model)` gives
 the model's BatchNormalization layers a `call` that runs the fused kernel when it computes the
 same function: training mode, a trainable layer, 4-D channels-last input, no mask, no renorm, no
 cross-replica synchronisation; otherwise Keras' own `call`. Weights, moving statistics and the

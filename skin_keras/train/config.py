@@ -91,7 +91,7 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
     strategy: str = option("auto", "tf.distribute strategy: auto (TF_CONFIG with a cluster: "
                            "multi_worker; several GPUs: mirrored; else one device), one_device, "
                            "mirrored (all GPUs, else all logical CPUs), multi_worker (the "
-                           "machines TF_CONFIG names, README) or tpu (TPU_NAME). --batch_size "
+                           "machines TF_CONFIG names, docs/distributed.md) or tpu (TPU_NAME). --batch_size "
                            "is the global batch.", choices=STRATEGIES)
     cluster_timeout: float = option(300.0, "With --strategy=multi_worker: seconds to wait for "
                                     "every worker of the cluster to join before giving up with "

@@ -184,7 +184,7 @@ def make_strategy(name: str, cluster_timeout: float | None = None) -> tf.distrib
     if name == "multi_worker":
         if not _tf_config().get("cluster"):
             raise UserError("--strategy=multi_worker needs TF_CONFIG naming the cluster and this "
-                            "process's task (README: training on several machines)")
+                            "process's task (docs/distributed.md)")
         if cluster_timeout is None:
             raise ValueError("a multi-worker strategy needs the cluster_timeout")
         return _multi_worker_strategy(cluster_timeout)

@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from skin_keras.core import cache
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
 from skin_keras.evaluate import evaluation
@@ -131,27 +132,8 @@ def test_tflite_files_describe_themselves_in_the_tflite_metadata_schema(exported
     assert load.load(alone).class_names == expected
 
 
-@pytest.mark.slow
-def test_a_plain_converted_tflite_file_predicts_with_labels_beside_or_indices(
-        untrained_run, tmp_path, caplog):
-    loaded = load.load(untrained_run)
-    plain = tmp_path / "plain.tflite"
-    plain.write_bytes(litert.convert(loaded.model, "fp32"))
-    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    by_index = load.load(plain)
-    assert by_index.class_names == ["class 0", "class 1", "class 2"]
-    assert "named by their index" in caplog.text
-    np.testing.assert_allclose(probabilities(by_index, images), probabilities(loaded, images),
-                               atol=1e-4)
-    (tmp_path / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
-    assert load.load(plain).class_names == loaded.class_names
-    (tmp_path / "labels.txt").write_text("a\nb\n")
-    with pytest.raises(UserError, match="answers 3 classes but its labels name 2"):
-        load.load(plain)
-
-
-# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (README, "On Android /
-# iOS"): at the model's size MediaPipe's answers equal ours exactly; from the full image its
+# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results.md,
+# "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly; from the full image its
 # resize (bilinear without antialiasing) moves probabilities by median 0.024, max 0.50.
 MEDIAPIPE_SAME_SIZE_BOUND = 1e-5
 
@@ -214,7 +196,12 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, untrained_r
                                atol=1e-5)
     # --backend=onnx runs a cached ONNX copy of a .keras model; other backends refuse the file.
     # Its own cache: other tests expect auto to pick TFLite for the same run.
+    # The exported file stands in for the conversion --backend=onnx would make (the conversion
+    # itself: backend.cached_copy, tested with TFLite in test_predict).
     monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "onnx").mkdir(parents=True)
+    (tmp_path / "cache" / "onnx" / f"{cache.file_sha1(keras_model.source)}.onnx").write_bytes(
+        path.read_bytes())
     converted = backend.select(keras_model, "onnx", 1)
     assert isinstance(converted, onnx_runtime.ONNXRunner)
     # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself); a damaged

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skin_keras.core import cache
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
 from skin_keras.infer import backend, files, gradcam, litert, load, predict
@@ -105,6 +106,26 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
     auto = backend.select(loaded, "auto", images=10)  # Now cached: TFLite.
     assert isinstance(auto, litert.TFLiteRunner)
     assert "converting" not in caplog.text
+
+
+def test_a_plain_converted_tflite_file_predicts_with_labels_beside_or_indices(
+        loaded, tmp_path, caplog):
+    # The copy --backend=tflite converts is such a file: no labels, no description inside.
+    backend.cached_copy(loaded, "tflite")  # Converted once per process (the test above).
+    plain = tmp_path / "plain.tflite"
+    plain.write_bytes((cache.cache_root() / "tflite" / f"{cache.file_sha1(loaded.source)}.tflite"
+                       ).read_bytes())
+    images = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    by_index = load.load(plain)
+    assert by_index.class_names == ["class 0", "class 1", "class 2"]
+    assert "named by their index" in caplog.text
+    np.testing.assert_allclose(probabilities(by_index, images), probabilities(loaded, images),
+                               atol=1e-4)
+    (tmp_path / "labels.txt").write_text("\n".join(loaded.class_names) + "\n")
+    assert load.load(plain).class_names == loaded.class_names
+    (tmp_path / "labels.txt").write_text("a\nb\n")
+    with pytest.raises(UserError, match="answers 3 classes but its labels name 2"):
+        load.load(plain)
 
 
 def test_run_folder_and_keras_file_give_the_same_predictions(untrained_run, mixed_source,

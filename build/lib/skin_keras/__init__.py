@@ -1,0 +1,27 @@
+"""skin_keras: train, evaluate, explain and ship skin-lesion classifiers with Keras 3.
+
+Packages follow the data's path; each imports only from those above it in this list (a test,
+tests/test_layout.py, fails on an import that points the other way):
+
+    core/       options and flags, errors, atomic files, cache, console, logging, progress, plots
+    data/       class folders, decode checks, tf.data pipeline, augmentation, ISIC preparation
+                and lesion-grouped splits, patient-metadata CSVs, synthetic and OOD images
+    model/      building the network, layers/ (everything a saved model can contain), named
+                inputs and outputs (io.py), the model record, the training metric, ensembles
+    train/      the loop of phases, recipe, checkpoints, run folder, epoch log, feature cache,
+                distribution, the custom loop
+    infer/      loading any artifact, one runner per backend (Keras, SavedModel, LiteRT, ONNX),
+                prediction, outputs, Grad-CAM
+    evaluate/   metrics reports, calibration measures, shifts and robustness, out-of-distribution
+    export/     SavedModel, TFLite with its metadata, ONNX, parity
+    workflows/  what strings the others together: a training run (--folds, --calibrate),
+                calibration, cross-validation
+
+`prepare_isic`, `calibrate` and `ood_images` are the `python -m skin_keras.<name>` entry points.
+Importing `skin_keras` or `skin_keras.model` imports no matplotlib, scikit-learn or training
+code.
+"""
+
+from skin_keras.core.errors import UserError
+
+__all__ = ["UserError"]

@@ -1,0 +1,43 @@
+"""Reading the CSV files users bring (ISIC ground truth and metadata, patient metadata): rows
+kept with the file and line of every malformed one, one-line errors for files that cannot be
+read."""
+
+import csv
+from pathlib import Path
+
+from skin_keras.core.errors import UserError
+
+
+def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
+    """(rows with every required column, malformed rows as {"file", "line", "reason"}).
+
+    A row with fewer fields than the header or an empty image name is malformed and left out;
+    a file that is not UTF-8 text or lacks a required column is a UserError.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"CSV file {path} does not exist")
+    rows, malformed = [], []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as file:
+            reader = csv.DictReader(file)
+            missing = [column for column in required if column not in (reader.fieldnames or [])]
+            if missing:
+                raise UserError(f"{path} lacks column(s) {', '.join(missing)} "
+                                f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
+            for row in reader:
+                short = [column for column in required if row.get(column) is None]
+                if short:
+                    reason = f"too few fields (no {', '.join(short)})"
+                elif not row["image"].strip():
+                    reason = "no image name"
+                else:
+                    rows.append(row)
+                    continue
+                malformed.append({"file": path.name, "line": reader.line_num, "reason": reason})
+    except UnicodeDecodeError as error:
+        raise UserError(f"{path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at "
+                        f"offset {error.start}): save it as UTF-8") from None
+    except csv.Error as error:
+        raise UserError(f"{path} is not a readable CSV file: {error}") from None
+    return rows, malformed

@@ -1,0 +1,158 @@
+"""export.py's job: every requested artifact of a trained model, each checked against the Keras
+model on real images (report.json), for TF Serving (saved_model.py), phones and ONNX
+(files.py)."""
+
+import dataclasses
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from skin_keras.core import atomic
+from skin_keras.core.errors import UserError
+from skin_keras.core.options import check_options, option
+from skin_keras.data import folders, pipeline
+from skin_keras.export import files, parity, saved_model
+from skin_keras.export.files import ExportError
+from skin_keras.infer import litert, load
+from skin_keras.infer.runner import keras_model
+from skin_keras.model import io
+
+_log = logging.getLogger(__name__)
+
+FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + ("onnx",)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """What `export` does (export.py's flags)."""
+
+    model_path: str = option(None, "Run folder (uses weights/best.keras) or a .keras file.",
+                             required=True)
+    output: str = option("exports/skin", "Folder for the exported artifacts.")
+    data_val: str = option(None, "Class-folder images for the parity check and int8 "
+                           "calibration.", required=True)
+    formats: tuple[str, ...] = option(("saved_model", "tflite_fp16"),
+                                      f"Comma-separated: {', '.join(FORMATS)}.")
+    name: str = option("skin", "Model name (TF Serving's model_name, file names).")
+    version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
+    parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
+                                "to Keras.", low=1)
+    calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8.",
+                                     low=1)
+    metadata: str = option("none", "For a model with patient metadata: the CSV of --data_val's "
+                           "metadata for the parity check and int8 calibration; none = every "
+                           "metadata input is varied over its vocabulary instead.", path=True,
+                           keywords=("none",))
+
+    def __post_init__(self):
+        unknown = [f for f in self.formats if f not in FORMATS]
+        if unknown or not self.formats:
+            raise UserError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose "
+                            f"from {', '.join(FORMATS)}")
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise UserError(f"--name={self.name}: use letters, digits, '_', '-' or '.'")
+        check_options(self)
+
+
+def check_output_folder(output: Path) -> None:
+    """UserError now, before minutes of conversion, when `output` cannot become a folder."""
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--output={output}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"--output={output}: {folder} is not writable")
+            return
+
+
+def export(config: ExportConfig) -> dict:
+    """Writes every requested artifact, checks each against the Keras model, returns the report."""
+    output = Path(config.output)
+    check_output_folder(output)
+    runner = load.load(config.model_path)
+    keras_model(runner, "Export")  # Exports are made from the Keras model: say so at once.
+
+    # --- Images for parity and calibration, and the Keras model's answers ---
+    val = folders.scan_image_folder(config.data_val, class_names=runner.class_names,
+                                    allow_missing_classes=True)
+    chosen = parity.sample_images(val, config.parity_images)
+    paths = [val.paths[i] for i in chosen]
+    labels = val.labels[chosen]
+    batch = {io.IMAGE: np.stack([pipeline.load_image(tf.constant(p), runner.img_size).numpy()
+                                 for p in paths]),
+             **parity.parity_records(runner, paths, config.metadata)}
+    runner.chunk = 32
+    reference, keras_latency = parity.timed_runner(runner, batch)
+    report = {"model": str(runner.source), "parity images": len(paths),
+              "data": str(config.data_val),
+              "metadata": None if io.METADATA not in batch else (
+                  config.metadata if config.metadata.lower() != "none"
+                  else "varied over the vocabulary"),
+              "keras": {"accuracy": float(np.mean(reference[io.PROBABILITIES].argmax(1)
+                                                  == labels)),
+                        "mean latency ms": 1000 * keras_latency,
+                        "file size bytes": runner.source.stat().st_size},
+              "artifacts": {}}
+
+    # --- Export and check ---
+    failures = []
+    with tempfile.TemporaryDirectory() as scratch:  # The traced model TFLite converts from.
+        for fmt in config.formats:
+            _log.info(f"exporting {fmt} ...")
+            entry = _export_one(fmt, runner, config, val, paths, batch, reference, labels,
+                                scratch)
+            report["artifacts"][fmt] = entry
+            failures += _judge(fmt, entry, report["keras"]["accuracy"])
+    output.mkdir(parents=True, exist_ok=True)
+    atomic.write_json_atomic(output / "report.json", report)
+    _log.info(parity.describe(report))
+    if failures:
+        raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"
+                          f"; see {output / 'report.json'}")
+    return report
+
+
+def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder, paths: list,
+                batch: dict, reference: dict, labels: np.ndarray, scratch: str) -> dict:
+    """Writes one format's artifact (checked on `batch`, the images of `paths`, against the
+    Keras model's `reference` answers) and returns its report row."""
+    output = Path(config.output)
+    if fmt == "saved_model":
+        model_base = output / "saved_model" / config.name
+        return saved_model.export_saved_model(
+            runner, model_base, config.version or saved_model.next_version(model_base), paths,
+            batch, reference, labels)
+    if fmt == "onnx":
+        return files.export_onnx(runner, output / "onnx", config.name, batch, reference, labels)
+    kind = fmt.removeprefix("tflite_")
+    calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
+    calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
+    source = Path(scratch) / "traced"  # Traced once, converted to every kind.
+    if not source.exists():
+        litert.traced_source(runner.model, str(source))
+    content = litert.convert(runner.model, kind, calibration, str(source),
+                             runner.about.encoding.encode_records(calibration_inputs[io.METADATA])
+                             if calibration_inputs else None)
+    return files.export_tflite(runner, kind, content, output / fmt, config.name, batch,
+                               reference, labels)
+
+
+def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:
+    """The failure an artifact's agreement is (int8 only warns: full-integer quantisation
+    costs EfficientNetV2 accuracy by design)."""
+    if entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT:
+        return []
+    if fmt == "tflite_int8":
+        _log.warning(f"warning: tflite_int8 agrees with the Keras model on "
+                     f"{100 * entry['top1 agreement']:.1f}% of top-1 labels (accuracy "
+                     f"{entry['accuracy']:.4f} vs {keras_accuracy:.4f}): full-integer "
+                     "quantisation costs EfficientNetV2 accuracy; prefer tflite_fp16 or "
+                     "tflite_dynamic unless the phone needs integer-only.")
+        return []
+    return [f"{fmt} agrees with the Keras model on only {100 * entry['top1 agreement']:.1f}% "
+            "of top-1 labels"]

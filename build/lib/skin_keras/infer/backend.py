@@ -1,0 +1,97 @@
+"""Which backend runs a Keras model: Keras itself, or a converted copy (TFLite with LiteRT, ONNX
+with ONNX Runtime) kept in <cache>/tflite and <cache>/onnx, keyed by the .keras file's content.
+
+`--backend=auto`, on a CPU-only machine, takes a cached ONNX copy (ONNX Runtime ran
+EfficientNetV2-S 16% faster than LiteRT, docs/benchmarks.md), else TFLite when its copy is
+cached or the job has at least AUTO_TFLITE_MIN_IMAGES images (converting pays for itself), else
+Keras; it never converts to ONNX (tf2onnx peaks at 6.9 GB for S) and never fails on a
+conversion. Exported models run as they are.
+"""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import tensorflow as tf
+
+from skin_keras.core import atomic, cache
+from skin_keras.core.errors import UserError, first_line
+from skin_keras.infer import litert, onnx_runtime
+from skin_keras.infer.runner import KerasRunner, Runner
+
+_log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "keras", "tflite", "onnx")
+# "auto" converts a .keras model to TFLite for a job of at least this many images (views
+# included); a conversion done once is reused by every later job.
+AUTO_TFLITE_MIN_IMAGES = 500
+
+
+@dataclasses.dataclass(frozen=True)
+class _Converter:
+    name: str
+    suffix: str
+    convert: object  # keras.Model -> bytes
+    runner: type
+
+
+_CONVERTERS = {
+    "tflite": _Converter("TFLite", ".tflite", lambda model: litert.convert(model, "fp32"),
+                         litert.TFLiteRunner),
+    "onnx": _Converter("ONNX", ".onnx", onnx_runtime.convert, onnx_runtime.ONNXRunner),
+}
+
+
+def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = True,
+                digest: str | None = None) -> Runner | None:
+    """A runner of the `backend` copy of the runner's .keras file, converted once per file
+    content; None when not cached and `convert_if_missing` is False. `digest`: the file's SHA-1
+    when the caller has it. The conversion runs in this process (for EfficientNetV2-S, TFLite
+    peaks at about twice the memory of prediction, once)."""
+    converter = _CONVERTERS[backend]
+    path = cache.cache_root() / backend / (
+        f"{digest or cache.file_sha1(runner.source)}{converter.suffix}")
+    if not path.exists():
+        if not convert_if_missing:
+            return None
+        _log.info(f"converting {runner.source} to {converter.name} (once; cached in "
+                  f"{path.parent})")
+        content = converter.convert(runner.model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+    return converter.runner(path.read_bytes(), runner.about)
+
+
+def select(runner: Runner, backend: str, images: int) -> Runner:
+    """The runner to predict `images` images (views included) with on `backend`."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown --backend={backend}; choose one of {', '.join(BACKENDS)}")
+    if not isinstance(runner, KerasRunner) or backend == "keras":  # Exported: as they are.
+        suffix = _CONVERTERS[backend].suffix if backend in _CONVERTERS else None
+        if suffix and runner.source.suffix != suffix:
+            raise UserError(f"--backend={backend} needs a run folder, .keras or {suffix} file, "
+                            f"not {runner.source}")
+        return runner
+    if backend == "auto" and tf.config.list_physical_devices("GPU"):
+        return runner
+    digest = cache.file_sha1(runner.source)  # Both copies are keyed by it: read the file once.
+    if backend == "auto":
+        try:
+            copy = cached_copy(runner, "onnx", convert_if_missing=False, digest=digest)
+        except Exception as error:  # pylint: disable=broad-except  (ONNX Runtime's own types)
+            _log.info(f"the cached ONNX copy cannot be read ({first_line(error)}); not using it")
+            copy = None
+        if copy is not None:
+            return copy
+    chosen = "onnx" if backend == "onnx" else "tflite"
+    try:
+        copy = cached_copy(runner, chosen, convert_if_missing=(
+            backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES), digest=digest)
+    except (ValueError, RuntimeError, tf.errors.OpError) as error:
+        name = _CONVERTERS[chosen].name
+        if backend != "auto":
+            raise UserError(f"{runner.source} cannot be converted to {name}: "
+                            f"{first_line(error)}") from None
+        _log.info(f"{name} conversion failed ({first_line(error)}); predicting with Keras")
+        return runner
+    return runner if copy is None else copy

@@ -1,0 +1,112 @@
+"""Predicting files: list them, feed them to a runner batch by batch (with test-time
+augmentation), and keep every answer with its file.
+
+Files that fail the cheap check never reach the model; a file the decoder still rejects is
+matched back by index and named; a model that answers NaN is blamed, not the image.
+"""
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from skin_keras.core.errors import UserError
+from skin_keras.core.progress import progress
+from skin_keras.data import folders, patient_metadata, pipeline
+from skin_keras.infer.runner import Runner
+from skin_keras.model import io
+
+_log = logging.getLogger(__name__)
+
+MAX_TTA_VIEWS = 8  # The symmetries of a square: pipeline.dihedral_views.
+MODEL_NAN = "the model produced NaN for this image (the model is broken, not the image)"
+
+
+def list_sources(sources: Sequence[str | Path]) -> list[Path]:
+    """Every file named in `sources` (files, or folders searched recursively), in order, each
+    real file once (links to it, or a folder given twice, add no row; link loops are not
+    followed). Hidden files are left out; other non-image files are kept, so they get an error
+    row."""
+    files = []
+    for source in sources:
+        source = Path(source)
+        if source.is_file():
+            files.append(str(source))
+        elif source.is_dir():
+            files.extend(folders.walk_files(source))
+        else:
+            raise UserError(f"source {source} does not exist")
+    keep, _ = folders.first_of_each_file(files)
+    return [Path(files[i]) for i in keep]
+
+
+def file_errors(paths: Sequence[Path]) -> list[str | None]:
+    """Why each file cannot be predicted (None for the ones that look fine)."""
+    errors = []
+    for path, (_, reason) in zip(paths, folders.inspect_images([str(p) for p in paths])):
+        if not folders.is_image_file(path):
+            reason = f"not an image file ({path.suffix or 'no extension'})"
+        errors.append(reason)
+    return errors
+
+
+def other_inputs(runner: Runner, metadata: str, paths: Sequence[Path]) -> dict:
+    """The runner's named inputs besides the image, one value per path: {"metadata": patient
+    records from the CSV `metadata` ("none": all missing)} for a metadata model, {} for others
+    (a CSV given to one is not used, with a note)."""
+    if io.METADATA not in runner.inputs:
+        if metadata.lower() != "none":
+            _log.info(f"note: {runner.source} was trained without metadata; "
+                      f"--metadata={metadata} is not used")
+        return {}
+    records, _, note = patient_metadata.for_prediction(metadata, paths)
+    _log.info(note or f"metadata: none given, all {len(paths)} images run with it missing")
+    return {io.METADATA: records}
+
+
+def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: int = 1,
+                  inputs: dict | None = None, show_progress: bool = True
+                  ) -> tuple[dict[str, np.ndarray], list[str | None]]:
+    """Every named output of the runner for every file ([N, ...], NaN rows for files that
+    failed; averaged over `tta` flipped/rotated views) and an error (or None) per file.
+    `inputs` are the runner's other named inputs, one value per path (`other_inputs`)."""
+    if batch_size < 1:
+        raise UserError(f"--batch_size={batch_size} must be at least 1")
+    if not 1 <= tta <= MAX_TTA_VIEWS:
+        raise UserError(f"--tta={tta}: choose 1 to {MAX_TTA_VIEWS} views")
+    errors = file_errors(paths)
+    good = [i for i, error in enumerate(errors) if error is None]
+    results = {name: None for name in runner.outputs}
+    decoded = np.zeros(len(paths), bool)
+    if good:
+        dataset = pipeline.indexed_images([paths[i] for i in good], runner.img_size, batch_size)
+        total = -(-len(good) // batch_size)
+        for indices, images in (progress(dataset, "predicting", total=total) if show_progress
+                                else dataset):
+            rows = np.asarray(good)[indices.numpy()]
+            others = {name: [values[r] for r in rows] for name, values in (inputs or {}).items()}
+            views = [runner({io.IMAGE: view.numpy(), **others})
+                     for view in pipeline.dihedral_views(images, tta)]
+            for name in runner.outputs:
+                mean = np.mean([view[name] for view in views], axis=0)
+                if results[name] is None:
+                    results[name] = np.full((len(paths), *mean.shape[1:]), np.nan, np.float32)
+                results[name][rows] = mean
+            decoded[rows] = True
+    results = {name: np.full((len(paths), 0), np.nan, np.float32) if value is None else value
+               for name, value in results.items()}
+    for i in good:
+        if not decoded[i]:
+            errors[i] = "could not be decoded"
+        elif not all(np.isfinite(values[i]).all() for values in results.values()):
+            errors[i] = MODEL_NAN  # A NaN score would pass as "not unknown".
+    return results, errors
+
+
+def check_model_answered(errors: list[str | None], source: Path) -> None:
+    """UserError when the model gave NaN for every image it was given: a broken model."""
+    answered = [error for error in errors if error is None or error == MODEL_NAN]
+    if answered and all(error == MODEL_NAN for error in answered):
+        raise UserError(f"{source} produced NaN for all {len(answered)} readable images: the "
+                        "model is broken (e.g. from a diverged training run), not the images")

@@ -1,0 +1,106 @@
+"""ONNX: converting a Keras model, and running a file with ONNX Runtime.
+
+Used by export (`--formats=onnx` and its parity row) and by inference (the cached copy
+`--backend=onnx` runs). The file takes images [B, H, W, 3] float32 RGB in [0, 255] (any batch)
+as "image" (and "metadata" [B, size] for a metadata model) and answers "probabilities"
+(and "unknown_score" [B] for a model with an unknown rule); the class names and export.py's
+description of the model are in the model's metadata properties ("class_names",
+"skin_keras").
+
+Converted with tf2onnx from the model traced once as a SavedModel, the way its command line
+converts SavedModels. Keras 3's own `model.export(format="onnx")` (also tf2onnx underneath) was
+tried first: its traced function keeps constants of EfficientNetV2's Normalization layer as
+graph inputs, so ONNX Runtime refuses the file ("Required inputs ... normalization/Sub/y:0 are
+missing").
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from skin_keras.infer import litert
+from skin_keras.infer.runner import About, Runner
+from skin_keras.model import io
+
+CLASS_NAMES_KEY = "class_names"
+DESCRIPTION_KEY = "skin_keras"
+OPSET = 17  # ONNX Runtime 1.32 (requirements.txt) runs it; tf2onnx 1.17 would pick 15.
+
+
+def convert(model: keras.Model, description: dict | None = None) -> bytes:
+    """A serialized ONNX model of `model` (probabilities, and the unknown score if it has a
+    rule), with the class names and `description` in its metadata properties."""
+    from keras.src.export.tf2onnx_lib import patch_tf2onnx  # pylint: disable=g-import-not-at-top
+    patch_tf2onnx()  # tf2onnx 1.17 still refers to NumPy 1 names; Keras' own export patches them.
+    import tf2onnx  # pylint: disable=g-import-not-at-top
+
+    with tempfile.TemporaryDirectory() as folder:
+        litert.traced_source(model, folder, batch=None)
+        graph_def, inputs, outputs, renames = tf2onnx.tf_loader.from_saved_model(
+            folder, None, None, tag="serve", signatures=["serve"], return_tensors_to_rename=True)
+    proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
+                                              output_names=outputs, opset=OPSET,
+                                              tensors_to_rename=renames)
+    if description is not None:
+        for key, value in ((CLASS_NAMES_KEY, description["class_names"]),
+                           (DESCRIPTION_KEY, description)):
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, json.dumps(value)
+    return proto.SerializeToString()
+
+
+class ONNXRunner(Runner):
+    """Runs an .onnx classifier with ONNX Runtime on the CPU: images [B, H, W, 3] in [0, 255]
+    (and encoded metadata [B, size] for a metadata model) in; probabilities [B, classes] (and
+    the unknown score [B]) out. Tensors are recognised by their rank, so a plain converted file
+    with other names runs too. `about` may be None for a file not yet described (load.py)."""
+
+    chunk = 32
+
+    def __init__(self, model_content: bytes, about: About | None = None):
+        import onnxruntime  # pylint: disable=g-import-not-at-top
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = os.cpu_count() or 1
+        options.log_severity_level = 3  # Errors only.
+        # Its threads sleep between calls instead of spinning, leaving the cores to the tf.data
+        # decoder and other processes; the same speed either way (docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = onnxruntime.InferenceSession(model_content, options,
+                                                    providers=["CPUExecutionProvider"])
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        image = next((i for i in inputs if len(i.shape) == 4), None)
+        probabilities = next((o for o in outputs if len(o.shape) == 2), None)
+        if image is None or probabilities is None or not isinstance(image.shape[1], int):
+            raise ValueError("not an image classifier: it needs an input [B, H, W, 3] and an "
+                             "output [B, classes]")
+        self.input_names = {io.IMAGE: image.name}
+        metadata = next((i for i in inputs if len(i.shape) == 2), None)
+        if metadata is not None:
+            self.input_names[io.METADATA] = metadata.name
+            self.metadata_size = int(metadata.shape[1])
+        else:
+            self.metadata_size = None
+        self.output_names = {io.PROBABILITIES: probabilities.name}
+        score = next((o for o in outputs if len(o.shape) == 1), None)
+        if score is not None:
+            self.output_names[io.UNKNOWN_SCORE] = score.name
+        self.classes = probabilities.shape[1]
+        self.properties = self.session.get_modelmeta().custom_metadata_map
+        super().__init__(about or About([], int(image.shape[1]), Path()),
+                         tuple(self.input_names), tuple(self.output_names))
+
+    def description(self) -> dict | None:
+        """export.py's description of the model from the metadata properties (None without)."""
+        text = self.properties.get(DESCRIPTION_KEY)
+        return None if text is None else json.loads(text)
+
+    def _run(self, feed: dict) -> dict:
+        answer = self.session.run(
+            list(self.output_names.values()),
+            {self.input_names[name]: np.asarray(value, np.float32) for name, value in feed.items()})
+        return dict(zip(self.output_names, answer))

@@ -1,0 +1,118 @@
+"""What prediction leaves for people and programs: predictions.csv and .json, the printed
+summary, copies of the images with their label drawn on, and Grad-CAM overlays."""
+
+import csv
+from collections.abc import Sequence
+from pathlib import Path
+
+import tensorflow as tf
+from PIL import Image, ImageDraw, ImageFont
+
+from skin_keras.core import atomic
+from skin_keras.core.progress import progress
+from skin_keras.data import pipeline
+from skin_keras.infer import gradcam
+from skin_keras.infer.runner import Runner, explainable
+
+
+def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path,
+                      topk: int = 0) -> None:
+    """predictions.csv (path,label,score,<classes>,[top1..],[metadata],[unknown,
+    unknown_score],error) and predictions.json; the metadata column (used / missing) is there
+    for a metadata model, unknown (true / false) and its score for a model with an unknown
+    rule."""
+    output.mkdir(parents=True, exist_ok=True)
+    with_metadata = bool(rows) and "metadata" in rows[0]
+    with_unknown = bool(rows) and "unknown" in rows[0]
+    header = ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
+              *(["metadata"] if with_metadata else []),
+              *(["unknown", "unknown_score"] if with_unknown else []), "error"]
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as file:
+            writer = csv.writer(file)
+            writer.writerow(header)
+            for row in rows:
+                probs = [("" if p is None else f"{p:.6f}") for p in row["probabilities"].values()]
+                tops = [f"{t['label']}:{t['score']:.4f}" for t in row.get("top", [])]
+                tops += [""] * (topk - len(tops))
+                score = "" if row["score"] is None else f"{row['score']:.6f}"
+                used = [row["metadata"]] if with_metadata else []
+                unknown = [] if not with_unknown else ["", ""] if row["unknown"] is None else [
+                    str(row["unknown"]).lower(), f"{row['unknown_score']:.6g}"]
+                writer.writerow([row["path"], row["label"], score, *probs, *tops, *used,
+                                 *unknown, row["error"]])
+
+    atomic.write_atomic(output / "predictions.csv", write_csv)
+    atomic.write_json_atomic(output / "predictions.json", rows)
+
+
+def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
+    counts = {name: 0 for name in class_names}
+    for row in rows:
+        if not row["error"]:
+            counts[row["label"]] += 1
+    width = max(len(name) for name in [*class_names, "unreadable"])
+    lines = [f"{'predicted label':<{width}}  {'images':>7}"]
+    lines += [f"{name:<{width}}  {count:>7}" for name, count in counts.items()]
+    errors = [row for row in rows if row["error"]]
+    lines.append(f"{'unreadable':<{width}}  {len(errors):>7}")
+    if rows and "unknown" in rows[0]:
+        lines.append(f"{'of which unknown':<{width}}  "
+                     f"{sum(bool(row['unknown']) for row in rows):>7}  (none of the classes: "
+                     "score below the rule's threshold; the label is still the nearest class)")
+    lines += [f"  {row['path']}: {row['error']}" for row in errors]
+    return "\n".join(lines)
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """File stems that stay unique when files of several folders go into one output folder."""
+    seen, names = {}, []
+    for path in paths:
+        count = seen.get(path.stem, 0)
+        seen[path.stem] = count + 1
+        names.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    return names
+
+
+def save_labelled_images(rows: list[dict], folder: Path) -> None:
+    """Copies of the readable images with "label score" drawn in the top-left corner."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [Path(row["path"]) for row in rows]
+    for row, name in zip(rows, unique_names(paths)):
+        if row["error"]:
+            continue
+        with Image.open(row["path"]) as image:
+            image = image.convert("RGB")
+        text = f"{row['label']} {row['score']:.2f}"
+        font = ImageFont.load_default(size=max(10, image.height // 20))
+        draw = ImageDraw.Draw(image)
+        box = draw.textbbox((4, 4), text, font=font)
+        draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill="black")
+        draw.text((4, 4), text, fill="white", font=font)
+        image.save(folder / f"{name}.jpg", quality=92)
+
+
+def explain_files(loaded: Runner, rows: list[dict], folder: Path,
+                  batch_size: int) -> list[Path]:
+    """Grad-CAM overlays of the predicted class for every readable file; returns their paths."""
+    model = explainable(loaded)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [Path(row["path"]) for row in rows]
+    names = unique_names(paths)
+    todo = [i for i, row in enumerate(rows) if not row["error"]]
+    written = []
+    for start in progress(range(0, len(todo), batch_size), "explaining"):
+        batch = todo[start:start + batch_size]
+        images = tf.stack([pipeline.load_image(tf.constant(str(paths[i])), loaded.img_size)
+                           for i in batch])
+        classes = [loaded.class_names.index(rows[i]["label"]) for i in batch]
+        heat_maps, _ = gradcam.grad_cam(model, images, classes)
+        for i, heat_map in zip(batch, heat_maps):
+            with Image.open(paths[i]) as original:
+                figure = gradcam.overlay_figure(
+                    original, heat_map, f"{rows[i]['label']} {rows[i]['score']:.2f} (Grad-CAM)")
+            target = folder / f"{names[i]}.png"
+            figure.save(target)
+            written.append(target)
+    return written

@@ -1,0 +1,122 @@
+"""predict.py's job: predict every file of some folders with any model and write the results
+(`predict_to_folder`), and the rows those results are made of (`prediction_rows`)."""
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from skin_keras.core.errors import UserError
+from skin_keras.core.options import check_options, option
+from skin_keras.infer import backend as backends
+from skin_keras.infer import files, load, outputs
+from skin_keras.infer.files import MAX_TTA_VIEWS
+from skin_keras.infer.runner import Runner, explainable
+from skin_keras.model import io
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRunConfig:
+    """What predict.py and evaluate.py share: which model, how to run it."""
+
+    model_path: str = option(None, "Run folder (uses weights/best.keras), a .keras file, an "
+                             "exported SavedModel folder, a .tflite or an .onnx file.",
+                             required=True)
+    batch_size: int = option(32, "Images per batch.", low=1, high=65536)
+    tta: int = option(1, "Test-time augmentation: average 1-8 flipped/rotated views (1 = off).",
+                      low=1, high=MAX_TTA_VIEWS)
+    explain: bool = option(False, "Write a Grad-CAM heat map of the predicted class beside "
+                           "each image.")
+    backend: str = option(
+        "auto", "keras, or tflite: a float32 TFLite copy of a .keras model (converted once, "
+        "cached in ~/.cache/skin_keras/tflite or $SKIN_KERAS_CACHE/tflite) run by LiteRT with "
+        "XNNPACK, 1.3-1.7x Keras' speed on a CPU (docs/benchmarks.md); onnx: an ONNX copy "
+        "(cached in the same place, onnx/) run by ONNX Runtime. auto, on a CPU-only machine: "
+        "the ONNX copy when one is cached (auto never converts to ONNX: it peaks at 6.9 GB "
+        "for S), else tflite when its copy is cached or the job has at least "
+        f"{backends.AUTO_TFLITE_MIN_IMAGES} images (views included), else keras.", 
+        choices=backends.BACKENDS)
+    metadata: str = option("none", "For a model trained with --metadata: a CSV with an image "
+                           "column (file name without extension) and age_approx, sex, "
+                           "anatom_site_general. Images without a row, or none, run with the "
+                           "metadata missing.", path=True, keywords=("none",))
+
+    def __post_init__(self):
+        check_options(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig(ModelRunConfig):
+    """predict.py's flags."""
+
+    source: tuple[str, ...] = option(("inference/img",), "Image file or folder (searched "
+                                     "recursively); repeat for more.", repeated=True)
+    output: str = option("inference/out", "Folder for the results.")
+    topk: int = option(0, "Also list the k most likely labels per image.", low=0)
+    save_images: bool = option(False, "Write copies of the images with label and score drawn "
+                               "on them.")
+
+
+def prediction_rows(paths, results: dict, errors: list[str | None], runner: Runner,
+                    topk: int = 0, inputs: dict | None = None) -> list[dict]:
+    """One dict per file: path, label, score, one probability per class, top-k, error; for a
+    metadata model also "metadata" (whether the file's patient metadata was used, from
+    `inputs`); for a model with an unknown rule, "unknown" (the score below the rule's
+    threshold) and "unknown_score"."""
+    class_names = runner.class_names
+    probabilities = results[io.PROBABILITIES]
+    rows = []
+    for index, (path, error) in enumerate(zip(paths, errors)):
+        row = {"path": str(path), "label": "", "score": None,
+               "probabilities": {name: None for name in class_names}, "error": error or ""}
+        if io.METADATA in (inputs or {}):
+            row["metadata"] = "missing" if inputs[io.METADATA][index].is_missing else "used"
+        if io.UNKNOWN_SCORE in results:
+            score = float(results[io.UNKNOWN_SCORE][index])
+            row.update(unknown=None if error else bool(runner.unknown.flags(score)),
+                       unknown_score=None if error else score)
+        if error is None:
+            probs = probabilities[index]
+            order = np.argsort(-probs, kind="stable")
+            row.update(label=class_names[order[0]], score=float(probs[order[0]]),
+                       probabilities={n: float(p) for n, p in zip(class_names, probs)})
+            if topk:
+                row["top"] = [{"label": class_names[i], "score": float(probs[i])}
+                              for i in order[:topk]]
+        elif topk:
+            row["top"] = []
+        rows.append(row)
+    return rows
+
+
+def predict_to_folder(config: PredictConfig) -> list[dict]:
+    """Predicts every source file and writes the results to config.output."""
+    output = Path(config.output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"--output={output} is a file, not a folder")
+    loaded = load.load(config.model_path)
+    if config.explain:
+        explainable(loaded)  # Say so before predicting, not after.
+    if not 0 <= config.topk <= len(loaded.class_names):
+        raise UserError(f"--topk={config.topk} is out of range [0, {len(loaded.class_names)}]")
+    paths = files.list_sources(config.source)
+    if not paths:
+        raise UserError(f"no files found in {', '.join(map(str, config.source))}")
+    inputs = files.other_inputs(loaded, config.metadata, paths)
+    runner = backends.select(loaded, config.backend, len(paths) * config.tta)
+    results, errors = files.predict_files(runner, paths, config.batch_size, config.tta, inputs)
+    rows = prediction_rows(paths, results, errors, runner, config.topk, inputs)
+    outputs.write_predictions(rows, runner.class_names, output, config.topk)
+    _log.info(outputs.summary_table(rows, runner.class_names))
+    files.check_model_answered(errors, runner.source)
+    if all(error is not None for error in errors):
+        raise UserError(f"none of the {len(paths)} files could be read as an image")
+    if config.save_images:
+        outputs.save_labelled_images(rows, output / "images")
+    if config.explain:
+        outputs.explain_files(loaded, rows, output / "explain", config.batch_size)
+    _log.info(f"wrote {output / 'predictions.csv'} and predictions.json")
+    return rows

@@ -1,0 +1,151 @@
+"""One interface for running any model: named inputs in, named outputs out (model/io.py).
+
+    runner({"image": float32 [B, H, W, 3] in [0, 255], "metadata": [Record] * B})
+        -> {"probabilities": [B, classes], "unknown_score": [B]}
+
+"metadata" (one `data.patient_metadata.Record` per image; MISSING where nothing is known) is
+given to a runner whose `inputs` name it; "unknown_score" comes from a model with an unknown
+rule (`unknown`). A runner knows its class names, input size and where it was loaded from. One
+implementation per backend: `KerasRunner` here (any Keras model with named outputs: also the
+feature and logit models calibration and --ood use), `SavedModelRunner` (an exported
+SavedModel), litert.TFLiteRunner and onnx_runtime.ONNXRunner (converted files).
+"""
+
+import dataclasses
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from skin_keras.core.errors import UserError
+from skin_keras.data.patient_metadata import MISSING, as_arrays
+from skin_keras.model import io, parts
+from skin_keras.model.layers import PatientMetadata
+from skin_keras.model.layers.unknown import UnknownRule
+
+
+@dataclasses.dataclass
+class About:
+    """What a runner knows about its model besides the computation."""
+
+    class_names: list[str]
+    img_size: int
+    source: Path
+    unknown: UnknownRule | None = None
+    encoding: PatientMetadata | None = None  # How records become the metadata vector.
+
+
+class Runner:
+    """Base of the runners: the model's facts (`about`), named inputs and outputs, and the
+    call. Subclasses set `inputs`/`outputs` and implement `_run(feed)`, where feed holds the
+    image batch and, for a metadata model, the encoded vectors (or, for a runner that encodes
+    raw values itself, the records)."""
+
+    chunk: int | None = None  # Images per backend call (None: the whole batch at once).
+    encodes_itself = False  # Takes the records as they are (a SavedModel's signature).
+    temperature: float | None = None  # A calibrated Keras model's, where it can be read.
+
+    def __init__(self, about: About, inputs: tuple[str, ...], outputs: tuple[str, ...]):
+        self.about, self.inputs, self.outputs = about, tuple(inputs), tuple(outputs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.about.class_names
+
+    @property
+    def img_size(self) -> int:
+        return self.about.img_size
+
+    @property
+    def source(self) -> Path:
+        return self.about.source
+
+    @property
+    def unknown(self) -> UnknownRule | None:
+        return self.about.unknown
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        feed = {io.IMAGE: np.asarray(batch[io.IMAGE], np.float32)}
+        if io.METADATA in self.inputs:  # Not given: nothing known of any image.
+            records = batch.get(io.METADATA) or [MISSING] * len(feed[io.IMAGE])
+            feed[io.METADATA] = records if self.encodes_itself else (
+                self.about.encoding.encode_records(records))
+        size = self.chunk or max(len(feed[io.IMAGE]), 1)
+        answers = [self._run({name: value[start:start + size] for name, value in feed.items()})
+                   for start in range(0, len(feed[io.IMAGE]), size)]
+        return {name: np.concatenate([answer[name] for answer in answers]).astype(np.float32)
+                for name in self.outputs}
+
+    def _run(self, feed: dict) -> dict:
+        raise NotImplementedError
+
+
+class KerasRunner(Runner):
+    """A Keras model with named inputs (any batch size, one traced graph)."""
+
+    def __init__(self, model: keras.Model, about: About):
+        model = io.named(model)
+        if about.encoding is None:
+            about = dataclasses.replace(about, encoding=parts.metadata_encoding_of(model))
+        layer = io.unknown_layer(model)
+        if about.unknown is None and layer is not None:
+            about = dataclasses.replace(about, unknown=layer.rule)
+        super().__init__(about, io.input_names(model), tuple(io.output_dict(model)))
+        self.model = model
+        self.temperature = io.temperature_of(model)
+        # One traced graph for every batch (the batch dimension is left free).
+        self._forward = tf.function(lambda feed: model(feed, training=False),
+                                    reduce_retracing=True)
+
+    def derived(self, model: keras.Model) -> "KerasRunner":
+        """A runner of a model derived from this one's layers (parts.feature_model, ...)."""
+        return KerasRunner(model, dataclasses.replace(self.about, unknown=None))
+
+    def _run(self, feed: dict) -> dict:
+        answer = self._forward({name: tf.constant(value) for name, value in feed.items()
+                                if name in self.inputs})
+        return {name: answer[name].numpy() for name in self.outputs}
+
+
+class SavedModelRunner(Runner):
+    """An exported SavedModel, through its serving_images signature (which encodes raw
+    metadata values itself)."""
+
+    encodes_itself = True
+
+    def __init__(self, served, about: About):
+        self.served = served  # The signature's variables live as long as the loaded object.
+        signature = served.signatures["serving_images"]
+        inputs = signature.structured_input_signature[1]
+        super().__init__(about, (io.IMAGE, io.METADATA) if "sex" in inputs else (io.IMAGE,),
+                         (io.PROBABILITIES, io.UNKNOWN_SCORE) if about.unknown is not None
+                         else (io.PROBABILITIES,))
+        self.signature = signature
+
+    def _run(self, feed: dict) -> dict:
+        named = {"images": tf.constant(feed[io.IMAGE])}
+        if io.METADATA in feed:
+            ages, sexes, sites = as_arrays(feed[io.METADATA])
+            named.update(age_approx=tf.constant(np.nan_to_num(ages, nan=-1.0)),
+                         sex=tf.constant(sexes.astype(str)),
+                         anatom_site_general=tf.constant(sites.astype(str)))
+        answer = self.signature(**named)
+        return {name: answer[name].numpy() for name in self.outputs}
+
+
+def keras_model(runner: Runner, what: str) -> keras.Model:
+    """The Keras model behind `runner`; UserError naming `what` needs it for other runners."""
+    if not isinstance(runner, KerasRunner):
+        raise UserError(f"{what} needs the Keras model: pass the run folder or .keras file "
+                        f"that {runner.source} was exported from")
+    return runner.model
+
+
+def explainable(runner: Runner) -> keras.Model:
+    """The Keras model of one classifier, which Grad-CAM can explain (not an ensemble)."""
+    model = keras_model(runner, "Grad-CAM (--explain)")
+    if parts.ensemble_members(model):
+        raise UserError(f"{runner.source} is an ensemble: Grad-CAM (--explain) explains one "
+                        "model; pass one member (the run's fold_i folder)")
+    return model

@@ -1,0 +1,32 @@
+"""train.py's job: one training run as the config asks, with what goes around the loop:
+K-fold cross-validation and its ensemble (--folds), then calibration (--calibrate), and on a
+multi-worker cluster a scratch run folder for the workers that are not the chief."""
+
+import logging
+from pathlib import Path
+
+from skin_keras.train import distribute, loop
+from skin_keras.train.config import TrainConfig
+from skin_keras.workflows import calibrate, cross_validation
+
+_log = logging.getLogger(__name__)
+
+
+def run(config: TrainConfig, verbose: int | str = "auto") -> Path:
+    """Trains (a model, or with --folds its K members and their ensemble), calibrates with
+    --calibrate, and returns the run folder."""
+    note = distribute.precision_note(config.precision)
+    if note:
+        _log.info(f"note: {note}")
+    # A worker of a cluster other than the chief writes its run folder into a scratch folder.
+    with distribute.worker_scratch(config) as config:
+        if config.folds:
+            run_dir = cross_validation.train_folds(config, verbose)
+        else:
+            run_dir = loop.train_and_evaluate(config, verbose)
+        if config.calibrate:
+            entry = calibrate.calibrate_run(calibrate.CalibrateConfig(
+                model_path=str(run_dir), batch_size=config.batch_size,
+                unknown_score=config.unknown_score, unknown_coverage=config.unknown_coverage))
+            _log.info(calibrate.describe(entry))
+    return run_dir
