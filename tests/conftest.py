@@ -185,6 +185,14 @@ def untrained_run(tmp_path_factory, tiny_dataset) -> Path:
 
 
 @pytest.fixture(scope="session")
+def untrained(untrained_run):
+    """`untrained_run` loaded as predict.py loads it (a KerasRunner), once per process."""
+    from skin_keras.infer import load  # pylint: disable=g-import-not-at-top
+
+    return load.load(untrained_run)
+
+
+@pytest.fixture(scope="session")
 def calibrated_run(tmp_path_factory, untrained_run) -> Path:
     """`untrained_run` calibrated: a temperature and the feature_distance unknown rule
     (keeping 80% of the validation images)."""
@@ -248,3 +256,19 @@ def ham_200px() -> Path:
     if not (HAM_200PX / "ISIC_2019_Training_GroundTruth.csv").exists():
         pytest.skip(f"real images not available: {HAM_200PX} is absent")
     return HAM_200PX
+
+
+# The longest test files, measured (`pytest --durations=0`, summed per file), longest first:
+# handed out first, the two workers of `make test` (pytest-xdist, one file at a time) end
+# together instead of one waiting for a long file started last. Only the order changes.
+LONGEST_FIRST = ("test_metadata_models.py", "test_export.py", "test_multi_worker.py",
+                 "test_cross_validation.py", "test_predict.py", "test_calibrate.py",
+                 "test_train.py", "test_feature_cache.py", "test_distribute.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items[:] = sorted(items, key=rank)  # Stable: each file's tests stay in their order.

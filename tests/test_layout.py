@@ -40,7 +40,7 @@ def imports(path: Path) -> list[tuple[int, str]]:
     """(line, module) of every skin_keras import in the file, wherever it is."""
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("skin_keras"):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("skin_keras"):
             names = [f"{node.module}.{alias.name}" for alias in node.names]
             found += [(node.lineno, node.module if node.module.count(".") >= 1 else name)
                       for name in names]

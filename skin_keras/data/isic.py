@@ -94,7 +94,8 @@ class PrepareConfig:
                         "a holdout.")
     fold: int = option(0, "Which fold (0..K-1) is val when --folds is set.")
     seed: int = option(0, "The split is deterministic for a given seed.")
-    link: str = option("auto", "auto: hard link, else symlink, else copy.", choices=placing.LINK_MODES)
+    link: str = option("auto", "auto: hard link, else symlink, else copy.",
+                       choices=placing.LINK_MODES)
     resize: int = option(0, "N > 0: write JPEG copies whose longest side is N (faster training "
                          "input).")
     jpeg_quality: int = option(95, "JPEG quality of --resize copies.", low=1, high=100)

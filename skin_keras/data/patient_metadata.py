@@ -168,7 +168,8 @@ def describe_coverage(summary: dict) -> str:
         lines.append(f"  {split}: {part['with a row']}/{part['images']} images have a row; "
                      f"missing {missing}")
     if summary.get("absent columns"):
-        lines.append(f"  columns absent (missing everywhere): {', '.join(summary['absent columns'])}")
+        absent = ", ".join(summary["absent columns"])
+        lines.append(f"  columns absent (missing everywhere): {absent}")
     return "\n".join(lines)
 
 

@@ -47,7 +47,8 @@ def assign_groups(records: list, duplicates: list[list[Path]]) -> None:
     union = _UnionFind()
     by_path = {record.path: record for record in records}
     for record in records:
-        union.union(record.image, f"lesion:{record.lesion_id}" if record.lesion_id else record.image)
+        union.union(record.image,
+                    f"lesion:{record.lesion_id}" if record.lesion_id else record.image)
     for paths in duplicates:
         images = [by_path[p].image for p in paths if p in by_path]
         for other in images[1:]:

@@ -4,7 +4,7 @@ Each image is a skin-coloured background with a blurred blob whose colour, size 
 depend on the class, at a random position and angle. It exercises the whole pipeline, not
 medicine: nothing learnt on it means anything for real lesions.
 
-    python -m skin_keras.data.synthetic data/demo     # data/demo/train/<class>/, data/demo/val/<class>/
+    python -m skin_keras.data.synthetic data/demo  # data/demo/{train,val}/<class>/
 """
 
 import sys
@@ -73,7 +73,8 @@ def write_demo_dataset(out_dir: str | Path, train_per_class: int = 40, val_per_c
     write_class_folders(out_dir / "train", train_per_class, size=size, seed=seed)
     write_class_folders(out_dir / "val", val_per_class, size=size, seed=seed + 1)
     (out_dir / "README.txt").write_text(
-        "Synthetic images made by skin_keras.data.synthetic: they show the pipeline, not medicine.\n")
+        "Synthetic images made by skin_keras.data.synthetic: they show the pipeline, not "
+        "medicine.\n")
     return out_dir
 
 

@@ -1,7 +1,8 @@
 """Out-of-distribution scores: fitting the feature_distance rule, choosing a threshold, and how
 well a score tells labelled images from images that are none of the classes (AUROC, the share
-kept at a coverage; `ood_report`, evaluate.py --ood). `energy` (Liu et al. 2020), T * logsumexp(logits / T), needs the
-logits, so only a Keras model can give it; evaluate.py --ood measures it for comparison.
+kept at a coverage; `ood_report`, evaluate.py --ood). `energy` (Liu et al. 2020),
+T * logsumexp(logits / T), needs the logits, so only a Keras model can give it; evaluate.py --ood
+measures it for comparison.
 """
 
 from pathlib import Path

@@ -3,8 +3,9 @@
     python evaluate.py --model_path=runs/exp3 --data=data/val --shifts=all
 
 The clean row is the plain evaluation (its files in the output folder, as evaluate.py writes
-them, so it equals a plain evaluate.py run); each shift's images are written to a scratch folder (PNG, lossless) by
-`shifts.shifted`, seeded per image, and scored the same way into <output>/shifts/<name>/.
+them, so it equals a plain evaluate.py run); each shift's images are written to a scratch folder
+(PNG, lossless) by `shifts.shifted`, seeded per image, and scored the same way into
+<output>/shifts/<name>/.
 `robustness.json` has, per shift, balanced accuracy, accuracy, recall per class, mean ROC AUC
 and the drop from clean; `robustness.png` one bar per shift. Any model evaluate.py takes works,
 exported SavedModels and TFLite files included, since only the image files change.

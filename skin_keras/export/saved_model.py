@@ -52,41 +52,46 @@ def next_version(model_base: Path) -> int:
 
 
 def _archive(runner: KerasRunner) -> keras.export.ExportArchive:
-    """The serving signatures of the runner's model."""
+    """The serving signatures of the runner's model. Every signature calls one traced function
+    of the images (and the encoded metadata), so the model is traced once, not per signature."""
     model, size = runner.model, runner.img_size
     class_names = tf.constant(runner.class_names)
     encoding = parts.metadata_encoding_of(model)
+    images_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
 
     def decode(image_bytes):
         return tf.map_fn(lambda contents: pipeline.decode_and_resize(contents, size),
                          image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3),
                                                                         tf.float32))
 
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
-    images_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
     archive = keras.export.ExportArchive()
     archive.track(model)
     if encoding is None:
-        archive.add_endpoint("serving_default", lambda image_bytes: _serving_outputs(
-            model, class_names, decode(image_bytes)), input_signature=[bytes_spec])
-        archive.add_endpoint("serving_images", lambda images: _serving_outputs(
-            model, class_names, images), input_signature=[images_spec])
+        forward = tf.function(lambda images: _serving_outputs(model, class_names, images),
+                              input_signature=[images_spec])
+        archive.add_endpoint("serving_default", lambda image_bytes: forward(decode(image_bytes)),
+                             input_signature=[bytes_spec])
+        archive.add_endpoint("serving_images", forward, input_signature=[images_spec])
         return archive
+    forward = tf.function(lambda images, vectors: _serving_outputs(
+        model, class_names, images, vectors), input_signature=[
+            images_spec, tf.TensorSpec([None, encoding.size], tf.float32)])
     metadata_specs = [tf.TensorSpec([None], tf.float32, name="age_approx"),
                       tf.TensorSpec([None], tf.string, name="sex"),
                       tf.TensorSpec([None], tf.string, name="anatom_site_general")]
     archive.add_endpoint(
-        "serving_default", lambda image_bytes, age_approx, sex, anatom_site_general:
-        _serving_outputs(model, class_names, decode(image_bytes),
-                         encoding.encode(age_approx, sex, anatom_site_general)),
+        "serving_default", lambda image_bytes, age_approx, sex, anatom_site_general: forward(
+            decode(image_bytes), encoding.encode(age_approx, sex, anatom_site_general)),
         input_signature=[bytes_spec, *metadata_specs])
     archive.add_endpoint(
-        "serving_images", lambda images, age_approx, sex, anatom_site_general:
-        _serving_outputs(model, class_names, images,
-                         encoding.encode(age_approx, sex, anatom_site_general)),
+        "serving_images", lambda images, age_approx, sex, anatom_site_general: forward(
+            images, encoding.encode(age_approx, sex, anatom_site_general)),
         input_signature=[images_spec, *metadata_specs])
-    archive.add_endpoint("serving_image_only", lambda image_bytes: _serving_outputs(
-        model, class_names, decode(image_bytes)), input_signature=[bytes_spec])
+    missing = tf.constant(encoding.missing_vector())
+    archive.add_endpoint("serving_image_only", lambda image_bytes: forward(
+        decode(image_bytes), tf.repeat(missing[None], tf.shape(image_bytes)[0], axis=0)),
+        input_signature=[bytes_spec])
     return archive
 
 

@@ -1,10 +1,11 @@
 """Loading any model skin_keras writes, with what is needed to feed it and read its output.
 
 `load(path)` gives a runner (runner.py) for any model path: a run folder (weights/best.keras), a
-`.keras` file (its class names in its own record, model/record.py; files written before the record existed use the class_indices.json of
-their run folder), or what export.py wrote: a SavedModel folder (or its TF Serving base folder)
-or a `.tflite` or `.onnx` file (class names inside it, or in the labels.txt beside it). The image
-size comes from the model itself: nothing the user must repeat on the command line.
+`.keras` file (its class names in its own record, model/record.py; files written before the
+record existed use the class_indices.json of their run folder), or what export.py wrote: a
+SavedModel folder (or its TF Serving base folder) or a `.tflite` or `.onnx` file (class names
+inside it, or in the labels.txt beside it). The image size comes from the model itself: nothing
+the user must repeat on the command line.
 """
 
 import json

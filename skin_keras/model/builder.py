@@ -74,8 +74,8 @@ def build_backbone(model_name: str, weights: str) -> keras.Model:
                 warnings.simplefilter("ignore")
                 backbone.load_weights(weights)
         except (ValueError, OSError, KeyError) as error:
-            raise UserError(f"--weights={weights} does not fit EfficientNetV2-{model_name.upper()}: "
-                            f"{first_line(error)}") from error
+            raise UserError(f"--weights={weights} does not fit "
+                            f"EfficientNetV2-{model_name.upper()}: {first_line(error)}") from error
     return backbone
 
 

@@ -91,8 +91,8 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
     strategy: str = option("auto", "tf.distribute strategy: auto (TF_CONFIG with a cluster: "
                            "multi_worker; several GPUs: mirrored; else one device), one_device, "
                            "mirrored (all GPUs, else all logical CPUs), multi_worker (the "
-                           "machines TF_CONFIG names, docs/distributed.md) or tpu (TPU_NAME). --batch_size "
-                           "is the global batch.", choices=STRATEGIES)
+                           "machines TF_CONFIG names, docs/distributed.md) or tpu (TPU_NAME). "
+                           "--batch_size is the global batch.", choices=STRATEGIES)
     cluster_timeout: float = option(300.0, "With --strategy=multi_worker: seconds to wait for "
                                     "every worker of the cluster to join before giving up with "
                                     "a message naming the addresses.", low=1.0, high=86400.0)
@@ -130,7 +130,7 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
     calibrate: bool = option(False, "After training, fit temperature scaling on the validation "
                              "set: weights/best.keras then outputs calibrated probabilities "
                              "(python -m skin_keras.calibrate does it for an existing run).")
-    seed: int = option(0, "Random seed (shuffling, init, augmentation).")
+    seed: int = option(0, "Random seed (shuffling, init, augmentation).", low=0, high=2**32 - 1)
     deterministic: bool = option(False, "Same flags and data give the same batches and "
                                  "augmentations (slower input pipeline). For bit-identical runs "
                                  "on GPUs, also set TF_DETERMINISTIC_OPS=1.")

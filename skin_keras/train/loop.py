@@ -170,9 +170,9 @@ def _write_reports(run_dir: Path, log: EpochLog) -> None:
     best = log.best_matrices()
     if best is not None:
         for split, matrix in zip(("train", "val"), best):
-            plots.confusion_matrix(matrix, log.class_names, run_dir / f"confusion_matrix_{split}.png",
-                                   title=matrix_title(f"{split}, best epoch {log.best_epoch}",
-                                                      matrix))
+            plots.confusion_matrix(
+                matrix, log.class_names, run_dir / f"confusion_matrix_{split}.png",
+                title=matrix_title(f"{split}, best epoch {log.best_epoch}", matrix))
     if log.entries:
         plots.curves(log.entries, run_dir / "curves.png")
 

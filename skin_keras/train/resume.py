@@ -41,7 +41,8 @@ def check_resumable(config: TrainConfig) -> ResumePoint:
     run_dir = Path(config.resume)
     if not run_dir.is_dir():
         raise UserError(f"--resume={run_dir} is not a folder")
-    if not (run_dir / run_folder.PARAMS_FILE).exists() or not (run_dir / run_folder.CLASS_INDICES).exists():
+    if not all((run_dir / name).exists()
+               for name in (run_folder.PARAMS_FILE, run_folder.CLASS_INDICES)):
         raise UserError(f"--resume={run_dir} is not a run folder, or one stopped before it "
                         f"started training (no {run_folder.PARAMS_FILE}): start a new run instead")
     saved = _read_json(run_dir / run_folder.PARAMS_FILE).get("train parameters", {})

@@ -66,7 +66,7 @@ def lesion_groups(train: folders.ImageFolder) -> tuple[np.ndarray, str]:
     split_csv = Path(train.root).parent / SPLIT_CSV
     lesion_of = {}
     if split_csv.is_file():
-        with open(split_csv, newline="", encoding="utf-8") as file:
+        with open(split_csv, newline="", encoding="utf-8-sig") as file:  # As every CSV read.
             lesion_of = {row["image"]: row.get("lesion_id") or "" for row in csv.DictReader(file)
                          if row.get("image")}
     records = [_Image(Path(p).stem, lesion_of.get(Path(p).stem, ""), Path(p))

@@ -16,7 +16,6 @@ from skin_keras.core.errors import UserError
 from skin_keras.data import folders
 from skin_keras.evaluate import evaluation
 from skin_keras.evaluate.evaluation import EvaluateConfig
-from skin_keras.infer import load
 from skin_keras.model import record
 
 from conftest import REPO
@@ -27,9 +26,9 @@ def evaluate(model_path, data, output, **options):
         model_path=str(model_path), data=str(data), output=str(output), **options))
 
 
-def test_evaluate_figures_equal_sklearn(untrained_run, tiny_dataset, tmp_path):
+def test_evaluate_figures_equal_sklearn(untrained, untrained_run, tiny_dataset, tmp_path):
     report = evaluate(untrained_run, tiny_dataset / "val", tmp_path / "eval", batch_size=4)
-    class_names = load.load(untrained_run).class_names
+    class_names = untrained.class_names
     folder = folders.scan_image_folder(tiny_dataset / "val")
     # predictions.json keeps full precision (the CSV's 6 decimals can tie and move an AUC).
     rows = json.loads((tmp_path / "eval" / "predictions.json").read_text())
@@ -80,15 +79,15 @@ def test_evaluate_accepts_a_test_set_without_some_class_but_not_unknown_ones(unt
         evaluate(untrained_run, tmp_path / "test", tmp_path / "eval")
 
 
-def test_a_model_that_answers_nan_cannot_be_evaluated(untrained_run, tiny_dataset, tmp_path):
-    model = load.load(untrained_run).model
+def test_a_model_that_answers_nan_cannot_be_evaluated(untrained, tiny_dataset, tmp_path):
+    model = untrained.model
     broken = keras.models.clone_model(model)
     broken.set_weights(model.get_weights())
     bias = broken.get_layer("predictions").bias
     bias.assign(np.full(bias.shape, np.nan, np.float32))
     (tmp_path / "run" / "weights").mkdir(parents=True)
     record.save_model(broken, tmp_path / "run" / "weights" / "best.keras",
-                      record.ModelInfo.of(broken, load.load(untrained_run).class_names))
+                      record.ModelInfo.of(broken, untrained.class_names))
     with pytest.raises(UserError, match="produced NaN for 15 of the images"):
         evaluate(tmp_path / "run", tiny_dataset / "val", tmp_path / "eval")
 

@@ -35,12 +35,12 @@ def exported(untrained_run, tiny_dataset, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, untrained_run):
+def test_saved_model_has_tf_serving_layout_and_both_signatures(untrained, exported):
     output, report = exported
     version_dir = output / "saved_model" / "skin" / "1"
     assert (version_dir / "saved_model.pb").is_file()
     assert (version_dir / "assets" / "labels.txt").read_text().splitlines() == \
-        load.load(untrained_run).class_names
+        untrained.class_names
     cli = Path(sys.executable).with_name("saved_model_cli")
     shown = subprocess.run([str(cli), "show", "--dir", str(version_dir), "--all"],
                            capture_output=True, text=True, check=True).stdout
@@ -51,9 +51,9 @@ def test_saved_model_has_tf_serving_layout_and_both_signatures(exported, untrain
 
 
 @pytest.mark.slow
-def test_saved_model_signatures_equal_keras(exported, untrained_run, tmp_path):
+def test_saved_model_signatures_equal_keras(untrained, exported, tmp_path):
     output, _ = exported
-    loaded = load.load(untrained_run)
+    loaded = untrained
     served = tf.saved_model.load(str(output / "saved_model" / "skin" / "1"))
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)
@@ -77,7 +77,7 @@ def test_saved_model_signatures_equal_keras(exported, untrained_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_versions_count_up_and_a_taken_version_is_refused(exported, untrained_run, tmp_path):
+def test_versions_count_up_and_a_taken_version_is_refused(untrained, exported, tmp_path):
     output, report = exported
     assert report["artifacts"]["saved_model"]["version"] == 1
     base = output / "saved_model" / "skin"
@@ -87,7 +87,7 @@ def test_versions_count_up_and_a_taken_version_is_refused(exported, untrained_ru
     assert saved_model.next_version(tmp_path) == 8
     assert saved_model.next_version(tmp_path / "absent") == 1
     with pytest.raises(UserError, match="exists already"):
-        saved_model.write_saved_model(load.load(untrained_run), base, 1)
+        saved_model.write_saved_model(untrained, base, 1)
 
 
 @pytest.mark.slow
@@ -133,8 +133,9 @@ def test_tflite_files_describe_themselves_in_the_tflite_metadata_schema(exported
 
 
 # Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results.md,
-# "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly; from the full image its
-# resize (bilinear without antialiasing) moves probabilities by median 0.024, max 0.50.
+# "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly;
+# from the full image its resize (bilinear without antialiasing) moves probabilities by median
+# 0.024, max 0.50.
 MEDIAPIPE_SAME_SIZE_BOUND = 1e-5
 
 
@@ -173,7 +174,8 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
 
 
 @pytest.mark.slow
-def test_onnx_export_answers_as_keras_and_describes_itself(exported, untrained_run, tiny_dataset,
+def test_onnx_export_answers_as_keras_and_describes_itself(untrained, exported, untrained_run,
+                                                         tiny_dataset,
                                                          tmp_path, monkeypatch, caplog):
     import onnx
 
@@ -182,7 +184,7 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, untrained_r
     assert entry["runtime"] == "onnxruntime" and entry["max abs probability difference"] < 1e-5
     path = output / "onnx" / "skin.onnx"
     properties = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    keras_model = load.load(untrained_run)
+    keras_model = untrained
     assert json.loads(properties["class_names"]) == keras_model.class_names
     assert json.loads(properties["skin_keras"])["input"]["value range"] == [0, 255]
     # Any batch size, images in [0, 255] as for the other formats.
@@ -233,10 +235,10 @@ def test_onnx_export_answers_as_keras_and_describes_itself(exported, untrained_r
 
 
 @pytest.mark.slow
-def test_report_figures_can_be_recomputed(exported, untrained_run, tiny_dataset):
+def test_report_figures_can_be_recomputed(untrained, exported, tiny_dataset):
     output, report = exported
     assert json.loads((output / "report.json").read_text()) == report
-    loaded = load.load(untrained_run)
+    loaded = untrained
     val = folders.scan_image_folder(tiny_dataset / "val")
     chosen = parity.sample_images(val, report["parity images"])
     images = np.stack([pipeline.load_image(val.paths[i], loaded.img_size).numpy()
@@ -254,9 +256,9 @@ def test_report_figures_can_be_recomputed(exported, untrained_run, tiny_dataset)
 
 
 @pytest.mark.slow
-def test_tflite_matches_keras_on_real_dermoscopy_images(exported, untrained_run, ham_200px):
+def test_tflite_matches_keras_on_real_dermoscopy_images(untrained, exported, ham_200px):
     output, _ = exported
-    loaded = load.load(untrained_run)
+    loaded = untrained
     paths = sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:16]
     images = np.stack([pipeline.load_image(str(p), loaded.img_size).numpy() for p in paths])
     reference = probabilities(loaded.model, images)
@@ -268,11 +270,11 @@ def test_tflite_matches_keras_on_real_dermoscopy_images(exported, untrained_run,
 
 
 @pytest.mark.slow
-def test_predict_and_evaluate_accept_the_exported_models(exported, untrained_run, tiny_dataset,
+def test_predict_and_evaluate_accept_the_exported_models(untrained, exported, tiny_dataset,
                                                         tmp_path):
     output, _ = exported
     paths = sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]
-    by_keras, _ = predict_files(load.load(untrained_run), paths, 32, show_progress=False)
+    by_keras, _ = predict_files(untrained, paths, 32, show_progress=False)
     for model_path, tolerance in ((output / "saved_model" / "skin", 1e-5),
                                   (output / "tflite_fp32" / "skin_fp32.tflite", 1e-4)):
         loaded = load.load(model_path)
@@ -337,7 +339,8 @@ def test_exports_say_which_colour_constancy_and_are_readable_by_others(exported)
 @pytest.mark.slow
 def test_robustness_report_works_on_exported_models(exported, tiny_dataset, tmp_path):
     output, _ = exported
-    for model_path in (output / "saved_model" / "skin", output / "tflite_fp32" / "skin_fp32.tflite"):
+    for model_path in (output / "saved_model" / "skin",
+                       output / "tflite_fp32" / "skin_fp32.tflite"):
         result = evaluation.evaluate_model_path(EvaluateConfig(
             model_path=str(model_path), data=str(tiny_dataset / "val"),
             output=str(tmp_path / model_path.name), shifts=("warm", "vignette")))

@@ -28,8 +28,8 @@ from conftest import REPO, copy_run, probabilities
 
 
 @pytest.fixture(scope="module")
-def loaded(untrained_run):
-    return load.load(untrained_run)
+def loaded(untrained):
+    return untrained
 
 
 @pytest.fixture
@@ -275,13 +275,13 @@ def test_a_nan_score_is_the_model_s_error_not_a_known_image(tiny_dataset):
     assert [row["unknown"] for row in rows] == [None, False, None, False]
 
 
-def test_a_keras_file_carries_its_class_names(untrained_run, tmp_path):
+def test_a_keras_file_carries_its_class_names(untrained, untrained_run, tmp_path):
     copy = tmp_path / "alone.keras"  # Far from its run folder.
     shutil.copy(untrained_run / "weights" / "best.keras", copy)
     assert record.read_from(copy) == record.ModelInfo(
         ("Basal cell carcinoma", "Melanocytic nevus", "Melanoma"), 64, "efficientnetv2_b0",
         "shades of gray (p=6) colour constancy")
-    assert load.load(copy).class_names == load.load(untrained_run).class_names
+    assert load.load(copy).class_names == untrained.class_names
     # A run folder whose class list is not the model's: same count, other names.
     run = copy_run(untrained_run, tmp_path / "run")
     (run / "class_indices.json").write_text('{"0": "Melanoma", "1": "Melanocytic nevus", '

@@ -41,6 +41,8 @@ from conftest import REPO, tiny_config
     (dict(cluster_timeout=-1.0), r"--cluster_timeout=-1.0 is out of range"),
     (dict(cluster_timeout=float("nan")), r"--cluster_timeout=nan is out of range"),
     (dict(batch_norm="sync"), "unknown --batch_norm=sync"),
+    (dict(seed=-1), r"--seed=-1 is out of range \[0, 4294967295\]"),
+    (dict(seed=2**32), r"--seed=4294967296 is out of range"),
     (dict(progressive_stages=3, epochs=2), "--progressive_stages=3 is out of range"),
     (dict(progressive_stages=2, min_img_size=64, img_size=48), "--min_img_size=64 is out of"),
     (dict(progressive_stages=2, min_img_size=16), "--min_img_size=16: at least 32"),

@@ -102,10 +102,10 @@ def test_temperature_layer_equals_numpy_and_survives_save_and_load(tmp_path):
                                atol=1e-6)
 
 
-def test_calibrate_a_run_in_place_and_again(untrained_run, calibrated_run, tiny_dataset,
+def test_calibrate_a_run_in_place_and_again(untrained, calibrated_run, tiny_dataset,
                                             tmp_path):
     run = copy_run(calibrated_run, tmp_path / "run")  # calibrated_run's setup calibrated it.
-    before = load.load(untrained_run)
+    before = untrained
     entry = json.loads((run / "train_params.json").read_text())["calibration"]
     params = json.loads((run / "train_params.json").read_text())
     assert params["calibration"] == entry

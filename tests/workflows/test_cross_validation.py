@@ -34,7 +34,8 @@ def test_folds_keep_lesions_together_and_stratify(tmp_path):
     synthetic.write_class_folders(data / "train", 8, CLASSES, size=(24, 24), seed=1)
     train = folders.scan_image_folder(data / "train")
     # split.csv beside train/ (as prepare_isic writes it): images in pairs of one lesion.
-    with open(data / "split.csv", "w", newline="") as file:
+    # Saved with a byte-order mark (as spreadsheet programs do): read the same.
+    with open(data / "split.csv", "w", newline="", encoding="utf-8-sig") as file:
         writer = csv.writer(file)
         writer.writerow(["image", "class", "lesion_id", "split"])
         for index, path in enumerate(train.paths):
