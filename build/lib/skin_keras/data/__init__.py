@@ -1,1 +1,0 @@
-"""See skin_keras/__init__.py for what this package holds and may import."""
