@@ -16,12 +16,7 @@ console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 from skin_keras.core import cli  # noqa: E402
 from skin_keras.evaluate import evaluation  # noqa: E402
 
-cli.define_flags(evaluation.EvaluateConfig)
-
-
-def main(argv):
-    evaluation.evaluate_model_path(cli.config_from_flags(evaluation.EvaluateConfig, argv))
-
+main = cli.script(evaluation.EvaluateConfig, evaluation.evaluate_model_path)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -18,12 +18,7 @@ console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 from skin_keras.core import cli  # noqa: E402
 from skin_keras.export import job  # noqa: E402
 
-cli.define_flags(job.ExportConfig)
-
-
-def main(argv):
-    job.export(cli.config_from_flags(job.ExportConfig, argv))
-
+main = cli.script(job.ExportConfig, job.export)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -18,12 +18,7 @@ console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
 from skin_keras.core import cli  # noqa: E402
 from skin_keras.infer import predict  # noqa: E402
 
-cli.define_flags(predict.PredictConfig)
-
-
-def main(argv):
-    predict.predict_to_folder(cli.config_from_flags(predict.PredictConfig, argv))
-
+main = cli.script(predict.PredictConfig, predict.predict_to_folder)
 
 if __name__ == "__main__":
     cli.run(main)

@@ -18,12 +18,7 @@ from skin_keras.core import cli  # noqa: E402
 from skin_keras.train.config import TrainConfig  # noqa: E402
 from skin_keras.workflows import training  # noqa: E402
 
-cli.define_flags(TrainConfig)
-
-
-def main(argv):
-    training.run(cli.config_from_flags(TrainConfig, argv))
-
+main = cli.script(TrainConfig, training.run)
 
 if __name__ == "__main__":
     cli.run(main)

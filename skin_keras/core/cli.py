@@ -65,6 +65,17 @@ def config_from_flags(config_class, argv, flag_values=flags.FLAGS):
     return config_class(**values)
 
 
+def script(config_class, job):
+    """The `main(argv)` of a script whose flags are `config_class`'s fields and whose work is
+    `job(config)`; defines the flags."""
+    define_flags(config_class)
+
+    def main(argv):
+        job(config_from_flags(config_class, argv))  # Its result is not an exit code.
+
+    return main
+
+
 def run(main) -> None:
     """`absl.app.run(main)`, with a UserError printed as one line (exit 2, or the error's
     `exit_code`) instead of a traceback."""

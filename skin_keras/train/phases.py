@@ -30,14 +30,11 @@ class FullImages:
 
     stage: Stage
     progressive: bool = False
+    first_epoch: int = dataclasses.field(init=False)  # The stage's epoch range, 0-based, end
+    last_epoch: int = dataclasses.field(init=False)   # exclusive (as `fit` takes it).
 
-    @property
-    def first_epoch(self) -> int:
-        return self.stage.first_epoch
-
-    @property
-    def last_epoch(self) -> int:
-        return self.stage.last_epoch
+    def __post_init__(self):
+        self.first_epoch, self.last_epoch = self.stage.first_epoch, self.stage.last_epoch
 
     @property
     def log_entry(self) -> dict | None:

@@ -105,7 +105,8 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     artifacts_ = report["artifacts"]
     assert artifacts_["saved_model"]["max abs probability difference"] < 1e-5
     # The unknown rule (--calibrate fits one) travels: same scores, same images flagged.
-    threshold = load.load(metadata_run).unknown.threshold  # About -1e3.
+    keras_model = load.load(metadata_run)
+    threshold = keras_model.unknown.threshold  # About -1e3.
     assert artifacts_["saved_model"]["unknown agreement"] == 1.0
     assert artifacts_["saved_model"]["max abs score difference"] < 1e-4 * abs(threshold)
     # int8: the score is quantized too; the report says how far (a float TFLite file's score
@@ -116,7 +117,6 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     assert described["metadata input"]["shape"] == [1, 9]  # 2 age, 2 + 1 sex, 3 + 1 site.
 
     # Each exported file, loaded as predict.py loads it, answers as Keras on raw records.
-    keras_model = load.load(metadata_run)
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2"),
                Record(70.0, "other", "site 0")]
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
