@@ -51,7 +51,7 @@ def next_version(model_base: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def _archive(runner: KerasRunner) -> keras.export.ExportArchive:
+def _signatures(runner: KerasRunner) -> dict:
     """The serving signatures of the runner's model. Every signature calls one traced function
     of the images (and the encoded metadata), so the model is traced once, not per signature."""
     model, size = runner.model, runner.img_size
@@ -65,34 +65,31 @@ def _archive(runner: KerasRunner) -> keras.export.ExportArchive:
                          image_bytes, fn_output_signature=tf.TensorSpec((size, size, 3),
                                                                         tf.float32))
 
-    archive = keras.export.ExportArchive()
-    archive.track(model)
     if encoding is None:
         forward = tf.function(lambda images: _serving_outputs(model, class_names, images),
                               input_signature=[images_spec])
-        archive.add_endpoint("serving_default", lambda image_bytes: forward(decode(image_bytes)),
-                             input_signature=[bytes_spec])
-        archive.add_endpoint("serving_images", forward, input_signature=[images_spec])
-        return archive
+        return {"serving_default": tf.function(lambda image_bytes: forward(decode(image_bytes)),
+                                               input_signature=[bytes_spec]),
+                "serving_images": forward}
     forward = tf.function(lambda images, vectors: _serving_outputs(
         model, class_names, images, vectors), input_signature=[
             images_spec, tf.TensorSpec([None, encoding.size], tf.float32)])
     metadata_specs = [tf.TensorSpec([None], tf.float32, name="age_approx"),
                       tf.TensorSpec([None], tf.string, name="sex"),
                       tf.TensorSpec([None], tf.string, name="anatom_site_general")]
-    archive.add_endpoint(
-        "serving_default", lambda image_bytes, age_approx, sex, anatom_site_general: forward(
-            decode(image_bytes), encoding.encode(age_approx, sex, anatom_site_general)),
-        input_signature=[bytes_spec, *metadata_specs])
-    archive.add_endpoint(
-        "serving_images", lambda images, age_approx, sex, anatom_site_general: forward(
-            images, encoding.encode(age_approx, sex, anatom_site_general)),
-        input_signature=[images_spec, *metadata_specs])
     missing = tf.constant(encoding.missing_vector())
-    archive.add_endpoint("serving_image_only", lambda image_bytes: forward(
-        decode(image_bytes), tf.repeat(missing[None], tf.shape(image_bytes)[0], axis=0)),
-        input_signature=[bytes_spec])
-    return archive
+    return {
+        "serving_default": tf.function(
+            lambda image_bytes, age_approx, sex, anatom_site_general: forward(
+                decode(image_bytes), encoding.encode(age_approx, sex, anatom_site_general)),
+            input_signature=[bytes_spec, *metadata_specs]),
+        "serving_images": tf.function(
+            lambda images, age_approx, sex, anatom_site_general: forward(
+                images, encoding.encode(age_approx, sex, anatom_site_general)),
+            input_signature=[images_spec, *metadata_specs]),
+        "serving_image_only": tf.function(lambda image_bytes: forward(
+            decode(image_bytes), tf.repeat(missing[None], tf.shape(image_bytes)[0], axis=0)),
+            input_signature=[bytes_spec])}
 
 
 def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Path:
@@ -101,11 +98,11 @@ def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Pa
     target = model_base / str(version)
     if target.exists():
         raise UserError(f"{target} exists already: choose another --version or leave it unset")
-    archive = _archive(runner)
+    signatures = _signatures(runner)
     model_base.mkdir(parents=True, exist_ok=True)
     staging = model_base / f".{version}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    litert.write_archive(archive, staging)
+    litert.save_signatures(signatures, staging, endpoints=True)
     # The graph holds the class names as a constant; labels.txt is for people and clients.
     (staging / "assets").mkdir(exist_ok=True)
     (staging / "assets" / "labels.txt").write_text("\n".join(runner.class_names) + "\n")

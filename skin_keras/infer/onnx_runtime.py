@@ -41,7 +41,8 @@ def convert(model: keras.Model, description: dict | None = None) -> bytes:
     with tempfile.TemporaryDirectory() as folder:
         litert.traced_source(model, folder, batch=None)
         graph_def, inputs, outputs, renames = tf2onnx.tf_loader.from_saved_model(
-            folder, None, None, tag="serve", signatures=["serve"], return_tensors_to_rename=True)
+            folder, None, None, tag="serve", signatures=[litert.SOURCE_SIGNATURE],
+            return_tensors_to_rename=True)
     proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
                                               output_names=outputs, opset=OPSET,
                                               tensors_to_rename=renames)

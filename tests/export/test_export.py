@@ -74,6 +74,9 @@ def test_saved_model_signatures_equal_keras(untrained, exported, tmp_path):
     labels = [label.decode() for label in by_bytes["label"].numpy()]
     assert labels == [loaded.class_names[i] for i in expected.argmax(1)]
     np.testing.assert_allclose(by_bytes["score"].numpy(), expected.max(1), atol=1e-5)
+    # Each signature is a method of the loaded object too (as Keras' ExportArchive made it).
+    np.testing.assert_allclose(served.serving_images(tf.constant(images))["probabilities"],
+                               by_images["probabilities"].numpy(), atol=1e-6)
 
 
 @pytest.mark.slow
