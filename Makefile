@@ -1,6 +1,6 @@
 # make demo   creates .venv, installs requirements, makes a synthetic demo dataset, trains on it
 # make test   creates .venv if needed, runs the whole test suite (what CI runs)
-# make test-fast   the same without the end-to-end tests marked slow (about a minute)
+# make test-fast   the same without the end-to-end tests marked slow
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
