@@ -133,18 +133,12 @@ def traced_source(model: keras.Model, folder: str, batch: int | None = 1) -> str
 
 def save_signatures(signatures: dict, folder: str | Path, endpoints: bool = False) -> None:
     """Writes a SavedModel of `signatures` (name: a tf.function with an input signature) and
-    the variables they read, for inference only: each function is traced once, and the
-    gradients of ops with custom gradients are not (nothing that serves or converts it
-    differentiates). Keras' ExportArchive, used before, traced every endpoint three more times
-    to find the resources it captures (variables are the only ones here) and walked the layer
-    graph: `traced_source` of a B0 at 64 px took 10.4-10.7 s that way, 3.2-3.6 s this way (two
-    alternating rounds, 2026-12-05); signatures and converted answers are the same, only the
-    TFLite output tensor's generated name lost a suffix (StatefulPartitionedCall_1:0 became
-    StatefulPartitionedCall:0; its signature key is still "probabilities"). The variables kept
-    are the ones the functions capture (not the Keras wrappers): with those the converters
-    freeze them into constants. `endpoints`:
-    each signature is also a method of the loaded object (`tf.saved_model.load(path).serving_
-    images(...)`), as ExportArchive made it."""
+    the variables they capture, for inference only: each function traced once, no gradients of
+    ops with custom gradients (nothing that serves or converts it differentiates). Three times
+    faster than Keras' ExportArchive, which retraces every endpoint (docs/benchmarks.md). The
+    captured tf.Variables are kept, not their Keras wrappers: only then do the converters
+    freeze them into constants. `endpoints`: each signature is also a method of the loaded
+    object, as ExportArchive made it (`tf.saved_model.load(path).serving_images(...)`)."""
     concrete = {name: function.get_concrete_function() for name, function in signatures.items()}
     holder = tf.Module()
     for name, function in signatures.items() if endpoints else ():

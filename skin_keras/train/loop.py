@@ -97,15 +97,15 @@ def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     checkpoints = None
     try:
         for phase in plan:
-            if phase.last_epoch <= start:
+            if phase.stage.last_epoch <= start:
                 continue
             if phase is not continued:
                 phase.enter(session)
             train, validation = phase.datasets(session)
             checkpoints = phase.checkpoints(session)
             model = phase.fit_model(session)
-            _fit(session, model, train, validation, max(phase.first_epoch, start),
-                 phase.last_epoch, [RunRecorder(session.run_dir, session.log, session.metric,
+            _fit(session, model, train, validation, max(phase.stage.first_epoch, start),
+                 phase.stage.last_epoch, [RunRecorder(session.run_dir, session.log, session.metric,
                                                 checkpoints, phase.log_entry), *callbacks],
                  verbose)
             checkpoints.finish()

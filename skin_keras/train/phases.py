@@ -30,12 +30,6 @@ class FullImages:
 
     stage: Stage
     progressive: bool = False
-    first_epoch: int = dataclasses.field(init=False)  # The stage's epoch range, 0-based, end
-    last_epoch: int = dataclasses.field(init=False)   # exclusive (as `fit` takes it).
-
-    def __post_init__(self):
-        self.first_epoch, self.last_epoch = self.stage.first_epoch, self.stage.last_epoch
-
     @property
     def log_entry(self) -> dict | None:
         """What log.json records with each epoch (a progressive stage's size and regularisation)."""
@@ -43,7 +37,7 @@ class FullImages:
 
     def enter(self, session: Session) -> None:
         if self.progressive:
-            _log.info(f"stage: epochs {self.first_epoch + 1}-{self.last_epoch}, "
+            _log.info(f"stage: epochs {self.stage.first_epoch + 1}-{self.stage.last_epoch}, "
                       f"{self.stage.log_entry()}")
             session.model.get_layer(builder.HEAD_LAYERS[1]).rate = self.stage.dropout
             session.train_model.train_function = None  # Retrace: the dropout rate is traced in.
@@ -87,7 +81,7 @@ class FineTune(FullImages):
         with session.strategy.scope():
             builder.unfreeze_top_blocks(parts.backbone_of(session.model), config.unfreeze_blocks)
         session.compile(finetune=True, models=(session.model, session.train_model))
-        _log.info(f"fine-tuning: epochs {self.first_epoch + 1}-{self.last_epoch}, "
+        _log.info(f"fine-tuning: epochs {self.stage.first_epoch + 1}-{self.stage.last_epoch}, "
                   f"{parts.count_params(session.model.trainable_weights):,} trainable "
                   f"parameters, lr {config.finetune_lr}")
 

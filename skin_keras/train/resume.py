@@ -97,7 +97,7 @@ def reopen(session, point: ResumePoint, plan: list):
     session.log = EpochLog.restore(point.run_dir, session.data.train.class_names,
                                    session.config.monitor)
     phase = next(phase for phase in plan
-                 if phase.first_epoch < point.completed_epochs <= phase.last_epoch)
+                 if phase.stage.first_epoch < point.completed_epochs <= phase.stage.last_epoch)
     phase.enter(session)
     phase.resume(session)
     _log.info(f"resuming {point.run_dir} after epoch {point.completed_epochs}")
