@@ -72,11 +72,14 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
 
 def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     # --- Data and models ---
+    # The strategy first: a multi-worker one cannot be made once TensorFlow has run an op
+    # (checking the images does, on a dataset not seen before).
+    strategy = distribute.make_strategy(config.strategy, config.cluster_timeout)
     point = resume.check_resumable(config) if config.resume else None
     data = inputs.read_run_data(config, point.class_names if point else None)
     if point and point.completed_epochs:
         inputs.check_vocabulary(point.run_dir / run_folder.PARAMS_FILE, data)
-    session = sessions.build(config, data)
+    session = sessions.build(config, data, strategy)
     plan = phases.plan(session)
 
     # --- Run folder: new, or the resumed run's at its last completed epoch ---

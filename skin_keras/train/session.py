@@ -82,10 +82,9 @@ class Session:
         return self._cached
 
 
-def build(config: TrainConfig, data: RunData) -> Session:
+def build(config: TrainConfig, data: RunData, strategy) -> Session:
     """The models of a run, compiled with its optimizer (variables of the models, the optimizer
-    and the metric live on every replica of the strategy)."""
-    strategy = distribute.make_strategy(config.strategy, config.cluster_timeout)
+    and the metric live on every replica of `strategy`)."""
     distribute.check_batch_size(strategy, config.batch_size)
     keras.utils.set_random_seed(config.seed)
     steps_per_epoch = math.ceil(len(data.train.paths) / config.batch_size)

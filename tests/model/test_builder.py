@@ -1,5 +1,7 @@
 """Model building for every --model, frozen-backbone semantics, local weights and FLOPs."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from skin_keras.core.errors import UserError
 from skin_keras.model import builder, fused_batch_norm, io, parts
 from skin_keras.model.spec import BACKBONES
 
+import small_b0
 from conftest import probabilities, tiny_model
 
 
@@ -23,6 +26,16 @@ def test_every_model_builds_and_a_frozen_backbone_leaves_only_the_head(name):
     assert {name: tuple(t.shape) for name, t in io.output_dict(model).items()} == {
         "probabilities": (None, 8)}
     assert parts.image_size(model) == 32
+
+
+def test_the_suites_b0_is_the_real_b0_at_a_quarter_of_its_depth():
+    real = small_b0.REAL_B0(include_top=False, weights=None, input_shape=(None, None, 3))
+    small = builder.build_backbone("b0", weights="none")  # What tests in this process get.
+    assert real.count_params() == 5_919_312 and small.count_params() < real.count_params() / 3
+    assert {type(layer) for layer in small.layers} == {type(layer) for layer in real.layers}
+    named = {layer.name for layer in small.layers if not re.search(r"_[0-9]+$", layer.name)}
+    assert named < {layer.name for layer in real.layers}  # The same names, fewer blocks.
+    assert {"block5b_add", "block6b_add", "top_activation"} <= named
 
 
 def test_unknown_model_is_a_user_error():
@@ -58,7 +71,10 @@ def test_a_frozen_backbone_computes_in_training_what_it_computes_in_inference(tm
 
 def test_unfrozen_backbone_from_scratch_trains():
     model = tiny_model()
-    assert parts.count_params(model.trainable_weights) > 5_000_000
+    assert parts.count_params(model.trainable_weights) > 1_000_000
+    # Only BatchNorm's statistics are not trained.
+    assert {v.path.rsplit("/", 1)[1] for v in model.non_trainable_weights} == {
+        "moving_mean", "moving_variance"}
 
 
 def test_weights_from_a_local_file_round_trip(tmp_path):
