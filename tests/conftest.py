@@ -265,8 +265,8 @@ def ham_200px() -> Path:
 # The longest test files, measured (`pytest --durations=0`, summed per file), longest first:
 # handed out first, the two workers of `make test` (pytest-xdist, one file at a time) end
 # together instead of one waiting for a long file started last. Only the order changes.
-LONGEST_FIRST = ("test_distribute.py", "test_train.py", "test_calibrate.py", "test_export.py",
-                 "test_cross_validation.py", "test_metadata_models.py", "test_resume.py",
+LONGEST_FIRST = ("test_distribute.py", "test_cross_validation.py", "test_calibrate.py",
+                 "test_resume.py", "test_metadata_models.py", "test_train.py", "test_export.py",
                  "test_predict.py")
 
 
