@@ -11,8 +11,9 @@ from skin_keras.core.errors import UserError
 def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[dict]]:
     """(rows with every required column, malformed rows as {"file", "line", "reason"}).
 
-    A row with fewer fields than the header or an empty image name is malformed and left out;
-    a file that is not UTF-8 text or lacks a required column is a UserError.
+    A row with fewer or more fields than the header (a value with an unquoted comma would
+    shift the columns after it) or an empty image name is malformed and left out; a file
+    that is not UTF-8 text or lacks a required column is a UserError.
     """
     path = Path(path)
     if not path.is_file():
@@ -27,9 +28,12 @@ def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], l
                                 f"(found: {', '.join(reader.fieldnames or []) or 'nothing'})")
             for row in reader:
                 short = [column for column in required if row.get(column) is None]
-                if short:
-                    reason = f"too few fields (no {', '.join(short)})"
-                elif not row["image"].strip():
+                if None in row:  # DictReader keeps the extra fields of a long row there.
+                    reason = (f"too many fields ({len(reader.fieldnames) + len(row[None])} for "
+                              f"{len(reader.fieldnames)} columns: an unquoted comma?)")
+                elif short or None in row.values():
+                    reason = f"too few fields (no {', '.join(short) or _last_absent(row)})"
+                elif "image" in required and not row["image"].strip():
                     reason = "no image name"
                 else:
                     rows.append(row)
@@ -41,3 +45,7 @@ def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], l
     except csv.Error as error:
         raise UserError(f"{path} is not a readable CSV file: {error}") from None
     return rows, malformed
+
+
+def _last_absent(row: dict) -> str:
+    return ", ".join(column for column, value in row.items() if value is None)

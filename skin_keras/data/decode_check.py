@@ -6,8 +6,8 @@ and inside a tf.data pipeline that means a file silently dropped (or, without `i
 run of hours stopped). A JPEG whose scan data is damaged decodes with libjpeg's repairs and a
 "Corrupt JPEG data" warning that libjpeg prints without a file name. This check decodes each
 file on its own, so it can name the first kind (left out) and the second (kept, with its
-warning). Results are remembered per file version (path, size, modification time) in
-`<cache>/decode_check.json`, so a file is decoded here once, not once per run.
+warning). Results are remembered per file version (path, inode, size, modification and change
+times) in `<cache>/decode_check.json`, so a file is decoded here once, not once per run.
 """
 
 import contextlib
@@ -36,8 +36,11 @@ def _memo_path():
 
 
 def _file_key(path: str) -> str:
+    # The change time too: rewriting a file in place and restoring its modification time
+    # (touch -r, a copy keeping times) cannot restore it.
     status = os.stat(path)
-    return f"{os.path.realpath(path)}|{status.st_size}|{status.st_mtime_ns}"
+    return (f"{os.path.realpath(path)}|{status.st_ino}|{status.st_size}|{status.st_mtime_ns}|"
+            f"{status.st_ctime_ns}")
 
 
 @contextlib.contextmanager

@@ -9,6 +9,7 @@ truncated or non-image files are reported by name once instead of crashing train
 import concurrent.futures
 import dataclasses
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -68,7 +69,10 @@ def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]
     decoding every image.
     """
     try:
-        size = os.path.getsize(path)
+        status = os.stat(path)
+        if not stat.S_ISREG(status.st_mode):  # A FIFO or a device (a link to /dev/zero).
+            return None, "not a regular file (a pipe or a device)"
+        size = status.st_size
         if size == 0:
             return None, "empty file"
         with Image.open(path) as image:
@@ -125,17 +129,68 @@ def is_within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def file_identity(path: str | Path) -> tuple[int, int]:
+    """What makes two paths the same file: its device and inode (a symbolic or hard link, a
+    folder reached twice). Paths that differ can name one file; a path cannot name two."""
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
 def first_of_each_file(paths: Sequence[str]) -> tuple[list[int], list[tuple[str, str]]]:
-    """Indices of the first path to each real file, and (path, why) for the later ones."""
+    """Indices of the first path to each file (`file_identity`), and (path, why) for the
+    later ones."""
     first, keep, repeats = {}, [], []
     for index, path in enumerate(paths):
-        real = os.path.realpath(path)
-        if real in first:
-            repeats.append((path, f"the same file as {first[real]} (counted once)"))
+        identity = file_identity(path)
+        if identity in first:
+            repeats.append((path, f"the same file as {first[identity]} (counted once)"))
         else:
-            first[real] = path
+            first[identity] = path
             keep.append(index)
     return keep, repeats
+
+
+def _one_label_per_file(paths: list[str], labels: list[int], class_names: Sequence[str]
+                        ) -> tuple[list[int], list[tuple[str, str]]]:
+    """`first_of_each_file`, except that a file reached from two class folders (a hard or
+    symbolic link) has two labels: every path to it is left out and named."""
+    classes_of = {}
+    for path, label in zip(paths, labels):
+        classes_of.setdefault(file_identity(path), {}).setdefault(label, path)
+    keep, repeats = first_of_each_file(paths)
+    two_labels = {identity: found for identity, found in classes_of.items() if len(found) > 1}
+    if not two_labels:
+        return keep, repeats
+    kept, left_out = [], [(p, r) for p, r in repeats if file_identity(p) not in two_labels]
+    for index, path in enumerate(paths):
+        found = two_labels.get(file_identity(path))
+        if found is None:
+            if index in keep:
+                kept.append(index)
+            continue
+        others = [f"{other} ({class_names[label]})" for label, other in found.items()
+                  if other != path]
+        left_out.append((path, f"the same file as {', '.join(others)}: one image under two "
+                               "labels (a link)"))
+    return kept, left_out
+
+
+def overlap(first: "ImageFolder", second: "ImageFolder") -> list[tuple[str, str]]:
+    """(path in `first`, path in `second`) of every file that both list (`file_identity`)."""
+    second_paths = {file_identity(path): path for path in second.paths}
+    return [(path, second_paths[identity]) for path in first.paths
+            if (identity := file_identity(path)) in second_paths]
+
+
+def refuse_overlap(train: "ImageFolder", val: "ImageFolder") -> None:
+    """UserError when validation images are training images too: the best epoch would be
+    chosen on, and reported for, images the model trained on."""
+    shared = overlap(train, val)
+    if shared:
+        path, other = shared[0]
+        raise UserError(f"{len(shared)} of the {len(val.paths)} validation image(s) in "
+                        f"{val.root} are training images too (the same file: e.g. {other} is "
+                        f"{path}); validate on images the model does not train on")
 
 
 def find_class_names(root: str | Path) -> tuple[str, ...]:
@@ -147,6 +202,11 @@ def find_class_names(root: str | Path) -> tuple[str, ...]:
         raise UserError(f"dataset path {root} is not a folder")
     names = sorted(entry.name for entry in root.iterdir()
                    if entry.is_dir() and not entry.name.startswith("."))
+    unwritable = [name for name in names if not name.isprintable()]
+    if unwritable:
+        # labels.txt holds a name per line: a line break in one would shift every label.
+        raise UserError(f"class folder name {unwritable[0]!r} in {root} holds a line break or "
+                        "another control character: rename the folder")
     if not names:
         raise UserError(f"dataset folder {root} has no class sub-folders "
                         f"(expected one folder per class, e.g. {root}/Melanoma/*.jpg)")
@@ -191,8 +251,8 @@ def scan_image_folder(root: str | Path, class_names: Sequence[str] | None = None
                 labels.append(label)
             else:
                 skipped.append(path)
-    # A file reached twice through links counts once.
-    keep, repeats = first_of_each_file(paths)
+    # A file reached twice through links counts once; from two classes, never.
+    keep, repeats = _one_label_per_file(paths, labels, class_names)
     paths, labels, bad_files = [paths[i] for i in keep], [labels[i] for i in keep], (
         bad_files + repeats)
 

@@ -9,6 +9,7 @@ Bad rows and bad files are reported by name and left out; they never stop the ru
 
 import csv
 import dataclasses
+import json
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,7 @@ CLASS_NAMES = {
 # The seed tutorial's naming, for users who compare with it: it called nevi "None of the above".
 SEED_CLASS_NAMES = {**CLASS_NAMES, "NV": "None of the above"}
 UNKNOWN = "UNK"
+FILES_JSON = "files.json"  # How the files were made (--link, --resize, --jpeg_quality).
 
 
 @dataclasses.dataclass
@@ -129,22 +131,35 @@ def _list_image_files(folder: Path) -> dict[str, Path]:
     return files
 
 
-def _check_existing_split(out_dir: Path, rows: list[dict], overwrite: bool) -> bool:
-    """True when out_dir already holds exactly this split (a re-run only fills in files)."""
+def _check_existing_split(out_dir: Path, rows: list[dict], files: dict, overwrite: bool
+                          ) -> bool:
+    """True when out_dir already holds exactly this split, its files made the same way
+    (`files`: --link, --resize, --jpeg_quality): a re-run only fills in files."""
     split_csv = out_dir / "split.csv"
     has_folders = (out_dir / "train").exists() or (out_dir / "val").exists()
+    what = "a different split (or other data)"
     if split_csv.exists():
-        with open(split_csv, newline="") as file:
-            if list(csv.DictReader(file)) == rows:
+        if read_csv(split_csv, ("image",))[0] == rows:
+            made = _read_files_settings(out_dir)
+            if made is None or made == files:  # (None: written before files.json existed.)
                 return True
+            what = "files made another way (" + ", ".join(
+                f"--{key}={made.get(key)}" for key in files if made.get(key) != files[key]) + ")"
     elif not has_folders:
         return False
     if not overwrite:
-        raise UserError(f"{out_dir} already holds a different split (or other data); pass "
-                        "--overwrite to replace its train/ and val/ folders")
+        raise UserError(f"{out_dir} already holds {what}; pass --overwrite to replace its "
+                        "train/ and val/ folders")
     for name in ("train", "val"):
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return False
+
+
+def _read_files_settings(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / FILES_JSON).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def prepare(config: PrepareConfig) -> dict:
@@ -156,8 +171,10 @@ def prepare(config: PrepareConfig) -> dict:
     # --- Write --- (split.csv first: an interrupted run is finished by running it again)
     out_dir = Path(config.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if not _check_existing_split(out_dir, split_rows, config.overwrite):
+    files = {"link": config.link, "resize": config.resize, "jpeg_quality": config.jpeg_quality}
+    if not _check_existing_split(out_dir, split_rows, files, config.overwrite):
         _write_split_csv(out_dir / "split.csv", split_rows)
+        atomic.write_json_atomic(out_dir / FILES_JSON, files)
     if config.metadata:
         audit["metadata missing"] = _write_patient_metadata(
             out_dir / patient_metadata.CSV_NAME, [record.image for record in records],

@@ -1,6 +1,7 @@
 """Patient metadata beside the image (ISIC 2019 task 2): the CSV, its records, its coverage.
 
-A metadata CSV has an `image` column (the file name without extension) and any of `age_approx`,
+A metadata CSV has an `image` column (the file name without extension, or the end of its path
+when names repeat across folders: `MEL/1.jpg`) and any of `age_approx`,
 `sex`, `anatom_site_general`. A missing value (an empty cell, "unknown", an age that is not a
 number in [0, 120]) is a `Record` field left None / "". How records become the model's input
 vector is `metadata_encoding`'s job (TensorFlow); this module imports none.
@@ -57,10 +58,29 @@ class Table:
     bad_ages: tuple = ()  # (line, image, value) of ages that are not numbers in [0, MAX_AGE]
     absent_columns: tuple = ()
 
+    def keys(self, paths: Sequence[str | Path]) -> list[str | None]:
+        """The row each image file matches (None: no row). A row's `image` is the file name
+        without extension, or the file's path ending (`MEL/1.jpg`, `train/MEL/1`); the
+        longest ending wins. UserError when one row would serve two files (same-named
+        images in two folders): their metadata would be mixed."""
+        keys, first_path = [], {}
+        for path in paths:
+            parts = Path(path).with_suffix("").parts if folders.is_image_file(path) else (
+                Path(path).parts)
+            key = next((k for k in ("/".join(parts[i:]) for i in range(len(parts)))
+                        if k in self.records), None)
+            keys.append(key)
+            if key is not None and first_path.setdefault(key, path) != path:
+                raise UserError(
+                    f"{self.path}: the row {key!r} matches two images, {first_path[key]} and "
+                    f"{path}; name each image by its folder and file (e.g. "
+                    f"{'/'.join(Path(path).parts[-2:])}) in the image column")
+        return keys
+
     def lookup(self, paths: Sequence[str | Path]) -> tuple[list[Record], np.ndarray]:
-        """Records of image files by their name without extension (MISSING where the CSV has
-        no row) and whether each had a row."""
-        found = [self.records.get(Path(path).stem) for path in paths]
+        """Records of image files (`keys`; MISSING where the CSV has no row) and whether each
+        had a row."""
+        found = [None if key is None else self.records[key] for key in self.keys(paths)]
         return [record or MISSING for record in found], np.array([r is not None for r in found])
 
 
@@ -99,8 +119,9 @@ def read_table(path: str | Path) -> Table:
                         f"(found: {', '.join(sorted(header))})")
     records, lines, bad_ages = {}, {}, []
     for line, row in enumerate(rows, start=2):
-        image = row["image"].strip()
-        stem = Path(image).stem if folders.is_image_file(image) else image
+        image = row["image"].strip().replace("\\", "/")
+        stem = str(Path(image).with_suffix("").as_posix()) if folders.is_image_file(image) else (
+            Path(image).as_posix())
         if stem in lines:
             raise UserError(f"{path}: image {stem} has two rows (lines {lines[stem]} and {line});"
                             " keep one")
@@ -183,7 +204,7 @@ def for_prediction(metadata: str, paths: Sequence) -> tuple[list[Record], np.nda
     note = (f"metadata {table.path}: {int(found.sum())} of {len(paths)} images have a row, "
             f"the others run as missing")
     bad = {image for _, image, _ in table.bad_ages}
-    used_bad = sum(1 for path in paths if Path(path).stem in bad)
+    used_bad = sum(1 for key in table.keys(paths) if key in bad)
     if used_bad:
         note += f"; {used_bad} age(s) not a number in [0, {MAX_AGE:g}] run as missing"
     return records, found, note

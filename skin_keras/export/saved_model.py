@@ -25,6 +25,7 @@ from skin_keras.core.errors import UserError
 from skin_keras.data import patient_metadata, pipeline
 from skin_keras.export import parity
 from skin_keras.infer import litert
+from skin_keras.infer.load import METADATA_FILE
 from skin_keras.infer.runner import KerasRunner
 from skin_keras.model import io, parts
 from skin_keras.model.layers.unknown import RULE_FILE
@@ -94,7 +95,8 @@ def _signatures(runner: KerasRunner) -> dict:
 
 def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Path:
     """Writes <model_base>/<version>/ with the serving signatures and assets/labels.txt (and
-    assets/unknown.json for a model with an unknown rule)."""
+    assets/unknown.json for a model with an unknown rule, assets/metadata.json with the
+    metadata encoding for a metadata model)."""
     target = model_base / str(version)
     if target.exists():
         raise UserError(f"{target} exists already: choose another --version or leave it unset")
@@ -106,6 +108,10 @@ def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Pa
     # The graph holds the class names as a constant; labels.txt is for people and clients.
     (staging / "assets").mkdir(exist_ok=True)
     (staging / "assets" / "labels.txt").write_text("\n".join(runner.class_names) + "\n")
+    encoding = parts.metadata_encoding_of(runner.model)
+    if encoding is not None:  # What predict.py needs to tell used metadata from unknown.
+        (staging / "assets" / METADATA_FILE).write_text(
+            json.dumps({"metadata input": encoding.describe()}, indent=2))
     if runner.unknown is not None:
         (staging / "assets" / RULE_FILE).write_text(
             json.dumps({"unknown": runner.unknown.to_dict()}, indent=2))

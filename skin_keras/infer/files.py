@@ -61,8 +61,21 @@ def other_inputs(runner: Runner, metadata: str, paths: Sequence[Path]) -> dict:
                       f"--metadata={metadata} is not used")
         return {}
     records, _, note = patient_metadata.for_prediction(metadata, paths)
+    unknown = int(np.sum(~metadata_known(runner, records)
+                         & np.array([not r.is_missing for r in records], bool)))
+    if unknown:
+        note += (f"; {unknown} image(s) whose values are all unknown to the model (categories "
+                 "not in its vocabulary) run as missing")
     _log.info(note or f"metadata: none given, all {len(paths)} images run with it missing")
     return {io.METADATA: records}
+
+
+def metadata_known(runner: Runner, records: Sequence) -> np.ndarray:
+    """Per record, whether the model gets anything from it (its encoding's vocabulary; the
+    values themselves where the runner does not say how it encodes)."""
+    if runner.about.encoding is not None:
+        return runner.about.encoding.knows(records)
+    return np.array([not record.is_missing for record in records], bool)
 
 
 def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: int = 1,

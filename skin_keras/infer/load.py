@@ -26,11 +26,23 @@ from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
+METADATA_FILE = "metadata.json"  # A SavedModel's assets: how it encodes patient metadata.
+
 
 def read_labels(path: Path) -> list[str]:
     if not path.is_file():
         raise UserError(f"no {path.name} at {path.parent}: the class names are unknown")
-    return [line for line in path.read_text().splitlines() if line]
+    return check_labels([line for line in path.read_text().splitlines() if line], path)
+
+
+def check_labels(class_names: list[str], where) -> list[str]:
+    """`class_names`, or a UserError when one is named twice (its columns could not be told
+    apart)."""
+    twice = sorted({name for name in class_names if class_names.count(name) > 1})
+    if twice:
+        raise UserError(f"{where} names the class(es) {', '.join(twice)} twice: each class "
+                        "needs its own name")
+    return list(class_names)
 
 
 def find_saved_model(folder: Path) -> Path | None:
@@ -51,10 +63,23 @@ def _load_saved_model(folder: Path) -> SavedModelRunner:
     if "serving_images" not in served.signatures:
         raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
                         "export.py writes")
-    images = served.signatures["serving_images"].structured_input_signature[1]["images"]
+    signature = served.signatures["serving_images"]
+    images = signature.structured_input_signature[1]["images"]
+    labels = folder / "assets" / "labels.txt"
+    class_names = read_labels(labels)
+    classes = signature.structured_outputs["probabilities"].shape[-1]
+    if classes != len(class_names):
+        raise UserError(f"{folder} answers {classes} classes but {labels} names "
+                        f"{len(class_names)}: the files do not belong together")
+    encoding = None
+    if (description := folder / "assets" / METADATA_FILE).is_file():
+        try:
+            encoding = _metadata_encoding(json.loads(description.read_text()), None)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{description}: {error}") from None
     return SavedModelRunner(served, About(
-        read_labels(folder / "assets" / "labels.txt"), int(images.shape[1]), folder,
-        unknown=read_unknown_rule(folder / "assets" / RULE_FILE)))
+        class_names, int(images.shape[1]), folder,
+        unknown=read_unknown_rule(folder / "assets" / RULE_FILE), encoding=encoding))
 
 
 def read_unknown_rule(path: Path) -> UnknownRule | None:
@@ -127,6 +152,7 @@ def _describe_file(path: Path, runner, class_names: list | None, description: di
         class_names = [f"class {i}" for i in range(runner.classes)]
         _log.info(f"{path}: no labels in the file nor a labels.txt beside it: the classes are "
                   "named by their index")
+    check_labels(class_names, where)
     if len(class_names) != runner.classes:
         raise UserError(f"{path} answers {runner.classes} classes but its labels name "
                         f"{len(class_names)}: the files do not belong together")
@@ -142,7 +168,7 @@ def _describe_file(path: Path, runner, class_names: list | None, description: di
     return About(list(class_names), runner.img_size, path, unknown, encoding)
 
 
-def _metadata_encoding(description: dict | None, size: int) -> PatientMetadata:
+def _metadata_encoding(description: dict | None, size: int | None) -> PatientMetadata:
     """The metadata encoding of a metadata TFLite or ONNX file from its description
     (metadata.json)."""
     try:
@@ -151,7 +177,7 @@ def _metadata_encoding(description: dict | None, size: int) -> PatientMetadata:
     except (KeyError, TypeError) as error:
         raise ValueError(f"does not say how to encode the patient metadata the model takes "
                          f"({type(error).__name__}: {error})") from None
-    if encoding.size != size:
+    if size is not None and encoding.size != size:
         raise ValueError(f"describes a metadata vector of {encoding.size} values but the model "
                          f"takes {size}")
     return encoding

@@ -58,6 +58,7 @@ def scan_folders(config: TrainConfig, class_names=None) -> tuple[folders.ImageFo
                 f"{', '.join(extra) or 'none'}; resuming would train on other labels")
     train = folders.scan_image_folder(config.data_train, class_names=class_names)
     val = folders.scan_image_folder(config.data_val, class_names=train.class_names)
+    folders.refuse_overlap(train, val)
     train = decode_check.set_aside_undecodable(train, "train")
     val = decode_check.set_aside_undecodable(val, "val")
     _log.info(folders.describe(train, "train"))

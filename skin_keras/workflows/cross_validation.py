@@ -34,6 +34,7 @@ import numpy as np
 from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
 from skin_keras.data import decode_check, folders, patient_metadata, splits
+from skin_keras.data.csv_table import read_csv
 from skin_keras.evaluate.report import metrics_report
 from skin_keras.infer import files, load
 from skin_keras.infer.runner import keras_model
@@ -66,9 +67,8 @@ def lesion_groups(train: folders.ImageFolder) -> tuple[np.ndarray, str]:
     split_csv = Path(train.root).parent / SPLIT_CSV
     lesion_of = {}
     if split_csv.is_file():
-        with open(split_csv, newline="", encoding="utf-8-sig") as file:  # As every CSV read.
-            lesion_of = {row["image"]: row.get("lesion_id") or "" for row in csv.DictReader(file)
-                         if row.get("image")}
+        rows = _read_whole_csv(split_csv, ("image", "lesion_id"))
+        lesion_of = {row["image"].strip(): row["lesion_id"].strip() for row in rows}
     records = [_Image(Path(p).stem, lesion_of.get(Path(p).stem, ""), Path(p))
                for p in train.paths]
     splits.assign_groups(records, splits.find_duplicates([record.path for record in records]))
@@ -134,10 +134,12 @@ def train_folds(config: TrainConfig, verbose) -> Path:
     """Trains the K members (each a complete run folder), then writes the out-of-fold
     predictions, the ensemble and cv_metrics.json; returns the run folder."""
     resume = resumes.check_resumable(config) if config.resume else None
-    train = decode_check.set_aside_undecodable(folders.scan_image_folder(
-        config.data_train, class_names=resume and resume.class_names), "train")
-    val = decode_check.set_aside_undecodable(folders.scan_image_folder(
-        config.data_val, class_names=train.class_names), "val")
+    train = folders.scan_image_folder(config.data_train,
+                                      class_names=resume and resume.class_names)
+    val = folders.scan_image_folder(config.data_val, class_names=train.class_names)
+    folders.refuse_overlap(train, val)
+    train = decode_check.set_aside_undecodable(train, "train")
+    val = decode_check.set_aside_undecodable(val, "val")
     _log.info(folders.describe(train, "train (split into folds)"))
     _log.info(folders.describe(val, "val (held out: scores the ensemble)"))
     groups, grouping = lesion_groups(train)
@@ -201,8 +203,20 @@ def _start(run_dir, config, train, val, fold_of, groups, grouping) -> dict:
 
 
 def _read_folds(run_dir: Path) -> dict[str, int]:
-    with open(run_dir / FOLDS_FILE, newline="", encoding="utf-8") as file:
-        return {row["path"]: int(row["fold"]) - 1 for row in csv.DictReader(file)}
+    rows = _read_whole_csv(run_dir / FOLDS_FILE, ("path", "fold"))
+    try:
+        return {row["path"]: int(row["fold"]) - 1 for row in rows}
+    except ValueError as error:
+        raise UserError(f"{run_dir / FOLDS_FILE}: {error}") from None
+
+
+def _read_whole_csv(path: Path, required: tuple[str, ...]) -> list[dict]:
+    """The rows of a CSV this project wrote; UserError when one is malformed (it was edited)."""
+    rows, malformed = read_csv(path, required)
+    if malformed:
+        first = malformed[0]
+        raise UserError(f"{path} line {first['line']}: {first['reason']}; write it again")
+    return rows
 
 
 def _finish(run_dir, config, train, val, fold_of, metadata) -> dict:

@@ -247,3 +247,61 @@ def test_the_full_decode_check_names_what_the_header_check_lets_through(tmp_path
         importlib.reload(decode_check)
     os.utime(paths[0], ns=(0, 0))
     assert decode_check.check_files(paths[:1]) == {paths[0]: results[paths[0]]}
+
+
+def test_a_hard_link_into_another_class_trains_under_neither_label(tmp_path):
+    root = tmp_path / "data"
+    for name in ("MEL", "NV"):
+        for index in range(3):
+            save_image(root / name / f"{index}.jpg", image_format="JPEG")
+    os.link(root / "NV" / "0.jpg", root / "MEL" / "hardlinked.jpg")  # One file, two labels.
+    os.link(root / "NV" / "1.jpg", root / "NV" / "again.jpg")  # One file, one label: once.
+    folder = folders.scan_image_folder(root)
+    assert folder.class_counts().tolist() == [3, 2]
+    bad = {path.rsplit("/", 1)[1]: reason for path, reason in folder.bad_files}
+    assert set(bad) == {"hardlinked.jpg", "0.jpg", "again.jpg"}
+    assert "one image under two labels" in bad["hardlinked.jpg"] and "(NV)" in bad[
+        "hardlinked.jpg"]
+    assert "(MEL)" in bad["0.jpg"] and "counted once" in bad["again.jpg"]
+
+
+def test_validation_images_that_are_training_images_are_refused(tmp_path):
+    for split in ("train", "val"):
+        for name in ("MEL", "NV"):
+            save_image(tmp_path / split / name / "0.jpg", image_format="JPEG")
+    train = folders.scan_image_folder(tmp_path / "train")
+    val = folders.scan_image_folder(tmp_path / "val")
+    folders.refuse_overlap(train, val)  # Different files: fine.
+    with pytest.raises(UserError, match=r"2 of the 2 validation image\(s\) .* are training"):
+        folders.refuse_overlap(train, train)  # --data_val = --data_train.
+    os.symlink("../../val", tmp_path / "train" / "MEL" / "valink")  # Val trained as MEL.
+    linked = folders.scan_image_folder(tmp_path / "train")
+    assert linked.class_counts().tolist() == [3, 1]
+    with pytest.raises(UserError, match=r"2 of the 2 validation image\(s\)") as error:
+        folders.refuse_overlap(linked, val)
+    assert "\n" not in str(error.value)
+
+
+def test_pipes_devices_and_line_breaks_in_class_names_are_named(tmp_path):
+    save_image(tmp_path / "data" / "NV" / "0.jpg", image_format="JPEG")
+    os.mkfifo(tmp_path / "data" / "NV" / "fifo.jpg")
+    os.symlink("/dev/zero", tmp_path / "data" / "NV" / "zero.jpg")
+    folder = folders.scan_image_folder(tmp_path / "data")
+    assert sorted(reason for _, reason in folder.bad_files) == [
+        "not a regular file (a pipe or a device)"] * 2
+    (tmp_path / "data" / "Mel\nanoma").mkdir()
+    with pytest.raises(UserError, match="class folder name 'Mel\\\\nanoma' .* line break"):
+        folders.scan_image_folder(tmp_path / "data")
+
+
+def test_a_file_rewritten_in_place_with_its_old_times_is_checked_again(tmp_path):
+    from skin_keras.data import decode_check  # pylint: disable=g-import-not-at-top
+
+    path = save_image(tmp_path / "a.jpg", image_format="JPEG")
+    assert decode_check.check_files([str(path)])[str(path)] == (None, None)
+    before = os.stat(path)
+    contents = path.read_bytes()
+    broken = contents[:200] + b"\x00" * (len(contents) - 202) + b"\xff\xd9"  # Same size.
+    path.write_bytes(broken)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -r
+    assert decode_check.check_files([str(path)])[str(path)][0] is not None

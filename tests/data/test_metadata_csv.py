@@ -93,3 +93,26 @@ def test_prepare_isic_writes_metadata_csv_with_missing_counts(tmp_path):
     # Ages missing: 0-2 and 11; sites: 4 and 11; sex: 0, 3, 6, 9 and 11.
     assert audit["metadata missing"] == {"age_approx": 4, "sex": 5, "anatom_site_general": 2}
     assert "metadata.csv, missing values: age_approx 4, sex 5" in isic.describe_audit(audit)
+
+
+def test_a_row_with_an_unquoted_comma_is_malformed_not_shifted(tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text("image,age_approx,anatom_site_general,sex\nISIC_0,45,back,male\n"
+                    "ISIC_1,45,upper, extremity,male\n")
+    with pytest.raises(UserError, match=r"1 malformed row\(s\), the first on line 3: too many "
+                                        r"fields \(5 for 4 columns"):
+        patient_metadata.read_table(path)
+
+
+def test_same_named_images_in_two_folders_need_rows_keyed_by_folder(tmp_path):
+    paths = [Path("val/MEL/1.jpg"), Path("val/NV/1.jpg")]
+    by_stem = patient_metadata.read_table(write_csv(tmp_path / "stem.csv",
+                                                    [["1", "40", "male", ""]]))
+    with pytest.raises(UserError, match=r"the row '1' matches two images, val/MEL/1.jpg and "
+                                        r"val/NV/1.jpg; name each image by its folder"):
+        by_stem.lookup(paths)
+    by_folder = patient_metadata.read_table(write_csv(
+        tmp_path / "folder.csv", [["MEL/1.jpg", "40", "male", ""], ["NV/1", "70", "female", ""],
+                                  ["2", "30", "", ""]]))
+    records, found = by_folder.lookup([*paths, Path("val/NV/2.png")])
+    assert [r.age_approx for r in records] == [40.0, 70.0, 30.0] and found.all()

@@ -192,6 +192,12 @@ def test_resize_writes_smaller_jpegs(download, tmp_path):
         with Image.open(path) as image:
             assert max(image.size) == 32 and image.format == "JPEG"
             assert image.size[0] > image.size[1]  # Aspect ratio kept.
+    # Another size into the same folder is other files, not "already there".
+    with pytest.raises(UserError, match=r"already holds files made another way "
+                                        r"\(--resize=32, --jpeg_quality=80\); pass --overwrite"):
+        isic.prepare(config_for(download, tmp_path / "small", resize=40))
+    isic.prepare(config_for(download, tmp_path / "small", resize=40, overwrite=True))
+    assert max(max(Image.open(p).size) for p in (tmp_path / "small").rglob("*.jpg")) == 40
 
 
 def test_rerun_fills_in_the_same_split_and_refuses_a_different_one(download, tmp_path):
@@ -305,6 +311,7 @@ def test_malformed_rows_go_to_the_audit_by_line_number(download, tmp_path):
         file.write(",1.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0,0.0\n")  # No image name.
     with open(download / "meta.csv", "a") as file:
         file.write("ISIC_0000001,50.0\n")  # A short metadata row.
+        file.write("ISIC_0000002,50.0,lower extremity, left leg,HAM_1,male\n")  # A long one.
     lines = len((download / "gt.csv").read_text().splitlines())
     audit = isic.prepare(config_for(download, tmp_path / "data"))
     assert audit["malformed rows"][:2] == [
@@ -313,6 +320,9 @@ def test_malformed_rows_go_to_the_audit_by_line_number(download, tmp_path):
         {"file": "gt.csv", "line": lines, "reason": "no image name"}]
     assert audit["malformed rows"][2]["file"] == "meta.csv"
     assert audit["malformed rows"][2]["reason"] == "too few fields (no lesion_id)"
+    assert audit["malformed rows"][3]["reason"].startswith("too many fields (6 for 5 columns")
+    lesions = {row["image"]: row["lesion_id"] for row in read_split(tmp_path / "data")}
+    assert lesions["ISIC_0000002"] == "IL_AK_1" and "left leg" not in lesions.values()
     assert f"malformed row: gt.csv line {lines - 1}" in isic.describe_audit(audit)
 
 

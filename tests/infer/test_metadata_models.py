@@ -39,7 +39,7 @@ def metadata_run(tmp_path_factory, metadata_data) -> Path:
 
 
 def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadata(
-        metadata_run, metadata_data, tmp_path):
+        metadata_run, metadata_data, tmp_path, caplog):
     params = json.loads((metadata_run / "train_params.json").read_text())
     described = params["model"]["metadata"]
     assert described["vocabulary"] == {"sex": ["female", "male"],
@@ -59,6 +59,18 @@ def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadat
     # Metadata changes the answers; no CSV runs every image as missing, like blank rows.
     blank = predict_to(metadata_run, [metadata_data / "val"], tmp_path / "b", backend="keras")
     assert {row["metadata"] for row in blank} == {"missing"}
+    # Values the model does not know (categories outside its vocabulary, an age not
+    # believed) are no metadata: "missing", counted, and the same answers as none.
+    unknown = tmp_path / "unknown.csv"
+    unknown.write_text("image,age_approx,sex,anatom_site_general\n" + "".join(
+        f"{Path(row['path']).stem},200,m,left big toe\n" for row in blank))
+    caplog.clear()
+    strange = predict_to(metadata_run, [metadata_data / "val"], tmp_path / "u",
+                         metadata=str(unknown), backend="keras")
+    assert {row["metadata"] for row in strange} == {"missing"}
+    assert f"{len(blank)} image(s) whose values are all unknown to the model" in caplog.text
+    np.testing.assert_allclose([list(r["probabilities"].values()) for r in strange],
+                               [list(r["probabilities"].values()) for r in blank], atol=1e-6)
     with_csv = np.array([list(row["probabilities"].values()) for row in rows])
     without = np.array([list(row["probabilities"].values()) for row in blank])
     # 1e-5, not more: a model calibrated to a high temperature has flat probabilities that
@@ -145,3 +157,17 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     assert scaled_error < unscaled_error
     served = tf.saved_model.load(str(tmp_path / "x" / "saved_model" / "skin" / "1"))
     assert set(served.signatures) == {"serving_default", "serving_images", "serving_image_only"}
+    # The SavedModel says how it encodes metadata (predict.py's "used"/"missing"), and its
+    # labels must name as many classes as it answers.
+    version = tmp_path / "x" / "saved_model" / "skin" / "1"
+    assert load.load(version).about.encoding.describe() == (
+        keras_model.about.encoding or parts_encoding(keras_model)).describe()
+    labels = version / "assets" / "labels.txt"
+    labels.write_text(labels.read_text() + "Mel\nanoma\n")
+    with pytest.raises(UserError, match=r"answers 3 classes but .*labels.txt names 5"):
+        load.load(version)
+
+
+def parts_encoding(runner):
+    from skin_keras.model import parts  # pylint: disable=g-import-not-at-top
+    return parts.metadata_encoding_of(runner.model)

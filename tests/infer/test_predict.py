@@ -126,6 +126,9 @@ def test_a_plain_converted_tflite_file_predicts_with_labels_beside_or_indices(
     (tmp_path / "labels.txt").write_text("a\nb\n")
     with pytest.raises(UserError, match="answers 3 classes but its labels name 2"):
         load.load(plain)
+    (tmp_path / "labels.txt").write_text("NV\nNV\nMEL\n")  # Columns could not be told apart.
+    with pytest.raises(UserError, match="names the class\\(es\\) NV twice"):
+        load.load(plain)
 
 
 def test_run_folder_and_keras_file_give_the_same_predictions(untrained_run, mixed_source,

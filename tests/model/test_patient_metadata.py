@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras.data.patient_metadata import MISSING, Record
+from skin_keras.data.patient_metadata import MISSING, Record, normalize
 from skin_keras.model import io, parts
 from skin_keras.model.layers import metadata as metadata_encoding
 from skin_keras.model.layers.metadata import PatientMetadata
@@ -33,6 +33,21 @@ def test_encoding_of_missing_values_unseen_categories_and_bad_ages():
     np.testing.assert_array_equal(encoding.missing_vector(), encoding.encode_records([MISSING])[0])
     # Exactly one hot per categorical column, whatever comes in.
     assert (vectors[:, 2:5].sum(1) == 1).all() and (vectors[:, 5:].sum(1) == 1).all()
+
+
+def test_the_graph_compares_categories_as_python_does_for_any_alphabet():
+    # The SavedModel signatures encode raw strings in the graph; predict.py normalizes them
+    # in Python first: upper-case umlauts and a no-break space must mean the same in both.
+    encoding = PatientMetadata(("männlich", "weiblich"), ("oberschenkel", "ärmel"))
+    raw = ["WEIBLICH", "\u00a0ÄRMEL\u2003"]
+    in_graph = encoding.encode([40.0], [raw[0]], [raw[1]]).numpy()
+    in_python = encoding.encode_records([Record(40.0, normalize(raw[0]), normalize(raw[1]))])
+    np.testing.assert_array_equal(in_graph, in_python)
+    np.testing.assert_allclose(in_graph, [[0.4, 0, 0, 1, 0, 0, 1, 0]], atol=1e-6)
+    # What the model gets anything from: a believed age or a category it knows.
+    assert encoding.knows([Record(None, "m", "left big toe"),
+                           Record(None, "weiblich", ""), Record(30.0, "", "")]).tolist() == [
+        False, True, True]
 
 
 def test_training_blanks_whole_rows_at_the_rate_and_the_model_never_does():

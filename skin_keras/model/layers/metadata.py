@@ -30,11 +30,16 @@ from skin_keras.data.patient_metadata import (
 from skin_keras.model.spec import PACKAGE
 
 
+# What Python's str.strip() removes (Unicode white space, e.g. a no-break space), for RE2:
+# tf.strings.strip removes ASCII white space only.
+_OUTER_SPACE = r"^[\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}]+|[\s\p{Z}\x{0b}\x{1c}-\x{1f}\x{85}]+$"
+
+
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class PatientMetadata(keras.layers.Layer):
     """Encoded metadata [B, size] in, the same out. Holds the vocabularies; `encode` turns raw
-    values into the
-    vector. Always float32."""
+    values into the vector (as `patient_metadata.normalize` compares them: Unicode-aware).
+    Always float32."""
 
     def __init__(self, sexes=(), sites=(), **kwargs):
         kwargs["dtype"] = "float32"
@@ -65,7 +70,8 @@ class PatientMetadata(keras.layers.Layer):
         scaled = tf.where(known, tf.clip_by_value(ages / AGE_SCALE, 0.0, 1.0), 0.0)
         parts = [scaled[:, None], tf.cast(~known, tf.float32)[:, None]]
         for values, vocabulary in ((sexes, self.sexes), (sites, self.sites)):
-            values = tf.strings.lower(tf.strings.strip(tf.convert_to_tensor(values, tf.string)))
+            values = tf.strings.lower(tf.strings.regex_replace(
+                tf.convert_to_tensor(values, tf.string), _OUTER_SPACE, ""), encoding="utf-8")
             matches = tf.equal(values[:, None], tf.constant(list(vocabulary) or [""],
                                                             tf.string)[None, :])
             matches = matches[:, :len(vocabulary)]
@@ -77,6 +83,14 @@ class PatientMetadata(keras.layers.Layer):
         if not records:
             return np.zeros((0, self.size), np.float32)
         return self.encode(*as_arrays(records)).numpy()
+
+    def knows(self, records: Sequence[Record]) -> np.ndarray:
+        """Per record, whether the model gets anything from it: a believed age or a category
+        in its vocabulary (a record of unknown categories runs as missing)."""
+        vectors = self.encode_records(records)
+        sex_missing, site_missing = 2 + len(self.sexes), self.size - 1
+        return ((vectors[:, 1] == 0) | (vectors[:, sex_missing] == 0)
+                | (vectors[:, site_missing] == 0)) if len(records) else np.zeros(0, bool)
 
     def missing_vector(self) -> np.ndarray:
         """`encode` of a record with nothing known (tested equal), as a NumPy constant that
