@@ -24,16 +24,35 @@ def write_atomic(path: str | Path, write, suffix: str = "") -> None:
     file is created private (0600) and would otherwise keep that, so that another user or a
     TF Serving container could not read an export.
     """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
+    write_all_atomic({path: write}, suffix)
+
+
+def write_all_atomic(writers: dict, suffix: str = "") -> None:
+    """`write_atomic` of several files that belong together ({path: write}): every file is
+    written before any replaces its old version, so a full disk leaves all old or all new.
+
+    An OSError (no space, read-only, ...) names the file it was writing (`error.filename`).
+    """
+    staged = {}
     try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        for path, write in writers.items():
+            path = Path(path)
+            try:
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
+                                           suffix=suffix)
+                os.close(fd)
+                staged[tmp] = path
+                write(tmp)
+                os.chmod(tmp, 0o666 & ~_umask())
+            except OSError as error:
+                error.filename = str(path)  # Not the temporary file's name, nor None.
+                raise
+        for tmp, path in staged.items():
+            os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        for tmp in staged:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
 
 def write_json_atomic(path: str | Path, data) -> None:

@@ -10,6 +10,7 @@ import typing
 from absl import app, flags, logging
 
 from skin_keras.core import log
+from skin_keras.core import errors
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import specs
 
@@ -97,6 +98,12 @@ def run(main) -> None:
         except KeyboardInterrupt:
             sys.stderr.write(f"{program}: interrupted\n")
             sys.exit(130)
+        except OSError as error:
+            line = errors.environment_error(error)
+            if line is None:  # Not the machine's doing: a bug, with its traceback.
+                raise
+            sys.stderr.write(f"{program}: error: {line}\n")
+            sys.exit(UserError.exit_code)
 
     app.run(guarded_main)
 

@@ -1,4 +1,7 @@
-"""The one exception type that means "the user asked for something we cannot do"."""
+"""The one exception type that means "the user asked for something we cannot do", and the
+one place that says what a full or read-only disk did."""
+
+import errno
 
 
 class UserError(ValueError):
@@ -6,6 +9,22 @@ class UserError(ValueError):
     (`exit_code`: 2, unless a subclass says otherwise)."""
 
     exit_code = 2
+
+
+# What the machine, not the input or the code, did wrong: said in one line, not a traceback.
+_ENVIRONMENT = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+                errno.EPERM: "operation not permitted", errno.EFBIG: "file too large"}
+
+
+def environment_error(error: OSError) -> str | None:
+    """One line for an OSError the machine caused (a full disk, a read-only or forbidden
+    folder), naming the file; None for other OSErrors."""
+    what = _ENVIRONMENT.get(error.errno)
+    if what is None:
+        return None
+    where = f": {error.filename}" if error.filename else ""
+    return f"{what}{where} (free space, or choose another folder)"
 
 
 def first_line(error: BaseException) -> str:

@@ -1,11 +1,21 @@
 """Reading the CSV files users bring (ISIC ground truth and metadata, patient metadata): rows
 kept with the file and line of every malformed one, one-line errors for files that cannot be
-read."""
+read. And writing text cells a spreadsheet will not run."""
 
 import csv
 from pathlib import Path
 
 from skin_keras.core.errors import UserError
+
+# A cell starting with one of these is a formula to a spreadsheet (OWASP "CSV injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(text: str) -> str:
+    """`text` as a CSV cell a spreadsheet shows as text: a leading ' where it would start a
+    formula (a file named =HYPERLINK(...).jpg), as OWASP advises."""
+    text = str(text)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text
 
 
 def read_csv(path: str | Path, required: tuple[str, ...]) -> tuple[list[dict], list[dict]]:

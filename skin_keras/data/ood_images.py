@@ -14,15 +14,19 @@ evaluate.py reports the AUROC over all of them and per kind: the near kinds are 
 """
 
 import dataclasses
+import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFilter
 
-from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.data import folders
+from skin_keras.data import decode_check, folders, pipeline
+
+_log = logging.getLogger(__name__)
 
 FAR_KINDS = ("noise", "stripes", "checkerboard", "gradient", "photos")
 NEAR_KINDS = ("hue_shift", "corrupted")
@@ -117,24 +121,30 @@ def _corrupted(rng, size, lesion: Image.Image):
 
 
 def make_ood_folder(config: OodConfig) -> dict[str, int]:
-    """Writes the kinds into config.output; returns images per kind."""
+    """Writes the kinds into config.output; returns images per kind. Lesion files training
+    would leave out are left out here too (named); the folder appears whole or not at all."""
     output = Path(config.output)
-    if output.exists() and any(output.iterdir()):
-        raise UserError(f"--output={output} is not empty: give a new folder")
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise UserError(f"--output={output} is not an empty folder: give a new folder")
     rng = np.random.default_rng(config.seed)
     makers = {"noise": _noise, "stripes": _stripes, "checkerboard": _checkerboard,
               "gradient": _gradient}
     photos = [Image.open(path).convert("RGB") for path in sample_photos()]
     lesions = []
     if config.lesions:
-        scanned = folders.scan_image_folder(config.lesions, allow_missing_classes=True)
+        scanned = decode_check.set_aside_undecodable(
+            folders.scan_image_folder(config.lesions, allow_missing_classes=True), "lesions")
+        for path, reason in scanned.bad_files:
+            _log.info(f"bad file left out: {path}: {reason}")
         order = rng.permutation(len(scanned.paths))[:config.count]
         lesions = [scanned.paths[i] for i in order]
         if not lesions:
-            raise UserError(f"--lesions={config.lesions} holds no images")
+            raise UserError(f"--lesions={config.lesions} holds no readable images")
+    staging = output.with_name(f".{output.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
     counts = {}
     for kind in FAR_KINDS + (NEAR_KINDS if lesions else ()):
-        (output / kind).mkdir(parents=True, exist_ok=True)
+        (staging / kind).mkdir(parents=True, exist_ok=True)
         for index in range(config.count):
             if kind in makers:
                 image = makers[kind](rng, config.size)
@@ -143,12 +153,12 @@ def make_ood_folder(config: OodConfig) -> dict[str, int]:
                     break
                 image = _photo_crop(rng, config.size, photos[index % len(photos)])
             else:
-                with Image.open(lesions[index % len(lesions)]) as lesion:
-                    image = (_hue_shift if kind == "hue_shift" else _corrupted)(
-                        rng, config.size, lesion)
-            atomic.write_atomic(output / kind / f"{kind}_{index:04d}.jpg",
-                                lambda tmp, image=image: image.save(tmp, format="JPEG",
-                                                                    quality=92))
+                lesion = Image.fromarray(pipeline.read_rgb(lesions[index % len(lesions)]))
+                image = (_hue_shift if kind == "hue_shift" else _corrupted)(
+                    rng, config.size, lesion)
+            image.save(staging / kind / f"{kind}_{index:04d}.jpg", format="JPEG", quality=92)
             counts[kind] = counts.get(kind, 0) + 1
+    if output.exists():
+        output.rmdir()  # Empty (checked above).
+    os.replace(staging, output)
     return counts
-

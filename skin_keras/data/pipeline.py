@@ -8,10 +8,12 @@ own rescaling (`include_preprocessing=True`).
 
 import dataclasses
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from skin_keras.core.errors import first_line
 from skin_keras.data.augment import augment, batch_mixer, random_crop
 from skin_keras.data.augmentation import Augmentation
 
@@ -53,6 +55,19 @@ def _decode_jpeg_at_least(contents: tf.Tensor, img_size: int) -> tf.Tensor:
                 for ratio in (8, 4, 2)]
     return tf.case(branches, default=lambda: tf.io.decode_jpeg(contents, channels=3),
                    exclusive=False)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """A file's pixels as the model's decoder reads them, before resizing: uint8 [H, W, 3] RGB
+    (16-bit PNGs scaled to 8 bits, grey repeated, alpha dropped). Everything else that reads
+    pixels (shifted copies, labelled copies, overlays, crops) uses it, so that none can see
+    another image than the model. OSError naming the file when it cannot be decoded."""
+    try:
+        return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, dtype=tf.uint8,
+                                  expand_animations=False).numpy()
+    except tf.errors.OpError as error:
+        raise OSError(f"{path}: TensorFlow cannot decode it ({first_line(error.message)})"
+                      ) from None
 
 
 def load_image(path: tf.Tensor, img_size: int) -> tf.Tensor:

@@ -14,6 +14,7 @@ import numpy as np
 from sklearn import metrics as sk_metrics
 
 from skin_keras.core import atomic, plots
+from skin_keras.data.csv_table import safe_cell
 from skin_keras.evaluate import calibration
 from skin_keras.model import metrics
 
@@ -71,7 +72,8 @@ def write_misclassified(paths, labels, probabilities, class_names, path: Path) -
             writer = csv.writer(file)
             writer.writerow(["path", "true", "predicted", "score"])
             for i in wrong:
-                writer.writerow([paths[i], class_names[labels[i]], class_names[predicted[i]],
+                writer.writerow([safe_cell(paths[i]), class_names[labels[i]],
+                                 class_names[predicted[i]],
                                  f"{probabilities[i, predicted[i]]:.6f}"])
 
     atomic.write_atomic(path, write)

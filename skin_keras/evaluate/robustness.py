@@ -18,7 +18,7 @@ from PIL import Image
 
 from skin_keras.core import atomic, plots
 from skin_keras.core.progress import progress
-from skin_keras.data import folders
+from skin_keras.data import folders, pipeline
 from skin_keras.evaluate import shifts
 from skin_keras.evaluate.report import summary
 
@@ -37,8 +37,8 @@ def write_shifted(folder: folders.ImageFolder, name: str, target: Path,
                                                    f"shift {name}")):
         out = target / folder.class_names[label] / f"{index:06d}_{Path(path).stem}.png"
         out.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(path) as image:
-            shifts.shifted(name, image, seed + index).save(out)
+        image = Image.fromarray(pipeline.read_rgb(path))  # As the model sees it.
+        shifts.shifted(name, image, seed + index).save(out)
         paths.append(str(out))
     return folders.ImageFolder(root=target, class_names=folder.class_names, paths=tuple(paths),
                                labels=folder.labels)

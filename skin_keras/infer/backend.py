@@ -57,8 +57,13 @@ def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = Tr
         _log.info(f"converting {runner.source} to {converter.name} (once; cached in "
                   f"{path.parent})")
         content = converter.convert(runner.model)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
+        except OSError as error:  # A read-only or full cache: used once, not kept.
+            _log.info(f"the {converter.name} copy is not cached ({error.strerror}: "
+                      f"{path.parent})")
+        return converter.runner(content, runner.about)
     return converter.runner(path.read_bytes(), runner.about)
 
 

@@ -2,6 +2,7 @@
 summary, copies of the images with their label drawn on, and Grad-CAM overlays."""
 
 import csv
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from skin_keras.core import atomic
 from skin_keras.core.progress import progress
 from skin_keras.data import pipeline
+from skin_keras.data.csv_table import safe_cell
 from skin_keras.infer import gradcam
 from skin_keras.infer.runner import Runner, explainable
 
@@ -40,11 +42,13 @@ def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path
                 used = [row["metadata"]] if with_metadata else []
                 unknown = [] if not with_unknown else ["", ""] if row["unknown"] is None else [
                     str(row["unknown"]).lower(), f"{row['unknown_score']:.6g}"]
-                writer.writerow([row["path"], row["label"], score, *probs, *tops, *used,
-                                 *unknown, row["error"]])
+                writer.writerow([safe_cell(row["path"]), row["label"], score, *probs, *tops,
+                                 *used, *unknown, safe_cell(row["error"])])
 
-    atomic.write_atomic(output / "predictions.csv", write_csv)
-    atomic.write_json_atomic(output / "predictions.json", rows)
+    atomic.write_all_atomic({  # Never a new CSV beside an old JSON (a full disk).
+        output / "predictions.csv": write_csv,
+        output / "predictions.json": lambda tmp: Path(tmp).write_text(
+            json.dumps(rows, indent=2) + "\n")})
 
 
 def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
@@ -67,11 +71,19 @@ def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
 
 def unique_names(paths: Sequence[Path]) -> list[str]:
     """File stems that stay unique when files of several folders go into one output folder."""
-    seen, names = {}, []
-    for path in paths:
-        count = seen.get(path.stem, 0)
-        seen[path.stem] = count + 1
-        names.append(path.stem if count == 0 else f"{path.stem}_{count}")
+    names = [None] * len(paths)
+    used = set()
+    for index, path in enumerate(paths):  # The first of each stem keeps it...
+        if path.stem not in used:
+            names[index] = path.stem
+            used.add(path.stem)
+    for index, path in enumerate(paths):  # ...the others take a suffix no file has.
+        if names[index] is None:
+            count = 1
+            while f"{path.stem}_{count}" in used:
+                count += 1
+            names[index] = f"{path.stem}_{count}"
+            used.add(names[index])
     return names
 
 
@@ -82,8 +94,7 @@ def save_labelled_images(rows: list[dict], folder: Path) -> None:
     for row, name in zip(rows, unique_names(paths)):
         if row["error"]:
             continue
-        with Image.open(row["path"]) as image:
-            image = image.convert("RGB")
+        image = Image.fromarray(pipeline.read_rgb(row["path"]))
         text = f"{row['label']} {row['score']:.2f}"
         font = ImageFont.load_default(size=max(10, image.height // 20))
         draw = ImageDraw.Draw(image)
@@ -109,9 +120,9 @@ def explain_files(loaded: Runner, rows: list[dict], folder: Path,
         classes = [loaded.class_names.index(rows[i]["label"]) for i in batch]
         heat_maps, _ = gradcam.grad_cam(model, images, classes)
         for i, heat_map in zip(batch, heat_maps):
-            with Image.open(paths[i]) as original:
-                figure = gradcam.overlay_figure(
-                    original, heat_map, f"{rows[i]['label']} {rows[i]['score']:.2f} (Grad-CAM)")
+            figure = gradcam.overlay_figure(
+                Image.fromarray(pipeline.read_rgb(paths[i])), heat_map,
+                f"{rows[i]['label']} {rows[i]['score']:.2f} (Grad-CAM)")
             target = folder / f"{names[i]}.png"
             figure.save(target)
             written.append(target)

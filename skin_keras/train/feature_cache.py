@@ -54,6 +54,7 @@ class FeatureCache:
             f"{backbone.name}_{self.img_size}px_{precision}{preprocessing}_"
             f"{weights_fingerprint(backbone)}")
         self.batch_size = batch_size
+        self.unwritable = False
         extractor = parts.feature_model(model)
         # One trace for every batch size (a last, smaller batch would trace again: seconds).
         self._forward = tf.function(
@@ -64,7 +65,6 @@ class FeatureCache:
     def features(self, paths: Sequence[str], views: int, label: str = "features"
                  ) -> tuple[np.ndarray, np.ndarray]:
         """([N, views, D] features, [N] bool: False where the file could not be decoded)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         digests = [cache.file_sha1(path) for path in paths]
         stored = {}
         for digest in set(digests):
@@ -104,9 +104,22 @@ class FeatureCache:
             for index, rows in zip(indices.numpy(), batch):
                 digest = digests[index]
                 computed[digest] = rows.astype(np.float32)
-                atomic.write_atomic(self.folder / f"{digest}.npy",
-                                    lambda tmp, rows=rows: np.save(tmp, rows), suffix=".npy")
+                self._store(digest, rows)
         return computed
+
+    def _store(self, digest: str, rows: np.ndarray) -> None:
+        """Keeps a file's features for later runs, unless the cache cannot be written (a
+        read-only or full disk): then they are used by this run only, said once."""
+        if self.unwritable:
+            return
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic.write_atomic(self.folder / f"{digest}.npy",
+                                lambda tmp: np.save(tmp, rows), suffix=".npy")
+        except OSError as error:
+            self.unwritable = True
+            _log.warning(f"warning: features are not cached ({error.strerror}: {self.folder});"
+                         " this run computes them, the next one will again")
 
 
 def feature_dataset(features: np.ndarray, labels: np.ndarray, num_classes: int,

@@ -1,11 +1,14 @@
 """core/: atomic files, the logger the scripts print, and the package's import hygiene."""
 
+import errno
 import logging
 import os
 import subprocess
 import sys
 
-from skin_keras.core import atomic, log
+import pytest
+
+from skin_keras.core import atomic, errors, log
 
 
 def test_atomic_writes_honour_the_umask(tmp_path):
@@ -18,6 +21,31 @@ def test_atomic_writes_honour_the_umask(tmp_path):
         assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(previous)
+
+
+def test_a_full_disk_leaves_the_old_files_and_is_one_line_naming_the_file(tmp_path):
+    atomic.write_text_atomic(tmp_path / "a.csv", "old")
+    atomic.write_text_atomic(tmp_path / "a.json", "old")
+
+    def no_space(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as error:  # The second file fails: the first is not replaced.
+        atomic.write_all_atomic({tmp_path / "a.csv": lambda tmp: open(tmp, "w").write("new"),
+                                 tmp_path / "a.json": no_space})
+    assert [p.read_text() for p in (tmp_path / "a.csv", tmp_path / "a.json")] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "a.json"]
+    assert errors.environment_error(error.value) == (
+        f"no space left on device: {tmp_path / 'a.json'} (free space, or choose another folder)")
+    # The scripts print it as one line, exit 2.
+    code = ("import errno; from skin_keras.core import cli\n"
+            "def main(argv): raise OSError(errno.EROFS, 'Read-only file system', 'runs/x.keras')\n"
+            "cli.run(main)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().endswith(
+        "error: read-only file system: runs/x.keras (free space, or choose another folder)")
 
 
 def test_library_messages_reach_stdout_once_and_plain_when_a_script_asks(capsys):

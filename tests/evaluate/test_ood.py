@@ -1,6 +1,7 @@
 """The "unknown" answer: scores, the coverage threshold, the score layer, the OOD folder."""
 
 import hashlib
+import shutil
 
 import keras
 import numpy as np
@@ -16,7 +17,7 @@ from skin_keras.model.layers.unknown import UnknownRule
 from skin_keras.train.config import TrainConfig
 from skin_keras.workflows.calibrate import CalibrateConfig
 
-from conftest import probabilities, tiny_model
+from conftest import corrupt_files, probabilities, tiny_model
 
 
 @pytest.mark.parametrize("coverage", [0.5, 0.8, 0.95, 0.999, 1.0])
@@ -108,8 +109,19 @@ def test_ood_folder_has_every_kind_is_seeded_and_never_overwrites(tiny_dataset, 
                                  count=2, size=40)
     ood_images.make_ood_folder(again)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="not an empty folder"):
         ood_images.make_ood_folder(config)
     no_lesions = ood_images.make_ood_folder(ood_images.OodConfig(output=str(tmp_path / "c"),
                                                                  count=1, size=40))
     assert set(no_lesions) == set(ood_images.FAR_KINDS)
+
+
+def test_ood_lesions_training_would_leave_out_are_left_out_and_nothing_is_half_written(
+        tiny_dataset, tmp_path):
+    lesions = tmp_path / "lesions"
+    shutil.copytree(tiny_dataset / "val", lesions)
+    corrupt_files(lesions / "Melanoma")  # Pass the header check; TensorFlow rejects two.
+    counts = ood_images.make_ood_folder(ood_images.OodConfig(
+        output=str(tmp_path / "o"), lesions=str(lesions), count=40, size=32))
+    assert counts["corrupted"] == 40  # Every near image made from a readable lesion.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lesions", "o"]  # No staging left.

@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import augment, pipeline
+from skin_keras.data import augment, folders, pipeline
 from skin_keras.data.augmentation import Augmentation
 from skin_keras.evaluate import evaluation, robustness, shifts
 from skin_keras.evaluate.evaluation import EvaluateConfig
@@ -119,3 +119,16 @@ def test_robustness_report_has_each_shift_asked_for_and_its_clean_row_is_plain_e
         plain["balanced accuracy"]
 
 
+
+
+def test_shifts_and_copies_read_16_bit_pngs_as_the_model_does(tmp_path):
+    grey = np.linspace(0, 65535, 48 * 64).reshape(48, 64).astype(np.uint16)
+    path = tmp_path / "data" / "NV" / "deep.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(grey).save(path)  # PIL mode I;16: convert("RGB") makes it white.
+    pixels = pipeline.read_rgb(path)
+    assert pixels.shape == (48, 64, 3) and 100 < pixels.mean() < 155  # Not all 255.
+    folder = folders.scan_image_folder(tmp_path / "data")
+    shifted = robustness.write_shifted(folder, "gamma", tmp_path / "shifted")
+    with Image.open(shifted.paths[0]) as image:
+        assert 100 < np.asarray(image).mean() < 230 and np.asarray(image).std() > 10

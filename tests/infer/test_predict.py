@@ -2,6 +2,7 @@
 files predict.py writes, Grad-CAM, the backends, and predict.py end to end."""
 
 import csv
+import dataclasses
 import json
 import os
 import re
@@ -18,7 +19,7 @@ from PIL import Image
 from skin_keras.core import cache
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
-from skin_keras.infer import backend, files, gradcam, litert, load, predict
+from skin_keras.infer import backend, files, gradcam, litert, load, outputs, predict
 from skin_keras.infer.predict import PredictConfig
 from skin_keras.infer.runner import About, Runner
 from skin_keras.model import record
@@ -85,7 +86,7 @@ def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mi
 
 
 def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_conversion(
-        loaded, mixed_source, caplog):
+        loaded, mixed_source, caplog, tmp_path, monkeypatch):
     assert backend.select(loaded, "auto", images=10) is loaded  # Small, not cached.
     tflite = backend.select(loaded, "tflite", images=10)
     assert "converting" in caplog.text
@@ -106,6 +107,16 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
     auto = backend.select(loaded, "auto", images=10)  # Now cached: TFLite.
     assert isinstance(auto, litert.TFLiteRunner)
     assert "converting" not in caplog.text
+    # A cache that cannot be written (read-only): converted, used, not kept.
+    cached_bytes = (cache.cache_root() / "tflite" / f"{cache.file_sha1(loaded.source)}.tflite"
+                    ).read_bytes()
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "a_file" / "cache"))
+    monkeypatch.setitem(backend._CONVERTERS, "tflite", dataclasses.replace(  # pylint: disable=protected-access
+        backend._CONVERTERS["tflite"], convert=lambda model: cached_bytes))  # pylint: disable=protected-access
+    uncached = backend.select(loaded, "tflite", images=10)
+    np.testing.assert_allclose(probabilities(uncached, images), probabilities(tflite, images))
+    assert "is not cached" in caplog.text
 
 
 def test_a_plain_converted_tflite_file_predicts_with_labels_beside_or_indices(
@@ -309,3 +320,20 @@ def test_older_keras_files_take_their_class_names_from_the_run_folder(loaded, tm
     with pytest.raises(UserError, match=message) as error:
         load.load(bad)
     assert "\n" not in str(error.value)
+
+
+def test_output_names_never_collide_and_cells_never_run_as_formulas(tmp_path):
+    paths = [Path("s/a.jpg"), Path("s/a.png"), Path("s/a_1.jpg"), Path("t/a.jpg")]
+    names = outputs.unique_names(paths)
+    assert names[0] == "a" and names[2] == "a_1" and len(set(names)) == 4
+    rows = [{"path": "=HYPERLINK(1).jpg", "label": "", "score": None,
+             "probabilities": {"x": None}, "error": "-1 bad"}]
+    outputs.write_predictions(rows, ["x"], tmp_path)
+    line = (tmp_path / "predictions.csv").read_text().splitlines()[1]
+    assert line == "'=HYPERLINK(1).jpg,,,,'-1 bad"
+    assert outputs_safe("=SUM(A1)") == "'=SUM(A1)" and outputs_safe("s/=a.jpg") == "s/=a.jpg"
+
+
+def outputs_safe(text):
+    from skin_keras.data.csv_table import safe_cell  # pylint: disable=g-import-not-at-top
+    return safe_cell(text)

@@ -53,6 +53,19 @@ def test_cached_features_are_the_backbone_features_of_each_view(tmp_path, tiny_d
     assert not np.allclose(features[:, 0], features[:, 1])  # The views differ.
 
 
+def test_a_cache_that_cannot_be_written_computes_and_says_so(tmp_path, tiny_dataset, caplog):
+    model = tiny_model(freeze_layers=True)
+    paths = folders.scan_image_folder(tiny_dataset / "val").paths[:2]
+    (tmp_path / "a_file").write_text("")  # Under a file, no folder can be made (as read-only).
+    unwritable = feature_cache.FeatureCache(tmp_path / "a_file" / "cache", model, "float32")
+    features, ok = unwritable.features(paths, views=1)
+    expected, _ = feature_cache.FeatureCache(tmp_path / "ok", model, "float32").features(
+        paths, views=1)
+    assert ok.all()
+    np.testing.assert_array_equal(features, expected)
+    assert caplog.text.count("features are not cached") == 1
+
+
 def test_the_cache_is_keyed_by_content_and_computes_nothing_twice(tmp_path, tiny_dataset,
                                                                   monkeypatch):
     model = tiny_model(freeze_layers=True)
