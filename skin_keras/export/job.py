@@ -4,7 +4,6 @@ model on real images (report.json), for TF Serving (saved_model.py), phones and 
 
 import dataclasses
 import logging
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -15,8 +14,8 @@ import tensorflow as tf
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.data import folders, pipeline
-from skin_keras.export import files, parity, saved_model
+from skin_keras.data import decode_check, folders, pipeline
+from skin_keras.export import destination, files, parity, saved_model
 from skin_keras.export.files import ExportError
 from skin_keras.infer import litert, load
 from skin_keras.infer.runner import keras_model
@@ -39,6 +38,8 @@ class ExportConfig:
     formats: tuple[str, ...] = option(("saved_model", "tflite_fp16"),
                                       f"Comma-separated: {', '.join(FORMATS)}.")
     name: str = option("skin", "Model name (TF Serving's model_name, file names).")
+    overwrite: bool = option(False, "Replace an export of another model in --output (its "
+                             "files are removed first).")
     version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
     parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
                                 "to Keras.", low=1)
@@ -54,32 +55,27 @@ class ExportConfig:
         if unknown or not self.formats:
             raise UserError(f"unknown format(s) {', '.join(unknown) or '(none given)'}; choose "
                             f"from {', '.join(FORMATS)}")
-        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
-            raise UserError(f"--name={self.name}: use letters, digits, '_', '-' or '.'")
+        if not re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", self.name):
+            raise UserError(f"--name={self.name}: use letters, digits, '_', '-' or '.', not "
+                            "first a '.'")
         check_options(self)
-
-
-def check_output_folder(output: Path) -> None:
-    """UserError now, before minutes of conversion, when `output` cannot become a folder."""
-    for folder in (output, *output.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                raise UserError(f"--output={output}: {folder} is a file, not a folder")
-            if not os.access(folder, os.W_OK):
-                raise UserError(f"--output={output}: {folder} is not writable")
-            return
 
 
 def export(config: ExportConfig) -> dict:
     """Writes every requested artifact, checks each against the Keras model, returns the report."""
     output = Path(config.output)
-    check_output_folder(output)
+    destination.check_output_folder(output)
     runner = load.load(config.model_path)
     keras_model(runner, "Export")  # Exports are made from the Keras model: say so at once.
 
     # --- Images for parity and calibration, and the Keras model's answers ---
-    val = folders.scan_image_folder(config.data_val, class_names=runner.class_names,
-                                    allow_missing_classes=True)
+    val = decode_check.set_aside_undecodable(folders.scan_image_folder(
+        config.data_val, class_names=runner.class_names, allow_missing_classes=True), "val")
+    for path, reason in val.bad_files:
+        _log.info(f"bad file left out: {path}: {reason}")
+    if not val.paths:
+        raise UserError(f"--data_val={config.data_val} holds no readable images to check the "
+                        "exports on")
     chosen = parity.sample_images(val, config.parity_images)
     paths = [val.paths[i] for i in chosen]
     labels = val.labels[chosen]
@@ -99,36 +95,36 @@ def export(config: ExportConfig) -> dict:
                         "file size bytes": runner.source.stat().st_size},
               "artifacts": {}}
 
-    # --- Export and check ---
+    # --- Export and check --- (everything that would be replaced is known and said first)
+    planned = destination.targets(output, config.formats, config.name, config.version)
+    report["artifacts"] = destination.prepare(output, planned, report["model"], config.overwrite)
     failures = []
     with tempfile.TemporaryDirectory() as scratch:  # The traced model TFLite converts from.
         for fmt in config.formats:
             _log.info(f"exporting {fmt} ...")
-            entry = _export_one(fmt, runner, config, val, paths, batch, reference, labels,
-                                scratch)
+            entry = _export_one(fmt, planned[fmt], runner, config, val, paths, batch,
+                                reference, labels, scratch)
             report["artifacts"][fmt] = entry
             failures += _judge(fmt, entry, report["keras"]["accuracy"])
     output.mkdir(parents=True, exist_ok=True)
-    atomic.write_json_atomic(output / "report.json", report)
+    atomic.write_json_atomic(output / destination.REPORT, report)
     _log.info(parity.describe(report))
     if failures:
         raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"
-                          f"; see {output / 'report.json'}")
+                          f"; see {output / destination.REPORT}")
     return report
 
 
-def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder, paths: list,
-                batch: dict, reference: dict, labels: np.ndarray, scratch: str) -> dict:
-    """Writes one format's artifact (checked on `batch`, the images of `paths`, against the
-    Keras model's `reference` answers) and returns its report row."""
-    output = Path(config.output)
+def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
+                val: folders.ImageFolder, paths: list, batch: dict, reference: dict,
+                labels: np.ndarray, scratch: str) -> dict:
+    """Writes one format's artifact to `target` (destination.targets) and returns its report
+    row: checked on `batch`, the images of `paths`, against the Keras model's `reference`."""
     if fmt == "saved_model":
-        model_base = output / "saved_model" / config.name
-        return saved_model.export_saved_model(
-            runner, model_base, config.version or saved_model.next_version(model_base), paths,
-            batch, reference, labels)
+        return saved_model.export_saved_model(runner, target.parent, int(target.name), paths,
+                                              batch, reference, labels)
     if fmt == "onnx":
-        return files.export_onnx(runner, output / "onnx", config.name, batch, reference, labels)
+        return files.export_onnx(runner, target.parent, config.name, batch, reference, labels)
     kind = fmt.removeprefix("tflite_")
     calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
     calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
@@ -138,7 +134,7 @@ def _export_one(fmt: str, runner, config: ExportConfig, val: folders.ImageFolder
     content = litert.convert(runner.model, kind, calibration, str(source),
                              runner.about.encoding.encode_records(calibration_inputs[io.METADATA])
                              if calibration_inputs else None)
-    return files.export_tflite(runner, kind, content, output / fmt, config.name, batch,
+    return files.export_tflite(runner, kind, content, target.parent, config.name, batch,
                                reference, labels)
 
 

@@ -1,0 +1,81 @@
+"""Where an export writes, checked before any conversion starts: the folder can be written, a
+SavedModel version is free, the files of another model are not replaced without --overwrite,
+and the files that will be replaced are named. report.json keeps the rows of earlier exports
+of the same model."""
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from skin_keras.core.errors import UserError
+from skin_keras.export import saved_model
+
+_log = logging.getLogger(__name__)
+
+REPORT = "report.json"
+
+
+def check_output_folder(output: Path) -> None:
+    """UserError now, before minutes of conversion, when `output` cannot become a folder."""
+    for folder in (output, *output.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UserError(f"--output={output}: {folder} is a file, not a folder")
+            if not os.access(folder, os.W_OK):
+                raise UserError(f"--output={output}: {folder} is not writable")
+            return
+
+
+def targets(output: Path, formats, name: str, version: int) -> dict[str, Path]:
+    """What each format writes (the SavedModel: its version folder; `version` 0: the next)."""
+    paths = {}
+    for fmt in formats:
+        if fmt == "saved_model":
+            base = output / "saved_model" / name
+            paths[fmt] = base / str(version or saved_model.next_version(base))
+        elif fmt == "onnx":
+            paths[fmt] = output / "onnx" / f"{name}.onnx"
+        else:
+            paths[fmt] = output / fmt / f"{name}_{fmt.removeprefix('tflite_')}.tflite"
+    return paths
+
+
+def previous_report(output: Path) -> dict | None:
+    try:
+        return json.loads((output / REPORT).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def prepare(output: Path, planned: dict[str, Path], model: str, overwrite: bool) -> dict:
+    """Checks the planned files against what `output` holds; returns the report rows to keep
+    (earlier exports of the same model). UserError when a SavedModel version is taken or the
+    folder holds another model's export (unless `overwrite`: that export is removed)."""
+    check_output_folder(output)
+    taken = planned.get("saved_model")
+    if taken is not None and taken.exists():
+        raise UserError(f"{taken} exists already: choose another --version or leave it unset")
+    previous = previous_report(output)
+    other = previous is not None and previous.get("model") != model
+    if other and not overwrite:
+        raise UserError(f"--output={output} holds the export of another model "
+                        f"({previous.get('model')}, {REPORT}): choose another --output, or "
+                        "pass --overwrite to replace that export")
+    if other:
+        old = sorted({Path(entry["path"]) for entry in previous.get("artifacts", {}).values()
+                      if isinstance(entry, dict) and entry.get("path")})
+        _log.info(f"--overwrite: removing the export of {previous.get('model')}: "
+                  + ", ".join(str(path) for path in old))
+        for path in old:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:  # A file and what export.py writes beside it.
+                for file in (path, path.parent / "labels.txt", path.parent / "metadata.json"):
+                    file.unlink(missing_ok=True)
+        return {}
+    replaced = [str(path) for path in planned.values() if path.exists()]
+    if replaced:
+        _log.info(f"replacing the earlier export of this model: {', '.join(replaced)}")
+    return dict((previous or {}).get("artifacts", {}))
