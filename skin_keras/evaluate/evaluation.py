@@ -13,7 +13,7 @@ from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import option
 from skin_keras.data import decode_check, folders, patient_metadata
-from skin_keras.evaluate import calibration, ood, robustness, shifts
+from skin_keras.evaluate import calibration, ood, output_folder, robustness, shifts
 from skin_keras.evaluate import report as reports
 from skin_keras.infer import backend as backends
 from skin_keras.infer import files, load, outputs
@@ -32,7 +32,9 @@ class EvaluateConfig(ModelRunConfig):
     data: str = option(None, "Labelled images: one sub-folder per class, named as the model's "
                        "classes (a class may be absent or empty).", required=True)
     output: str = option(None, "Folder for the report (default: <model run folder>/eval_<data "
-                         "folder>).")
+                         "folder>, or eval_<data folder>_2, ... for another folder of that "
+                         "name); an earlier evaluation of the same model and data there is "
+                         "replaced, one of another is refused.")
     shifts: tuple[str, ...] = option(
         (), "Robustness report: also score the images under these shifts (comma-separated, or "
         f"all): {', '.join(shifts.NAMES)}. Writes robustness.json and robustness.png.",
@@ -117,28 +119,19 @@ def _metadata_summary(csv_path: str, paths: list[Path], records: list) -> dict:
             "images with any value": sum(not r.is_missing for r in records)}
 
 
-def output_folder(config: EvaluateConfig, runner: Runner) -> Path:
-    """--output, or <the model's run folder>/eval_<name of the data folder>."""
-    if config.output is not None:
-        return Path(config.output)
-    source = runner.source
-    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
-    return run_dir / f"eval_{Path(config.data).resolve().name}"
-
-
 def evaluate_model_path(config: EvaluateConfig) -> dict:
     """evaluate.py's job: loads the model, scores it on config.data, logs and writes the
     report; with --shifts, also under those shifts (the robustness report, returned instead);
     --metadata_ablation scores a metadata model a second time with the metadata blanked."""
+    if config.shifts and (config.ood or config.metadata_ablation):
+        raise UserError(f"--{'ood' if config.ood else 'metadata_ablation'} and --shifts: run "
+                        "them one at a time")
     loaded = load.load(config.model_path)
     if config.metadata_ablation and io.METADATA not in loaded.inputs:
         raise UserError(f"--metadata_ablation: {loaded.source} has no metadata input (it was "
                         "trained without --metadata)")
-    output = output_folder(config, loaded)
-    if output.exists() and not output.is_dir():
-        raise UserError(f"--output={output} is a file, not a folder")
-    if config.ood and config.shifts:
-        raise UserError("--ood and --shifts: run them one at a time")
+    if config.output is not None and Path(config.output).is_file():
+        raise UserError(f"--output={config.output} is a file, not a folder")
     if config.ood and not Path(config.ood).is_dir():
         raise UserError(f"--ood={config.ood} is not a folder (python -m skin_keras.ood_images "
                         "makes one)")
@@ -146,6 +139,9 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
         explainable(loaded)  # Say so before predicting, not after.
     folder = labelled_folder(loaded, config.data)
     inputs = files.other_inputs(loaded, config.metadata, folder.paths)
+    source = loaded.source
+    output = output_folder.claim(config.output, source.parent.parent if (
+        source.parent.name == "weights") else source.parent, str(source), config.data)
     if config.shifts:
         def score(scored, into, quiet):  # Shifted folders keep the files' order: same inputs.
             return evaluate(loaded, scored, into, config, inputs, quiet,

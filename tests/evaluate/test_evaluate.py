@@ -106,3 +106,31 @@ def test_evaluate_script_end_to_end(untrained_run, tiny_dataset, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         f"evaluate.py: error: dataset folder {tmp_path / 'absent'} does not exist")
+
+
+def test_evaluations_never_overwrite_or_mix_with_another(untrained_run, tiny_dataset, tmp_path):
+    run = shutil.copytree(untrained_run, tmp_path / "run")
+    other = shutil.copytree(tiny_dataset / "val", tmp_path / "other" / "val")
+
+    def default(data):
+        return evaluation.evaluate_model_path(EvaluateConfig(
+            model_path=str(run), data=str(data), batch_size=8))
+
+    default(tiny_dataset / "val")
+    default(other)  # Another folder named val: its own report folder.
+    first, second = (json.loads((run / name / "metrics.json").read_text())["data"]
+                     for name in ("eval_val", "eval_val_2"))
+    assert (first, second) == (str(tiny_dataset / "val"), str(other))
+    default(other)  # The same evaluation again: replaces its own.
+    assert sorted(p.name for p in run.glob("eval_*")) == ["eval_val", "eval_val_2"]
+    # An explicit folder: another evaluation's is refused; the same one's leftovers go.
+    with pytest.raises(UserError, match="holds the evaluation of .* on .*other/val: choose"):
+        evaluate(run, tiny_dataset / "val", run / "eval_val_2")
+    (run / "eval_val" / "robustness.json").write_text(json.dumps(
+        {"model": str(run / "weights" / "best.keras"), "data": str(tiny_dataset / "val")}))
+    evaluate(run, tiny_dataset / "val", run / "eval_val")
+    assert not (run / "eval_val" / "robustness.json").exists()
+    with pytest.raises(UserError, match="--metadata_ablation and --shifts: run them one at a "
+                                        "time"):
+        evaluate(run, tiny_dataset / "val", tmp_path / "e", shifts=("warm",),
+                 metadata_ablation=True)
