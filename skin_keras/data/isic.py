@@ -95,7 +95,8 @@ class PrepareConfig:
     folds: int = option(0, "K > 1: lesion-grouped stratified K-fold cross-validation instead of "
                         "a holdout.")
     fold: int = option(0, "Which fold (0..K-1) is val when --folds is set.")
-    seed: int = option(0, "The split is deterministic for a given seed.")
+    seed: int = option(0, "The split is deterministic for a given seed.", low=0,
+                       high=2**32 - 1)
     link: str = option("auto", "auto: hard link, else symlink, else copy.",
                        choices=placing.LINK_MODES)
     resize: int = option(0, "N > 0: write JPEG copies whose longest side is N (faster training "

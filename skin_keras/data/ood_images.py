@@ -43,7 +43,7 @@ class OodConfig:
                           path=True)
     count: int = option(40, "Images per kind.", low=1, high=100000)
     size: int = option(224, "Width and height of the images.", low=16, high=4096)
-    seed: int = option(0, "Random seed.")
+    seed: int = option(0, "Random seed.", low=0, high=2**32 - 1)
 
     def __post_init__(self):
         check_options(self)

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from skin_keras.core import console
 from skin_keras.data import pipeline
-from skin_keras.infer.runner import About, Runner
+from skin_keras.infer.runner import About, Runner, check_image_classifier
 from skin_keras.model import io, parts
 
 KINDS = ("fp32", "fp16", "dynamic", "int8")
@@ -43,7 +43,12 @@ class TFLiteRunner(Runner):
             self.interpreter.allocate_tensors()
         self._find_inputs()
         outputs = self.interpreter.get_output_details()
-        self.output_details = {io.PROBABILITIES: next(d for d in outputs if len(d["shape"]) == 2)}
+        probabilities = next((d for d in outputs if len(d["shape"]) == 2), None)
+        check_image_classifier(
+            [int(n) for n in self.input_details[io.IMAGE]["shape"]] if (
+                io.IMAGE in self.input_details) else None,
+            None if probabilities is None else [int(n) for n in probabilities["shape"]])
+        self.output_details = {io.PROBABILITIES: probabilities}
         # A model with an unknown rule has a second output: its score per image.
         score = next((d for d in outputs if len(d["shape"]) == 1), None)
         if score is not None:
@@ -55,7 +60,8 @@ class TFLiteRunner(Runner):
 
     def _find_inputs(self) -> None:
         details = self.interpreter.get_input_details()
-        self.input_details = {io.IMAGE: next(d for d in details if len(d["shape"]) == 4)}
+        image = next((d for d in details if len(d["shape"]) == 4), None)
+        self.input_details = {} if image is None else {io.IMAGE: image}
         metadata = next((d for d in details if len(d["shape"]) == 2), None)
         if metadata is not None:
             self.input_details[io.METADATA] = metadata

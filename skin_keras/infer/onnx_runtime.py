@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from skin_keras.infer import litert
-from skin_keras.infer.runner import About, Runner
+from skin_keras.infer.runner import About, Runner, check_image_classifier
 from skin_keras.model import io
 
 CLASS_NAMES_KEY = "class_names"
@@ -76,9 +76,8 @@ class ONNXRunner(Runner):
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         image = next((i for i in inputs if len(i.shape) == 4), None)
         probabilities = next((o for o in outputs if len(o.shape) == 2), None)
-        if image is None or probabilities is None or not isinstance(image.shape[1], int):
-            raise ValueError("not an image classifier: it needs an input [B, H, W, 3] and an "
-                             "output [B, classes]")
+        check_image_classifier(image and list(image.shape),
+                               probabilities and list(probabilities.shape))
         self.input_names = {io.IMAGE: image.name}
         metadata = next((i for i in inputs if len(i.shape) == 2), None)
         if metadata is not None:

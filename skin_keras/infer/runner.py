@@ -134,6 +134,21 @@ class SavedModelRunner(Runner):
         return {name: answer[name].numpy() for name in self.outputs}
 
 
+def check_image_classifier(image_shape: list | None, output_shape: list | None) -> None:
+    """ValueError unless a converted file takes images [B, H, W, 3] (NHWC, square) and answers
+    [B, classes]; a channels-first [B, 3, H, W] file (PyTorch's layout) is named as such."""
+    if image_shape is None or output_shape is None:
+        raise ValueError("not an image classifier: it needs an input [B, H, W, 3] and an "
+                         "output [B, classes]")
+    if image_shape[1] == 3 and image_shape[3] != 3:
+        raise ValueError(f"not an NHWC image classifier: its image input is {image_shape} "
+                         "(channels first, PyTorch's layout); it needs [B, H, W, 3]")
+    if image_shape[3] != 3 or not isinstance(image_shape[1], int) or (
+            image_shape[1] != image_shape[2]):
+        raise ValueError(f"not an image classifier this project can feed: its image input is "
+                         f"{image_shape}; it needs [B, size, size, 3]")
+
+
 def keras_model(runner: Runner, what: str) -> keras.Model:
     """The Keras model behind `runner`; UserError naming `what` needs it for other runners."""
     if not isinstance(runner, KerasRunner):

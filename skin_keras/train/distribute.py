@@ -84,18 +84,28 @@ def _cluster_task(config: dict) -> tuple[dict, str, int]:
                '"task": {"type": "worker", "index": 0}}')
     if not isinstance(cluster, dict) or not cluster or not all(
             isinstance(tasks, list) and tasks and all(
-                isinstance(address, str) and address.rpartition(":")[2].isdigit()
-                for address in tasks) for tasks in cluster.values()):
+                isinstance(address, str) and _port(address) is not None for address in tasks)
+            for tasks in cluster.values()):
         raise UserError(f"TF_CONFIG's \"cluster\" must map task types to lists of host:port "
-                        f"addresses; {example}")
+                        f"addresses (ports 1 to 65535); {example}")
+    others = sorted(set(cluster) - {"chief", "worker"})
+    if others:  # A parameter server ("ps") belongs to another strategy.
+        raise UserError(f"TF_CONFIG names {', '.join(others)} task(s): multi-worker training "
+                        "(MultiWorkerMirroredStrategy) takes \"chief\" and \"worker\" tasks only")
     if not isinstance(task, dict) or task.get("type") not in cluster:
         raise UserError(f"TF_CONFIG's \"task\" must give this process's \"type\" (one of "
                         f"{', '.join(cluster)}) and \"index\"; {example}")
     index = task.get("index", 0)
-    if not isinstance(index, int) or not 0 <= index < len(cluster[task["type"]]):
+    if isinstance(index, bool) or not isinstance(index, int) or not (
+            0 <= index < len(cluster[task["type"]])):
         raise UserError(f"TF_CONFIG's task index {index!r} is not one of the "
                         f"{len(cluster[task['type']])} {task['type']} addresses")
     return cluster, task["type"], index
+
+
+def _port(address: str) -> int | None:
+    port = address.rpartition(":")[2]
+    return int(port) if port.isdigit() and 1 <= int(port) <= 65535 else None
 
 
 def is_chief_task() -> bool:

@@ -7,7 +7,6 @@ feature cache and the checkpoints take the dicts as they are, without asking whi
 """
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from skin_keras.core.errors import UserError
 from skin_keras.data import decode_check, folders, patient_metadata, pipeline
 from skin_keras.model.layers import PatientMetadata
 from skin_keras.model.layers.metadata import row_blanker
+from skin_keras.train import run_folder
 from skin_keras.train.config import TrainConfig
 
 _log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def read_run_data(config: TrainConfig, class_names=None) -> RunData:
 def check_vocabulary(params_path: Path, data: RunData) -> None:
     """UserError when the metadata CSV now gives other categories than the run recorded (the
     model's input would mean something else); before any model is built."""
-    params = json.loads(Path(params_path).read_text())
+    params = run_folder.read_params(Path(params_path).parent)
     recorded = (params.get("model", {}).get("metadata") or {}).get("vocabulary")
     now = None if data.encoding is None else data.encoding.describe()["vocabulary"]
     if recorded != now:

@@ -110,8 +110,10 @@ class CachedHead(FullImages):
 def plan(session: Session) -> list[FullImages]:
     """The run's phases in order."""
     config = session.config
-    if session.head is None and config.freeze_layers and config.feature_cache != "none":
-        _log.info(f"feature cache not used: {config.feature_cache_blocker}")
+    blocker = config.feature_cache_blocker
+    if session.head is None and blocker and config.freeze_layers and (
+            config.feature_cache != "none"):
+        _log.info(f"feature cache not used: {blocker}")
     phases = []
     for stage in stage_plan(config):
         if stage.finetune:

@@ -45,7 +45,7 @@ def check_resumable(config: TrainConfig) -> ResumePoint:
                for name in (run_folder.PARAMS_FILE, run_folder.CLASS_INDICES)):
         raise UserError(f"--resume={run_dir} is not a run folder, or one stopped before it "
                         f"started training (no {run_folder.PARAMS_FILE}): start a new run instead")
-    saved = _read_json(run_dir / run_folder.PARAMS_FILE).get("train parameters", {})
+    saved = run_folder.read_params(run_dir)["train parameters"]
     # Runs written before paths were resolved at the start stored them as typed; the config
     # resolves them relative to the current folder, and so does this comparison.
     there = dataclasses.replace(config, **{name: value for name, value in saved.items()
@@ -89,11 +89,12 @@ def load_for_resume(path: Path) -> keras.Model:
 
 def reopen(session, point: ResumePoint, plan: list):
     """Reopens the killed run in `session` at its last completed epoch: its log, the model as
-    trained (a calibrated run is put back), the phase it was in set up again with its saved
+    trained (a calibrated run is put back when an epoch is left to train), the phase it was in set up again with its saved
     state. Returns that phase. (The run's metadata vocabulary is checked before the session's
     model is built: inputs.check_vocabulary.)"""
     session.run_dir = point.run_dir
-    run_folder.uncalibrate(point.run_dir)  # Training goes on from the model as trained.
+    if point.completed_epochs < plan[-1].stage.last_epoch:  # (A finished run: nothing trains.)
+        run_folder.uncalibrate(point.run_dir)  # Training goes on from the model as trained.
     session.log = EpochLog.restore(point.run_dir, session.data.train.class_names,
                                    session.config.monitor)
     phase = next(phase for phase in plan

@@ -112,6 +112,18 @@ def write_run_files(run_dir: Path, config: TrainConfig, data, model: keras.Model
     })
 
 
+def read_params(run_dir: str | Path) -> dict:
+    """A run's train_params.json; UserError (one line) when it is not what training wrote."""
+    path = Path(run_dir) / PARAMS_FILE
+    try:
+        params = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path} is not readable JSON: {str(error).splitlines()[0]}") from None
+    if not isinstance(params, dict) or not isinstance(params.get("train parameters"), dict):
+        raise UserError(f"{path} is not a run's train_params.json (no \"train parameters\")")
+    return params
+
+
 def uncalibrate(run_dir: Path) -> None:
     """Puts the model as trained back into weights/best.keras (a run resumed after calibration
     may find a better epoch; a stale best_uncalibrated.keras would then be refitted later)."""
@@ -119,7 +131,7 @@ def uncalibrate(run_dir: Path) -> None:
     if (weights / UNCALIBRATED).is_file():
         os.replace(weights / UNCALIBRATED, weights / "best.keras")
         params_path = Path(run_dir) / PARAMS_FILE
-        params = json.loads(params_path.read_text())
+        params = read_params(run_dir)
         params.pop("calibration", None)
         atomic.write_json_atomic(params_path, params)
         _log.info("the run was calibrated: weights/best.keras is the model as trained again "

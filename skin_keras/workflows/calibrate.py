@@ -13,7 +13,6 @@ train_params.json ("calibration"); running it again refits from the model as tra
 """
 
 import dataclasses
-import json
 import logging
 import math
 import shutil
@@ -90,7 +89,7 @@ def calibrate_run(config: CalibrateConfig) -> dict:
     if not (weights / "best.keras").is_file() or not params_path.is_file():
         raise UserError(f"--model_path={run_dir}: give a run folder (with weights/best.keras "
                         "and train_params.json); calibration is recorded there")
-    params = json.loads(params_path.read_text())
+    params = run_folder.read_params(run_dir)
     trained = params["train parameters"]
     source = weights / UNCALIBRATED if (weights / UNCALIBRATED).is_file() else (
         weights / "best.keras")

@@ -23,7 +23,6 @@ interrupted at its last completed epoch, and rebuilds the ensemble.
 
 import csv
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -149,7 +148,7 @@ def train_folds(config: TrainConfig, verbose) -> Path:
     run_dir = resume.run_dir if resume else run_folder.new_run_dir(config.save_ret)
     params_path = run_dir / run_folder.PARAMS_FILE
     if resume:
-        params = json.loads(params_path.read_text())
+        params = run_folder.read_params(run_dir)
         if params.get("cross-validation", {}).get("folds") != config.folds:
             raise UserError(f"--resume={run_dir} is not a {config.folds}-fold run")
         recorded = _read_folds(run_dir)

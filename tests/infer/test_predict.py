@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 from PIL import Image
 
 from skin_keras.core import cache
@@ -207,7 +208,37 @@ def _saved_model_folder(tmp):
     return tmp / "saved"
 
 
+def _nchw_onnx(tmp):
+    """A PyTorch-layout classifier: images [N, 3, 16, 16] in, [N, 3] out."""
+    import onnx  # pylint: disable=g-import-not-at-top
+    from onnx import TensorProto, helper  # pylint: disable=g-import-not-at-top
+
+    graph = helper.make_graph(
+        [helper.make_node("GlobalAveragePool", ["images"], ["pooled"]),
+         helper.make_node("Flatten", ["pooled"], ["probabilities"])], "nchw",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 3, 16, 16])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, tmp / "nchw.onnx")
+    return tmp / "nchw.onnx"
+
+
+def _vector_tflite(tmp):
+    """A .tflite that is not an image classifier: a vector [1, 10] in."""
+    layer = tf.Variable(tf.ones((10, 3)))
+    function = tf.function(lambda x: {"out": tf.nn.softmax(x @ layer)},
+                           input_signature=[tf.TensorSpec([1, 10], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [function.get_concrete_function()], function)
+    (tmp / "vector.tflite").write_bytes(converter.convert())
+    return tmp / "vector.tflite"
+
+
 @pytest.mark.parametrize("make, message", [
+    (_nchw_onnx, r"not an NHWC image classifier: its image input is \['N', 3, 16, 16\] "
+                 r"\(channels first"),
+    (_vector_tflite, "is not a readable TFLite model: not an image classifier"),
     (lambda tmp: tmp / "missing", "does not exist"),
     (_tflite_file, "is not a readable TFLite model"),
     (_saved_model_folder, "could not be loaded as a SavedModel"),

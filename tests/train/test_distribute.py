@@ -230,6 +230,12 @@ def test_a_cluster_that_never_comes_up_ends_with_a_message(tmp_path, tiny_datase
      '"task" must give'),
     ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 2}}',
      "task index 2 is not one of the 2 worker addresses"),
+    ('{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": true}}',
+     "task index True is not one of"),
+    ('{"cluster": {"worker": ["a:1", "b:99999"]}, "task": {"type": "worker", "index": 0}}',
+     r"host:port addresses \(ports 1 to 65535\)"),
+    ('{"cluster": {"chief": ["a:1"], "worker": ["b:1"], "ps": ["c:1"]}, '
+     '"task": {"type": "ps", "index": 0}}', "names ps task\\(s\\): multi-worker training"),
 ])
 def test_a_malformed_tf_config_is_named(monkeypatch, tf_config, message):
     monkeypatch.setenv("TF_CONFIG", tf_config)

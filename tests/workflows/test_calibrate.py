@@ -180,3 +180,13 @@ def test_calibrate_and_ood_images_scripts_end_to_end(untrained_run, tiny_dataset
                             capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.startswith(f"wrote 5 images to {tmp_path / 'ood'}: noise 1")
+
+
+def test_a_damaged_train_params_json_is_one_line(untrained_run, tmp_path):
+    run = copy_run(untrained_run, tmp_path / "run")
+    for text, message in (("{not json", "is not readable JSON"),
+                          ('{"model": {}}', 'is not a run\'s train_params.json')):
+        (run / "train_params.json").write_text(text)
+        with pytest.raises(UserError, match=message) as error:
+            temperature.calibrate_run(temperature.CalibrateConfig(model_path=str(run)))
+        assert "\n" not in str(error.value)
