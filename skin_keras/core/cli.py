@@ -6,11 +6,12 @@ import os
 import sys
 import types
 import typing
+import warnings
 
 from absl import app, flags, logging
+from PIL import Image
 
-from skin_keras.core import log
-from skin_keras.core import errors
+from skin_keras.core import errors, log
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import specs
 
@@ -86,6 +87,10 @@ def run(main) -> None:
         if not flags.FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the report.
             logging.set_verbosity(logging.WARNING)
         log.show_on_console()
+        # A large image is decoded by TensorFlow, which has no pixel limit; PIL, which reads
+        # its header, would warn about a "decompression bomb" above 89 Mpx (and refuses, by
+        # name, above 179 Mpx: folders.inspect_image).
+        warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
         try:
             return main(argv)
         except UserError as error:

@@ -77,7 +77,8 @@ def roc_curves(curves_by_class: dict, path: Path) -> None:
     axes.set_xlabel("false positive rate (1 - specificity)")
     axes.set_ylabel("true positive rate (sensitivity)")
     axes.set_title("ROC, one class against the rest")
-    axes.legend(fontsize=8, loc="lower right")
+    if curves_by_class:  # (None for a set of one class: no legend to draw.)
+        axes.legend(fontsize=8, loc="lower right")
     axes.grid(alpha=0.3)
     _save(figure, path)
 

@@ -87,15 +87,23 @@ def summary(report: dict, class_names) -> dict:
             "recall": {name: report[name]["Recall"] for name in class_names}}
 
 
+def figure(value, digits: int = 4, sign: bool = False) -> str:
+    """A printed figure: "-" where there is none (None, NaN), never "-0.0000"."""
+    if value is None or value != value:
+        return "-"
+    rounded = round(float(value), digits) + 0.0  # -0.0 + 0.0 is 0.0.
+    return f"{rounded:+.{digits}f}" if sign else f"{rounded:.{digits}f}"
+
+
 def describe(report: dict, class_names) -> str:
     width = max(len(name) for name in class_names)
     calibrated = report["calibration"]
     lines = [f"{report['images']} images, {report['tta views']} TTA view(s): accuracy "
              f"{report['accuracy']:.4f}, balanced accuracy {report['balanced accuracy']:.4f}, "
-             f"mean ROC AUC {report['mean roc auc'] or float('nan'):.4f}",
-             f"calibration: ECE {calibrated['expected calibration error']:.4f} "
-             f"({calibrated['bins']} bins), Brier {calibrated['brier score']:.4f}, NLL "
-             f"{calibrated['negative log-likelihood']:.4f}",
+             f"mean ROC AUC {figure(report['mean roc auc'])}",
+             f"calibration: ECE {figure(calibrated['expected calibration error'])} "
+             f"({calibrated['bins']} bins), Brier {figure(calibrated['brier score'])}, NLL "
+             f"{figure(calibrated['negative log-likelihood'])}",
              *([f"unknown ({report['unknown']['unknown when']}): "
                 f"{report['unknown']['images flagged']} of the {report['images']} images"]
                if "unknown" in report else []),
@@ -103,7 +111,7 @@ def describe(report: dict, class_names) -> str:
              f"{'specificity':>11}  {'F1':>6}  {'ROC AUC':>7}"]
     for name in class_names:
         row = report[name]
-        auc = "-" if row["ROC AUC"] is None else f"{row['ROC AUC']:.4f}"
+        auc = figure(row["ROC AUC"])
         lines.append(f"{name:<{width}}  {row['Support']:>7}  {row['Precision']:>9.4f}  "
                      f"{row['Recall']:>6.4f}  {row['Specificity']:>11.4f}  "
                      f"{row['F1 score']:>6.4f}  {auc:>7}")

@@ -20,7 +20,7 @@ from skin_keras.core import atomic, plots
 from skin_keras.core.progress import progress
 from skin_keras.data import folders, pipeline
 from skin_keras.evaluate import shifts
-from skin_keras.evaluate.report import summary
+from skin_keras.evaluate.report import figure, summary
 
 
 def shift_names(requested) -> list[str]:
@@ -79,12 +79,14 @@ def describe(result: dict) -> str:
              f"(drop from clean)",
              f"{'shift':<12} {'bal. acc.':>9} {'drop':>7} {'accuracy':>8} {'ROC AUC':>8}"]
     for name, row in rows.items():
-        auc = "-" if row["mean roc auc"] is None else f"{row['mean roc auc']:.4f}"
-        lines.append(f"{name:<12} {row['balanced accuracy']:>9.4f} {row['drop']:>+7.4f} "
-                     f"{row['accuracy']:>8.4f} {auc:>8}")
-    if result["worst shift"]:
+        lines.append(f"{name:<12} {figure(row['balanced accuracy']):>9} "
+                     f"{figure(row['drop'], sign=True):>7} {figure(row['accuracy']):>8} "
+                     f"{figure(row['mean roc auc']):>8}")
+    if result["worst shift"] and round(result["worst drop"], 4) > 0:
         lines.append(f"worst shift: {result['worst shift']} "
-                     f"(-{result['worst drop']:.4f} balanced accuracy)")
+                     f"(-{figure(result['worst drop'])} balanced accuracy)")
+    elif result["worst shift"]:
+        lines.append("no shift lowers the balanced accuracy")
     return "\n".join(lines)
 
 

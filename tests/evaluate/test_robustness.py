@@ -132,3 +132,29 @@ def test_shifts_and_copies_read_16_bit_pngs_as_the_model_does(tmp_path):
     shifted = robustness.write_shifted(folder, "gamma", tmp_path / "shifted")
     with Image.open(shifted.paths[0]) as image:
         assert 100 < np.asarray(image).mean() < 230 and np.asarray(image).std() > 10
+
+
+def test_printed_reports_say_no_figure_instead_of_nan_or_minus_zero():
+    from skin_keras.evaluate import report as reports  # pylint: disable=g-import-not-at-top
+
+    assert [reports.figure(v) for v in (None, float("nan"), -1e-9, 0.12345)] == [
+        "-", "-", "0.0000", "0.1235"]
+    rows = {"clean": {"balanced accuracy": 0.5, "accuracy": 0.5, "mean roc auc": None,
+                      "drop": 0.0},
+            "warm": {"balanced accuracy": 0.5, "accuracy": 0.5, "mean roc auc": None,
+                     "drop": -1e-12}}
+    text = robustness.describe({"shifts": rows, "images": 5, "worst shift": "warm",
+                                "worst drop": -1e-12})
+    assert "nan" not in text and "-0.0000" not in text
+    assert text.endswith("no shift lowers the balanced accuracy")
+
+
+def test_a_set_of_one_class_draws_its_roc_figure_without_warnings(tmp_path):
+    import warnings  # pylint: disable=g-import-not-at-top
+
+    from skin_keras.core import plots  # pylint: disable=g-import-not-at-top
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib: "No artists with labels found".
+        plots.roc_curves({}, tmp_path / "roc.png")
+    assert (tmp_path / "roc.png").stat().st_size > 0
