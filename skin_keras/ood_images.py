@@ -7,8 +7,12 @@ Far kinds (noise, stripes, checkerboard, gradient, photos) and, with --lesions, 
 The flags are the fields of skin_keras.data.ood_images.OodConfig.
 """
 
-from skin_keras.core import cli
-from skin_keras.data import ood_images
+from skin_keras.core import console
+
+console.quiet_tensorflow_startup()  # Before anything imports TensorFlow (the lesions' decoder).
+
+from skin_keras.core import cli  # noqa: E402
+from skin_keras.data import ood_images  # noqa: E402
 
 
 def main(argv):
