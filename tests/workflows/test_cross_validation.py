@@ -66,13 +66,15 @@ def test_one_fold_is_refused(tiny_dataset, tmp_path):
         tiny_config(tmp_path, tiny_dataset, folds=1)
 
 
-@pytest.mark.slow
-def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
-        metadata_data, tmp_path, monkeypatch):
-    # Frozen backbones: members train their heads and metadata branches on cached features
-    # (computed once: the cache is keyed by file content).
-    # Calibrated: the ensemble gets a temperature and a max_probability unknown rule, whose
-    # score is a second output of its exports.
+@pytest.fixture(scope="module")
+def fold_run(metadata_data, tmp_path_factory):
+    """A 2-fold run killed in fold 2, then resumed: (run folder, config, what was seen).
+
+    Frozen backbones: members train their heads and metadata branches on cached features
+    (computed once: the cache is keyed by file content). Calibrated: the ensemble gets a
+    temperature and a max_probability unknown rule, whose score is a second output of its
+    exports."""
+    tmp_path = tmp_path_factory.mktemp("folds")
     config = tiny_config(tmp_path, metadata_data, folds=2, epochs=1, freeze_layers=True,
                          metadata=str(metadata_data / "train_metadata.csv"), calibrate=True)
     train_and_evaluate = loop.train_and_evaluate
@@ -82,21 +84,31 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
             raise Killed
         return train_and_evaluate(member_config, verbose, run_dir)
 
-    monkeypatch.setattr(loop, "train_and_evaluate", killed_in_fold_2)
-    with pytest.raises(Killed):
-        training.run(config, verbose=0)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loop, "train_and_evaluate", killed_in_fold_2)
+        with pytest.raises(Killed):
+            training.run(config, verbose=0)
     run = tmp_path / "runs" / "exp1"
-    params = json.loads((run / "train_params.json").read_text())
-    assert params["cross-validation"]["finished folds"] == [1]
-    first = (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns
+    seen = {"finished before": json.loads((run / "train_params.json").read_text())[
+        "cross-validation"]["finished folds"],
+            "fold 1 written": (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns}
+    seen["resumed"] = training.run(dataclasses.replace(config, resume=str(run)), verbose=0)
+    return run, config, seen
 
-    resumed = training.run(dataclasses.replace(config, resume=str(run)), verbose=0)
-    assert resumed == run
-    assert (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns == first  # Kept.
+
+@pytest.mark.slow
+def test_a_fold_run_killed_between_folds_resumes_its_unfinished_folds(fold_run):
+    run, _, seen = fold_run
+    assert seen["finished before"] == [1] and seen["resumed"] == run
+    assert (run / "fold_1" / "weights" / "best.keras").stat().st_mtime_ns == seen[
+        "fold 1 written"]  # Kept.
     assert json.loads((run / "train_params.json").read_text())["cross-validation"][
         "finished folds"] == [1, 2]
 
+
+@pytest.mark.slow
+def test_out_of_fold_predictions_are_each_members_on_its_fold(fold_run, metadata_data):
+    run, config, _ = fold_run
     # Out of fold: each training image once, predicted by the member that validated on it;
     # that member's figures on its fold are its training log's best epoch.
     with open(run / cross_validation.OOF_FILE, newline="") as file:
@@ -120,7 +132,11 @@ def test_a_fold_run_killed_between_folds_resumes_and_its_ensemble_exports(
     assert np.abs(member.get_layer("metadata_dense_1").bias.numpy()).max() > 0
     assert any(Path(config.feature_cache).iterdir())
 
-    # The ensemble is the run's model: the mean of its members, in Keras and exported.
+
+@pytest.mark.slow
+def test_the_ensemble_is_the_mean_of_its_members_in_keras_and_exported(fold_run, metadata_data,
+                                                                       tmp_path):
+    run, _, _ = fold_run
     ensemble = load.load(run)
     members = [load.load(run / f"fold_{fold}") for fold in (1, 2)]
     assert "metadata" in ensemble.inputs and ensemble.unknown.score == "max_probability"
