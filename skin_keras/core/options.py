@@ -8,6 +8,7 @@ module imports no TensorFlow.
 """
 
 import dataclasses
+import math
 import os
 
 from skin_keras.core.errors import UserError
@@ -76,6 +77,8 @@ def check_options(config) -> None:
             for item in values:
                 canonical_choice(field.name, item, meta["choices"], meta["case_sensitive"],
                                  meta.get("kind"))
+        if isinstance(value, float) and not math.isfinite(value):  # (--lr=inf diverges.)
+            raise UserError(f"--{field.name}={value} is not a finite number")
         low, high = meta.get("low"), meta.get("high")
         if high is not None:
             check_range(field.name, value, low, high)

@@ -135,6 +135,8 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     if config.ood and not Path(config.ood).is_dir():
         raise UserError(f"--ood={config.ood} is not a folder (python -m skin_keras.ood_images "
                         "makes one)")
+    if config.ood:
+        ood.ood_files(config.ood)  # Said before the labelled evaluation, not after it.
     if config.explain:
         explainable(loaded)  # Say so before predicting, not after.
     folder = labelled_folder(loaded, config.data)

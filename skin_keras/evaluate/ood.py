@@ -84,6 +84,17 @@ def fpr_at_coverage(in_scores: np.ndarray, out_scores: np.ndarray, coverage: flo
     return float(np.mean(np.asarray(out_scores) >= threshold))
 
 
+def ood_files(ood: str) -> list:
+    """The files of the --ood folder; UserError when it has none that look like images (said
+    before the labelled evaluation, not after)."""
+    listed = files.list_sources([ood])
+    if not listed:
+        raise UserError(f"--ood={ood}: no files found")
+    if all(error is not None for error in files.file_errors(listed)):
+        raise UserError(f"--ood={ood}: none of the {len(listed)} files could be read")
+    return listed
+
+
 def ood_report(runner: Runner, ood: str, in_paths: list, in_results: dict, batch_size: int,
                tta: int, in_inputs: dict) -> dict:
     """How well each out-of-distribution score tells the labelled images (in_*: their paths,
@@ -91,9 +102,7 @@ def ood_report(runner: Runner, ood: str, in_paths: list, in_results: dict, batch
     sub-folder (kind), the share of `ood` images kept at the threshold that keeps 95% of the
     labelled ones, and what the model's own unknown rule keeps of both. Scores: max_probability
     always, the model's rule score, and, for a Keras model, energy (from the logits)."""
-    listed = files.list_sources([ood])
-    if not listed:
-        raise UserError(f"--ood={ood}: no files found")
+    listed = ood_files(ood)
     results, errors = files.predict_files(runner, listed, batch_size, tta)
     ok = np.array([error is None for error in errors])
     if not ok.any():

@@ -106,8 +106,9 @@ def export(config: ExportConfig) -> dict:
                                 reference, labels, scratch)
             report["artifacts"][fmt] = entry
             failures += _judge(fmt, entry, report["keras"]["accuracy"])
-    output.mkdir(parents=True, exist_ok=True)
-    atomic.write_json_atomic(output / destination.REPORT, report)
+            # After each artifact: an interrupted export still reports what it finished.
+            output.mkdir(parents=True, exist_ok=True)
+            atomic.write_json_atomic(output / destination.REPORT, report)
     _log.info(parity.describe(report))
     if failures:
         raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"

@@ -5,6 +5,7 @@ one optimizer, loss and metric for all of them, and, once opened, its folder and
 import dataclasses
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import keras
@@ -113,6 +114,9 @@ def open_folder(session: Session, run_dir: Path | None) -> None:
     config = session.config
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
+        # A run restarted from scratch (killed before its first epoch ended): without the
+        # killed attempt's TensorBoard events, which would draw a second curve.
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
     else:
         run_dir = run_folder.new_run_dir(config.save_ret)
     run_folder.write_run_files(run_dir, config, session.data, session.model,

@@ -134,3 +134,12 @@ def test_evaluations_never_overwrite_or_mix_with_another(untrained_run, tiny_dat
                                         "time"):
         evaluate(run, tiny_dataset / "val", tmp_path / "e", shifts=("warm",),
                  metadata_ablation=True)
+
+
+def test_an_ood_folder_without_images_is_refused_before_the_labelled_evaluation(
+        untrained_run, tiny_dataset, tmp_path):
+    (tmp_path / "ood").mkdir()
+    (tmp_path / "ood" / "broken.jpg").write_bytes(b"not an image")
+    with pytest.raises(UserError, match="none of the 1 files could be read"):
+        evaluate(untrained_run, tiny_dataset / "val", tmp_path / "e", ood=str(tmp_path / "ood"))
+    assert not (tmp_path / "e").exists()  # Nothing was evaluated first.

@@ -33,11 +33,25 @@ def test_what_an_export_replaces_is_checked_and_said_before_any_conversion(
             formats=formats, parity_images=2, **options))
 
     export(untrained_run, ("tflite_fp32",))
+    # Interrupted after its first artifact: report.json already lists it.
+    def interrupted_after_onnx(fmt, *args):
+        if fmt != "onnx":
+            raise KeyboardInterrupt
+        return []
+
+    monkeypatch.setattr(job, "_judge", interrupted_after_onnx)
+    with pytest.raises(KeyboardInterrupt):
+        export(untrained_run, ("onnx", "tflite_fp16"))
+    assert set(json.loads((tmp_path / "out" / "report.json").read_text())["artifacts"]) == {
+        "tflite_fp32", "onnx"}
+    monkeypatch.undo()
+    monkeypatch.setattr(job, "_export_one", fake_export)
+    monkeypatch.setattr(parity, "describe", lambda report: "")
     report = export(untrained_run, ("saved_model", "tflite_fp32"))  # The same model again.
-    assert set(report["artifacts"]) == {"tflite_fp32", "saved_model"}  # Earlier rows kept.
+    assert set(report["artifacts"]) == {"tflite_fp32", "onnx", "saved_model"}  # Rows kept.
     assert "replacing the earlier export of this model" in caplog.text
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
-    assert set(saved["artifacts"]) == {"tflite_fp32", "saved_model"}
+    assert set(saved["artifacts"]) == {"tflite_fp32", "onnx", "saved_model"}
     other = shutil.copytree(untrained_run, tmp_path / "other_run")
     made.clear()
     for formats, options, message in [

@@ -105,12 +105,15 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     monkeypatch.undo()
     run = work / "runs" / "exp1"
     assert not (run / "log.json").exists()
+    assert any((run / "tensorboard").rglob("events.*"))  # The killed attempt's curves.
+    stale = {str(p) for p in (run / "tensorboard").rglob("events.*")}
 
     # The README's command, from the folder the run started in: starts again from scratch.
     monkeypatch.chdir(work)
     loop.train_and_evaluate(config_from_flagfile(
         "runs/exp1/flags.cfg", "--resume=runs/exp1"), verbose=0)
     assert list(json.loads((run / "log.json").read_text())) == ["epoch:1", "epoch:2", "epoch:3"]
+    assert not stale & {str(p) for p in (run / "tensorboard").rglob("events.*")}
     # From another folder: the same flags.cfg, the same run.
     monkeypatch.chdir(tmp_path)
     point = resume.check_resumable(config_from_flagfile(
