@@ -18,7 +18,7 @@ import numpy as np
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.data import folders, patient_metadata, placing
+from skin_keras.data import audit_report, folders, groups, patient_metadata, placing
 from skin_keras.data.csv_table import read_csv
 from skin_keras.data.splits import (
     assign_groups,
@@ -41,6 +41,7 @@ CLASS_NAMES = {
 # The seed tutorial's naming, for users who compare with it: it called nevi "None of the above".
 SEED_CLASS_NAMES = {**CLASS_NAMES, "NV": "None of the above"}
 UNKNOWN = "UNK"
+SPLITS = ("train", "val", "test")  # test/: the groups --holdout_group holds out.
 FILES_JSON = "files.json"  # How the files were made (--link, --resize, --jpeg_quality).
 
 
@@ -106,6 +107,13 @@ class PrepareConfig:
                               "tutorial did.")
     overwrite: bool = option(False, "Replace the train/ and val/ folders of a different earlier "
                              "split.")
+    groups: str | None = option(None, "CSV of per-image groups keyed by image (e.g. "
+                                "acquisition_centers.csv: image,center): its columns go into "
+                                "split.csv; --holdout_group can name them.")
+    holdout_group: tuple[str, ...] = option(
+        (), "COLUMN=VALUE (repeatable; e.g. center=rosendahl, or a metadata column): every image "
+        "of that group, and of its lesions, goes to test/ and none to train/ or val/.",
+        repeated=True)
 
     def __post_init__(self):
         if self.folds:
@@ -137,7 +145,7 @@ def _check_existing_split(out_dir: Path, rows: list[dict], files: dict, overwrit
     """True when out_dir already holds exactly this split, its files made the same way
     (`files`: --link, --resize, --jpeg_quality): a re-run only fills in files."""
     split_csv = out_dir / "split.csv"
-    has_folders = (out_dir / "train").exists() or (out_dir / "val").exists()
+    has_folders = any((out_dir / name).exists() for name in SPLITS)
     what = "a different split (or other data)"
     if split_csv.exists():
         if read_csv(split_csv, ("image",))[0] == rows:
@@ -150,8 +158,8 @@ def _check_existing_split(out_dir: Path, rows: list[dict], files: dict, overwrit
         return False
     if not overwrite:
         raise UserError(f"{out_dir} already holds {what}; pass --overwrite to replace its "
-                        "train/ and val/ folders")
-    for name in ("train", "val"):
+                        "train/, val/ and test/ folders")
+    for name in SPLITS:
         shutil.rmtree(out_dir / name, ignore_errors=True)
     return False
 
@@ -167,7 +175,15 @@ def prepare(config: PrepareConfig) -> dict:
     """Audits the download, splits it, fills out_dir/{train,val}/<class>/; returns the audit."""
     names = SEED_CLASS_NAMES if config.seed_names else CLASS_NAMES
     records, audit, patient_rows = _read_and_audit(config)
-    split_rows = _split(records, config, names, audit)
+    values, columns = _group_values(config, [record.image for record in records], patient_rows,
+                                    audit)
+    test = groups.held_out([r.image for r in records], [r.group for r in records], values,
+                           config.holdout_group) if config.holdout_group else np.zeros(
+                               len(records), bool)
+    groups.check_training_classes([r.code for r in records], test, names, config.holdout_group)
+    split_rows = _split(records, config, names, audit, test)
+    for record, row in zip(records, split_rows):  # The --groups columns travel with the split.
+        row.update({column: values[column].get(record.image, "") for column in columns})
 
     # --- Write --- (split.csv first: an interrupted run is finished by running it again)
     out_dir = Path(config.out_dir)
@@ -234,24 +250,47 @@ def _read_and_audit(config: PrepareConfig) -> tuple[list[Record], dict, dict]:
     return records, audit, patient_rows
 
 
-def _split(records: list[Record], config: PrepareConfig, names: dict, audit: dict
-           ) -> list[dict]:
-    """split.csv's rows (image, class, lesion_id, split); the method and counts go to `audit`."""
+def _group_values(config: PrepareConfig, images: list[str], patient_rows: dict, audit: dict
+                  ) -> tuple[dict, tuple[str, ...]]:
+    """{column: {image: value}} of the --groups CSV's columns and the metadata's, and the
+    former (which split.csv carries: the metadata's are in metadata.csv)."""
+    values = {column: {image: patient_metadata.normalize(row.get(column))
+                       for image, row in patient_rows.items()}
+              for column in patient_metadata.COLUMNS if patient_rows}
+    if not config.groups:
+        return values, ()
+    table, columns = groups.read_groups(config.groups)
+    values.update({column: {image: row[column] for image, row in table.items()}
+                   for column in columns})
+    audit["groups"] = {"file": str(config.groups), "columns": list(columns),
+                       "images without a row": sum(image not in table for image in images)}
+    return values, columns
+
+
+def _split(records: list[Record], config: PrepareConfig, names: dict, audit: dict,
+           test: np.ndarray) -> list[dict]:
+    """split.csv's rows (image, class, lesion_id, split: train, val, or test for the held-out
+    groups `test`); the method and counts go to `audit`."""
     codes = sorted({record.code for record in records})
-    label_array = np.array([codes.index(record.code) for record in records])
-    groups = np.array([record.group for record in records])
+    kept = [record for record, held in zip(records, test) if not held]
+    label_array = np.array([codes.index(record.code) for record in kept])
+    lesions = np.array([record.group for record in kept])
     if config.folds:
-        in_val = kfold_split(label_array, groups, config.folds, config.fold, config.seed)
+        in_val = kfold_split(label_array, lesions, config.folds, config.fold, config.seed)
         audit["split"] = {"method": "lesion-grouped stratified k-fold", "folds": config.folds,
                           "fold": config.fold, "seed": config.seed}
     else:
-        in_val = holdout_split(label_array, groups, config.val_fraction, config.seed)
+        in_val = holdout_split(label_array, lesions, config.val_fraction, config.seed)
         audit["split"] = {"method": "lesion-grouped stratified holdout",
                           "val_fraction": config.val_fraction, "seed": config.seed}
+    in_val = iter(in_val)
     split_rows = [{"image": record.image, "class": names[record.code],
-                   "lesion_id": record.lesion_id, "split": "val" if val else "train"}
-                  for record, val in zip(records, in_val)]
-    audit["counts"] = count_table(split_rows, [names[code] for code in codes])
+                   "lesion_id": record.lesion_id,
+                   "split": "test" if held else "val" if next(in_val) else "train"}
+                  for record, held in zip(records, test)]
+    if config.holdout_group:
+        audit["split"]["held out"] = list(config.holdout_group)
+    audit["counts"] = audit_report.count_table(split_rows, [names[code] for code in codes])
     return split_rows
 
 
@@ -274,50 +313,8 @@ def _write_patient_metadata(path: Path, images: list[str], rows: dict) -> dict:
 def _write_split_csv(path: Path, rows: list[dict]) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=["image", "class", "lesion_id", "split"])
+            writer = csv.DictWriter(file, fieldnames=list(rows[0]) if rows else [
+                "image", "class", "lesion_id", "split"])
             writer.writeheader()
             writer.writerows(rows)
     atomic.write_atomic(path, write)
-
-
-def count_table(rows: list[dict], class_names: list[str]) -> dict:
-    counts = {}
-    for name in sorted(class_names):
-        train = sum(1 for r in rows if r["class"] == name and r["split"] == "train")
-        val = sum(1 for r in rows if r["class"] == name and r["split"] == "val")
-        counts[name] = {"train": train, "val": val, "val share": round(val / (train + val), 4)}
-    train = sum(c["train"] for c in counts.values())
-    val = sum(c["val"] for c in counts.values())
-    counts["total"] = {"train": train, "val": val, "val share": round(val / (train + val), 4)}
-    return counts
-
-
-def describe_audit(audit: dict) -> str:
-    """The printed report: counts per class and split, then every problem found."""
-    width = max(len(name) for name in audit["counts"])
-    lines = [f"{'class':<{width}}  {'train':>7}  {'val':>7}  {'val share':>9}"]
-    for name, count in audit["counts"].items():
-        lines.append(f"{name:<{width}}  {count['train']:>7}  {count['val']:>7}  "
-                     f"{count['val share']:>9.3f}")
-    for key in ("missing on disk", "not in csv", "no label", "several labels", "unk"):
-        if audit[key]:
-            shown = ", ".join(audit[key][:10]) + (" ..." if len(audit[key]) > 10 else "")
-            lines.append(f"left out, {key}: {len(audit[key])} ({shown})")
-    if audit.get("metadata missing"):
-        lines.append("metadata.csv, missing values: " + ", ".join(
-            f"{column} {count}" for column, count in audit["metadata missing"].items()))
-    for item in audit["malformed rows"]:
-        lines.append(f"left out, malformed row: {item['file']} line {item['line']}: "
-                     f"{item['reason']}")
-    for item in audit["unreadable"]:
-        lines.append(f"left out, unreadable: {item['image']}: {item['reason']}")
-    for group in audit["duplicates"]:
-        lines.append(f"byte-identical, kept on one side: {', '.join(group)}")
-    if audit["images without lesion id"]:
-        lines.append(f"images without a lesion id (each its own group): "
-                     f"{audit['images without lesion id']}")
-    size = audit["image size"]
-    lines.append(f"image size from {size['min'][0]}x{size['min'][1]} to "
-                 f"{size['max'][0]}x{size['max'][1]} (width x height minima and maxima)")
-    lines.append("files: " + ", ".join(f"{mode} {count}" for mode, count in audit["files"].items()))
-    return "\n".join(lines)

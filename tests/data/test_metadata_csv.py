@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import isic, patient_metadata, synthetic
+from skin_keras.data import audit_report, isic, patient_metadata, synthetic
 from skin_keras.data.patient_metadata import MISSING, Record
 
 HEADER = ["image", "age_approx", "sex", "anatom_site_general"]
@@ -92,7 +92,7 @@ def test_prepare_isic_writes_metadata_csv_with_missing_counts(tmp_path):
                                         "anatom_site_general": ""}
     # Ages missing: 0-2 and 11; sites: 4 and 11; sex: 0, 3, 6, 9 and 11.
     assert audit["metadata missing"] == {"age_approx": 4, "sex": 5, "anatom_site_general": 2}
-    assert "metadata.csv, missing values: age_approx 4, sex 5" in isic.describe_audit(audit)
+    assert "metadata.csv, missing values: age_approx 4, sex 5" in audit_report.describe_audit(audit)
 
 
 def test_a_row_with_an_unquoted_comma_is_malformed_not_shifted(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import folders, isic, placing, synthetic
+from skin_keras.data import audit_report, folders, isic, placing, synthetic
 
 from conftest import REPO
 
@@ -106,7 +106,7 @@ def test_audit_reports_every_bad_row_and_file_and_leaves_them_out(download, tmp_
                          "ISIC_9000005", "ISIC_9000099"}
     assert audit["counts"]["total"]["train"] + audit["counts"]["total"]["val"] == len(images)
     assert json.loads((tmp_path / "data" / "audit.json").read_text()) == audit
-    report = isic.describe_audit(audit)
+    report = audit_report.describe_audit(audit)
     for image in ("ISIC_9000001", "ISIC_9000002", "ISIC_9000003", "ISIC_9000004", "ISIC_9000005"):
         assert image in report
 
@@ -323,7 +323,7 @@ def test_malformed_rows_go_to_the_audit_by_line_number(download, tmp_path):
     assert audit["malformed rows"][3]["reason"].startswith("too many fields (6 for 5 columns")
     lesions = {row["image"]: row["lesion_id"] for row in read_split(tmp_path / "data")}
     assert lesions["ISIC_0000002"] == "IL_AK_1" and "left leg" not in lesions.values()
-    assert f"malformed row: gt.csv line {lines - 1}" in isic.describe_audit(audit)
+    assert f"malformed row: gt.csv line {lines - 1}" in audit_report.describe_audit(audit)
 
 
 def test_a_csv_that_is_not_utf8_is_one_clear_line(download, tmp_path):
@@ -342,3 +342,51 @@ def test_seeds_numpy_cannot_take_are_refused(download, tmp_path):
         for seed in (-1, 2**32):
             with pytest.raises(UserError, match=f"--seed={seed} is out of range"):
                 make(seed)
+
+
+def test_a_held_out_clinic_is_the_whole_test_set_and_nothing_else(ham_200px, tmp_path):
+    centers = ham_200px / "acquisition_centers.csv"
+    out = tmp_path / "data"
+    audit = isic.prepare(isic.PrepareConfig(
+        images=str(ham_200px / "ISIC_2019_Training_Input"),
+        ground_truth=str(ham_200px / "ISIC_2019_Training_GroundTruth.csv"),
+        metadata=str(ham_200px / "ISIC_2019_Training_Metadata.csv"), out_dir=str(out),
+        groups=str(centers), holdout_group=("center=rosendahl",)))
+    with open(centers, newline="") as file:
+        center_of = {row["image"]: row["center"] for row in csv.DictReader(file)}
+    rows = read_split(out)
+    assert all(row["center"] == center_of[row["image"]] for row in rows)  # Carried along.
+    test = {row["image"] for row in rows if row["split"] == "test"}
+    assert test == {image for image, center in center_of.items() if center == "rosendahl"}
+    assert {p.stem for p in (out / "test").rglob("*.jpg")} == test
+    placed = {p.stem for name in ("train", "val") for p in (out / name).rglob("*.jpg")}
+    assert placed and not placed & test
+    lesions = {}
+    for row in rows:
+        lesions.setdefault(row["lesion_id"] or row["image"], set()).add(row["split"])
+    assert all(len(sides) == 1 for sides in lesions.values())
+    assert audit["counts"]["total"]["test"] == len(test) == 2134
+    assert "test: the held-out group(s) center=rosendahl" in audit_report.describe_audit(audit)
+
+
+@pytest.mark.parametrize("groups, holdout, message", [
+    ("center\na\n", ("center=x",), r"groups.csv lacks column\(s\) image"),
+    ("image,center\n", (), "has no group column besides image"),
+    (None, ("center=mars",), "matches no image \\(center values: a, b\\)"),
+    (None, ("site=a",), "no column 'site' \\(there are: age_approx, anatom_site_general, "
+                        "center, sex\\)"),
+    (None, ("center",), "give COLUMN=VALUE"),
+    ("all_a", ("center=a",), "holds out every image of .*: nothing would be left to train on"),
+])
+def test_bad_groups_are_one_line_and_write_nothing(download, tmp_path, groups, holdout,
+                                                   message):
+    images = [row["image"] for row in csv.DictReader(open(download / "gt.csv"))]
+    if groups is None or groups == "all_a":
+        groups = "image,center\n" + "".join(
+            f"{image},{'a' if groups == 'all_a' or i % 2 else 'b'}\n"
+            for i, image in enumerate(images))
+    (tmp_path / "groups.csv").write_text(groups)
+    with pytest.raises(UserError, match=message) as error:
+        isic.prepare(config_for(download, tmp_path / "out", groups=str(tmp_path / "groups.csv"),
+                                holdout_group=holdout))
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()

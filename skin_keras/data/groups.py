@@ -1,0 +1,75 @@
+"""Per-image groups: the clinic that took an image, a study's site, the patient's sex, age or
+body site. Read from a CSV keyed by `image` (prepare_isic --groups; `acquisition_centers.csv`
+has `image,center`), carried into split.csv, and used to hold whole groups out as a test set
+(--holdout_group=center=rosendahl): an external validation on another clinic.
+"""
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from skin_keras.core.errors import UserError
+from skin_keras.data.csv_table import read_csv
+
+
+def read_groups(path: str | Path) -> tuple[dict[str, dict[str, str]], tuple[str, ...]]:
+    """({image: {column: value}}, the group columns) of a CSV keyed by `image`; UserError (one
+    line) for a CSV without `image` or any other column, a malformed row, an image twice."""
+    rows, malformed = read_csv(path, ("image",))
+    if malformed:
+        first = malformed[0]
+        raise UserError(f"{path} line {first['line']}: {first['reason']}")
+    columns = tuple(column for column in (rows[0] if rows else {}) if column != "image")
+    if not columns:
+        raise UserError(f"{path} has no group column besides image (e.g. image,center)")
+    groups = {}
+    for line, row in enumerate(rows, start=2):
+        image = Path(row["image"].strip()).stem
+        if image in groups:
+            raise UserError(f"{path}: image {image} has two rows (the second on line {line})")
+        groups[image] = {column: (row[column] or "").strip() for column in columns}
+    return groups, columns
+
+
+def parse_holdout(spec: str) -> tuple[str, str]:
+    """"center=rosendahl" -> ("center", "rosendahl")."""
+    column, equals, value = spec.partition("=")
+    if not equals or not column.strip() or not value.strip():
+        raise UserError(f"--holdout_group={spec}: give COLUMN=VALUE, e.g. center=rosendahl")
+    return column.strip(), value.strip()
+
+
+def held_out(images: Sequence[str], record_groups: Sequence[str], values: dict,
+             holdouts: Sequence[str]) -> np.ndarray:
+    """Which images go to the test set: those whose group column has a held-out value, and
+    every image of the same lesion (`record_groups`: lesion and duplicate groups) with them.
+
+    `values` maps a column to {image: value} (the --groups columns, and the metadata's). A
+    column that is not there, or a value that no image has, is a UserError naming the values
+    there are."""
+    chosen = np.zeros(len(images), bool)
+    for spec in holdouts:
+        column, value = parse_holdout(spec)
+        if column not in values:
+            raise UserError(f"--holdout_group={spec}: no column {column!r} (there are: "
+                            f"{', '.join(sorted(values)) or 'none; give --groups=CSV'})")
+        matches = np.array([values[column].get(image, "") == value for image in images])
+        if not matches.any():
+            found = sorted({v for v in (values[column].get(i, "") for i in images) if v})
+            shown = ", ".join(found[:12]) + (" ..." if len(found) > 12 else "")
+            raise UserError(f"--holdout_group={spec} matches no image ({column} values: "
+                            f"{shown or 'none'})")
+        chosen |= matches
+    lesions = set(np.asarray(record_groups)[chosen])
+    return chosen | np.isin(np.asarray(record_groups), list(lesions))
+
+
+def check_training_classes(codes: Sequence[str], test: np.ndarray, names: dict,
+                           holdouts: Sequence[str]) -> None:
+    """UserError when holding the groups out leaves a class with no image to train on."""
+    codes = np.asarray(codes)
+    lost = sorted(names[code] for code in set(codes) if np.all(test[codes == code]))
+    if lost:
+        raise UserError(f"--holdout_group={','.join(holdouts)} holds out every image of "
+                        f"{', '.join(lost)}: nothing would be left to train on")
