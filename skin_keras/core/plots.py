@@ -127,3 +127,21 @@ def bars(values: dict, path: Path, title: str, ylabel: str) -> None:
 def heat_colours(heat_map: np.ndarray) -> np.ndarray:
     """A [H, W] map in [0, 1] as RGB [H, W, 3] float32 in [0, 255] (matplotlib's jet)."""
     return (plt.get_cmap("jet")(heat_map)[..., :3] * 255).astype(np.float32)
+
+
+def intervals(rows: Sequence[tuple[str, float, list | None]], path: Path, title: str,
+              xlabel: str) -> None:
+    """One row per (label, value, [low, high] or None): the value as a dot, its interval as a
+    bar (a forest plot), the first row on top."""
+    figure, axes = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.4))
+    for position, (_, value, interval) in enumerate(rows):
+        y = len(rows) - 1 - position
+        if interval is not None:
+            axes.plot(interval, [y, y], color="tab:blue", linewidth=2)
+        axes.plot([value], [y], "o", color="black", markersize=4)
+    axes.set_yticks(range(len(rows)), labels=[label for label, _, _ in reversed(rows)])
+    axes.set_xlim(0, 1)
+    axes.set_xlabel(xlabel)
+    axes.set_title(title)
+    axes.grid(axis="x", alpha=0.3)
+    _save(figure, path)

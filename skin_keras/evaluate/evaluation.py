@@ -13,7 +13,15 @@ from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import option
 from skin_keras.data import decode_check, folders, patient_metadata
-from skin_keras.evaluate import calibration, ood, output_folder, robustness, shifts
+from skin_keras.evaluate import (
+    bootstrap,
+    calibration,
+    ood,
+    output_folder,
+    robustness,
+    shifts,
+    subgroups,
+)
 from skin_keras.evaluate import report as reports
 from skin_keras.infer import backend as backends
 from skin_keras.infer import files, load, outputs
@@ -42,6 +50,14 @@ class EvaluateConfig(ModelRunConfig):
     metadata_ablation: bool = option(False, "For a metadata model: also score it with every "
                                      "image's metadata blanked to missing (in "
                                      "<output>/metadata_blanked; both in metrics.json).")
+    group_by: tuple[str, ...] = option(
+        (), "Also report per subgroup (comma-separated): age (in bands), sex, site (from the "
+        "metadata CSV) or a column of split.csv beside the data folder (e.g. center, from "
+        "prepare_isic --groups). In metrics.json, the console and subgroups.png.")
+    bootstrap: int = option(1000, "Resamples (by lesion, from split.csv's lesion_id) for the 95% "
+                            "confidence intervals of every headline figure; 0 = none.", low=0,
+                            high=100000)
+    bootstrap_seed: int = option(0, "Seed of the bootstrap draws.", low=0, high=2**32 - 1)
     ood: str = option("", "A folder of images that are none of the classes (searched "
                       "recursively; python -m skin_keras.ood_images makes one): report how well "
                       "the out-of-distribution scores tell --data from it (AUROC, overall and "
@@ -57,7 +73,8 @@ def labelled_folder(runner: Runner, data: str | Path) -> folders.ImageFolder:
 
 
 def evaluate(loaded: Runner, folder: folders.ImageFolder, output: Path, config: EvaluateConfig,
-             inputs: dict, quiet: bool = False, explain: bool = False) -> dict:
+             inputs: dict, quiet: bool = False, explain: bool = False,
+             facts: tuple | None = None) -> dict:
     """Scores `loaded` on the scanned labelled `folder` (`inputs`: the model's other named
     inputs per image, files.other_inputs; {} runs a metadata model with every row missing);
     writes the report files to `output` and returns metrics.json's content."""
@@ -96,6 +113,9 @@ def evaluate(loaded: Runner, folder: folders.ImageFolder, output: Path, config: 
     report["decode warnings"] = [f"{p}: {w}" for p, w in folder.decode_warnings]
     report["bad files"] = [f"{p}: {r}" for p, r in folder.bad_files] + [
         f"{p}: {e}" for p, e in zip(paths, errors) if e]
+    if facts is not None:  # (subgroups.image_facts: values and lesions of every image)
+        _add_intervals(report, facts, ok, labels, probabilities, runner.class_names, config,
+                       output)
     report["misclassified"] = reports.write_misclassified(
         kept, labels, probabilities, runner.class_names, output / "misclassified.csv")
     atomic.write_json_atomic(output / "metrics.json", report)
@@ -119,6 +139,26 @@ def _metadata_summary(csv_path: str, paths: list[Path], records: list) -> dict:
             "images with any value": sum(not r.is_missing for r in records)}
 
 
+def _add_intervals(report, facts, ok, labels, probabilities, class_names, config, output):
+    """The bootstrap intervals of the headline figures and the subgroup rows, into `report`
+    (and subgroups.png)."""
+    values, lesions, how = facts
+    lesions = lesions[ok]
+    if config.bootstrap:
+        report["intervals"] = {
+            "level": f"{bootstrap.LEVEL}%", "resamples": config.bootstrap,
+            "seed": config.bootstrap_seed, "resampled": how,
+            "lesions": int(len(set(lesions))),
+            **bootstrap.intervals(labels, probabilities, lesions, class_names, config.bootstrap,
+                                  config.bootstrap_seed)}
+    if config.group_by:
+        kept = {name: [v for v, good in zip(values[name], ok) if good] for name in values}
+        report["subgroups"] = subgroups.subgroup_report(
+            labels, probabilities, kept, config.group_by, lesions, class_names,
+            config.bootstrap, config.bootstrap_seed)
+        subgroups.plot(report["subgroups"], output / "subgroups.png")
+
+
 def evaluate_model_path(config: EvaluateConfig) -> dict:
     """evaluate.py's job: loads the model, scores it on config.data, logs and writes the
     report; with --shifts, also under those shifts (the robustness report, returned instead);
@@ -140,6 +180,8 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     if config.explain:
         explainable(loaded)  # Say so before predicting, not after.
     folder = labelled_folder(loaded, config.data)
+    facts = subgroups.image_facts(folder.paths, config.data, config.metadata, config.group_by)
+    subgroups.check_names(config.group_by, facts[0], config.data)
     inputs = files.other_inputs(loaded, config.metadata, folder.paths)
     source = loaded.source
     output = output_folder.claim(config.output, source.parent.parent if (
@@ -147,7 +189,7 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     if config.shifts:
         def score(scored, into, quiet):  # Shifted folders keep the files' order: same inputs.
             return evaluate(loaded, scored, into, config, inputs, quiet,
-                            config.explain and not quiet)
+                            config.explain and not quiet, facts=None if quiet else facts)
 
         result = robustness.robustness_report(
             score, folder, config.shifts, output,
@@ -155,8 +197,11 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
         _log.info(robustness.describe(result))
         _log.info(f"report written to {output}")
         return result
-    report = evaluate(loaded, folder, output, config, inputs, explain=config.explain)
+    report = evaluate(loaded, folder, output, config, inputs, explain=config.explain,
+                      facts=facts)
     _log.info(reports.describe(report, loaded.class_names))
+    if report.get("subgroups"):
+        _log.info(subgroups.describe(report["subgroups"]))
     if config.ood:
         _log.info(ood.describe_ood(report["ood"]))
     if config.metadata_ablation:

@@ -115,4 +115,20 @@ def describe(report: dict, class_names) -> str:
         lines.append(f"{name:<{width}}  {row['Support']:>7}  {row['Precision']:>9.4f}  "
                      f"{row['Recall']:>6.4f}  {row['Specificity']:>11.4f}  "
                      f"{row['F1 score']:>6.4f}  {auc:>7}")
+    if report.get("intervals"):
+        lines += _describe_intervals(report["intervals"])
     return "\n".join(lines)
+
+
+def _describe_intervals(found: dict) -> list[str]:
+    def span(pair):
+        return "-" if pair is None else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
+
+    lines = [f"{found['level']} intervals ({found['resamples']} bootstrap resamples "
+             f"{found['resampled']}, {found['lesions']} lesions): balanced accuracy "
+             f"{span(found['balanced accuracy'])}, ECE {span(found['expected calibration error'])}"]
+    for name, row in found["per class"].items():
+        small = "  too small to judge" if row["too small to judge"] else ""
+        lines.append(f"  {name}: recall {span(row['recall'])}, ROC AUC {span(row['ROC AUC'])}"
+                     f"{small}")
+    return lines
