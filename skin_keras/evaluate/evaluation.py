@@ -4,6 +4,7 @@
 --metadata_ablation once more with the patient metadata blanked."""
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from skin_keras.data import decode_check, folders, patient_metadata
 from skin_keras.evaluate import (
     bootstrap,
     calibration,
+    model_card,
     ood,
     output_folder,
     robustness,
@@ -184,8 +186,8 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     subgroups.check_names(config.group_by, facts[0], config.data)
     inputs = files.other_inputs(loaded, config.metadata, folder.paths)
     source = loaded.source
-    output = output_folder.claim(config.output, source.parent.parent if (
-        source.parent.name == "weights") else source.parent, str(source), config.data)
+    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
+    output = output_folder.claim(config.output, run_dir, str(source), config.data)
     if config.shifts:
         def score(scored, into, quiet):  # Shifted folders keep the files' order: same inputs.
             return evaluate(loaded, scored, into, config, inputs, quiet,
@@ -195,6 +197,7 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
             score, folder, config.shifts, output,
             {"model": str(loaded.source), "data": str(config.data)})
         _log.info(robustness.describe(result))
+        _write_card(output, loaded, run_dir)
         _log.info(f"report written to {output}")
         return result
     report = evaluate(loaded, folder, output, config, inputs, explain=config.explain,
@@ -213,5 +216,12 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
         _log.info(f"metadata blanked: accuracy {blanked['accuracy']:.4f}, balanced accuracy "
                   f"{blanked['balanced accuracy']:.4f} (with metadata "
                   f"{report['balanced accuracy']:.4f}); report in {output / 'metadata_blanked'}")
+    _write_card(output, loaded, run_dir)
     _log.info(f"report written to {output}")
     return report
+
+
+def _write_card(output: Path, loaded: Runner, run_dir: Path) -> None:
+    params = run_dir / "train_params.json"
+    metrics = json.loads((output / "metrics.json").read_text())
+    model_card.write(output, metrics, loaded.class_names, params if params.is_file() else None)

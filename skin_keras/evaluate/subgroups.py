@@ -87,6 +87,12 @@ def _row(labels, probabilities, lesions, class_names, resamples, seed) -> dict:
     return row
 
 
+def _order(value: str) -> tuple:
+    """Age bands young to old, then the other values alphabetically, "unknown" last."""
+    bands = [name for _, name in AGE_BANDS]
+    return (value == UNKNOWN, bands.index(value) if value in bands else len(bands), value)
+
+
 def subgroup_report(labels: np.ndarray, probabilities: np.ndarray, facts: dict,
                     wanted: Sequence[str], lesions: np.ndarray, class_names, resamples: int,
                     seed: int) -> dict:
@@ -97,7 +103,7 @@ def subgroup_report(labels: np.ndarray, probabilities: np.ndarray, facts: dict,
         values = np.array(facts[name], dtype=object)
         report[name] = {value: _row(labels[values == value], probabilities[values == value],
                                     lesions[values == value], class_names, resamples, seed)
-                        for value in sorted(set(values))}
+                        for value in sorted(set(values), key=_order)}
     return report
 
 

@@ -9,7 +9,9 @@ import os
 import shutil
 from pathlib import Path
 
+from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
+from skin_keras.evaluate import model_card
 from skin_keras.export import saved_model
 
 _log = logging.getLogger(__name__)
@@ -79,3 +81,18 @@ def prepare(output: Path, planned: dict[str, Path], model: str, overwrite: bool)
     if replaced:
         _log.info(f"replacing the earlier export of this model: {', '.join(replaced)}")
     return dict((previous or {}).get("artifacts", {}))
+
+
+def ship_model_card(source: Path, output: Path) -> Path | None:
+    """Copies the newest model_card.md that evaluate.py wrote in the model's run folder next
+    to the artifacts; None (said) when the model was never evaluated there."""
+    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
+    cards = sorted(run_dir.glob(f"*/{model_card.FILE}"), key=lambda p: p.stat().st_mtime_ns)
+    if not cards:
+        _log.info(f"no {model_card.FILE} in {run_dir} to ship: run evaluate.py on the model "
+                  "first (it writes one)")
+        return None
+    target = output / model_card.FILE
+    atomic.write_text_atomic(target, cards[-1].read_text())
+    _log.info(f"{model_card.FILE}: copied from {cards[-1]}")
+    return target

@@ -109,6 +109,10 @@ def export(config: ExportConfig) -> dict:
             # After each artifact: an interrupted export still reports what it finished.
             output.mkdir(parents=True, exist_ok=True)
             atomic.write_json_atomic(output / destination.REPORT, report)
+    card = destination.ship_model_card(runner.source, output)
+    if card is not None:
+        report["model card"] = str(card)
+        atomic.write_json_atomic(output / destination.REPORT, report)
     _log.info(parity.describe(report))
     if failures:
         raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"

@@ -133,3 +133,12 @@ def test_evaluate_reports_subgroups_and_intervals_of_the_right_images(untrained_
     assert report["intervals"]["balanced accuracy"] == bootstrap.intervals(
         labels, probabilities, lesions, names, 100, 3)["balanced accuracy"]
     assert (tmp_path / "e" / "subgroups.png").stat().st_size > 0
+    # The model card: front matter with model-index results, every number's source named.
+    card = (tmp_path / "e" / "model_card.md").read_text()
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "model-index:" in front and "type: balanced_accuracy" in front
+    assert f"value: {round(report['balanced accuracy'], 4)}" in front
+    for source in ("metrics.json", "train_params.json", "split.csv"):
+        assert source in body
+    assert "## Subgroups" in body and "| center | north |" in body
+    assert "skin types" in body and "## Training data" in body

@@ -3,6 +3,7 @@ another model's export is not replaced without --overwrite, report.json keeps ea
 and --data_val without readable images is one line."""
 
 import json
+import os
 import shutil
 
 import pytest
@@ -92,3 +93,18 @@ def test_an_output_under_a_file_is_refused_before_any_work(untrained_run, tiny_d
         job.export(job.ExportConfig(model_path=str(untrained_run),
                                     output=str(tmp_path / "file" / "out"),
                                     data_val=str(tiny_dataset / "val")))
+
+
+def test_export_ships_the_newest_model_card_of_the_run(tmp_path):
+    from skin_keras.export import destination  # pylint: disable=g-import-not-at-top
+
+    run = tmp_path / "run"
+    (run / "weights").mkdir(parents=True)
+    assert destination.ship_model_card(run / "weights" / "best.keras", tmp_path / "o") is None
+    for name, text in (("eval_val", "old"), ("eval_test", "new")):
+        (run / name).mkdir()
+        (run / name / "model_card.md").write_text(text)
+    os.utime(run / "eval_val" / "model_card.md", ns=(0, 0))
+    (tmp_path / "o").mkdir()
+    shipped = destination.ship_model_card(run / "weights" / "best.keras", tmp_path / "o")
+    assert shipped.read_text() == "new"
