@@ -127,6 +127,9 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                         "fold in <run>/fold_i, out-of-fold predictions and balanced accuracy, "
                         "and the ensemble of the K members as the run's model (scored on "
                         "--data_val). 0 = one model.", low=0, high=50)
+    fold_by: str = option("", "With --folds: leave one group out instead, one member per value "
+                          "of this column of the split.csv beside --data_train (e.g. center, "
+                          "from prepare_isic --groups); --folds is the number of values.")
     calibrate: bool = option(False, "After training, fit temperature scaling on the validation "
                              "set: weights/best.keras then outputs calibrated probabilities "
                              "(python -m skin_keras.calibrate does it for an existing run).")

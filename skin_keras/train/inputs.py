@@ -57,7 +57,9 @@ def scan_folders(config: TrainConfig, class_names=None) -> tuple[folders.ImageFo
                 f"(class_indices.json): missing {', '.join(missing) or 'none'}; new "
                 f"{', '.join(extra) or 'none'}; resuming would train on other labels")
     train = folders.scan_image_folder(config.data_train, class_names=class_names)
-    val = folders.scan_image_folder(config.data_val, class_names=train.class_names)
+    # A member of a leave-one-group-out run validates on one clinic, which may lack a class.
+    val = folders.scan_image_folder(config.data_val, class_names=train.class_names,
+                                    allow_missing_classes=bool(config.fold_by))
     folders.refuse_overlap(train, val)
     train = decode_check.set_aside_undecodable(train, "train")
     val = decode_check.set_aside_undecodable(val, "val")

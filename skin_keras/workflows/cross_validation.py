@@ -104,6 +104,46 @@ def assign_folds(train: folders.ImageFolder, groups: np.ndarray, folds: int,
     return fold_of
 
 
+def group_folds(train: folders.ImageFolder, lesions: np.ndarray, column: str, folds: int
+                ) -> tuple[np.ndarray, str]:
+    """Leave one group out: fold i holds the images of the i-th value (sorted) of `column` in
+    the split.csv beside the training folder; a lesion with images at two values goes whole
+    with the value of most of them. UserError when the column or a value is missing, the
+    values are not `folds`, or leaving a value out leaves a class with no training image."""
+    split_csv = Path(train.root).parent / SPLIT_CSV
+    rows = _read_whole_csv(split_csv, ("image", column)) if split_csv.is_file() else None
+    if rows is None:
+        raise UserError(f"--fold_by={column}: no {SPLIT_CSV} beside {train.root} (prepare_isic "
+                        "--groups writes one)")
+    value_of = {row["image"].strip(): row[column].strip() for row in rows}
+    values = np.array([value_of.get(Path(p).stem, "") for p in train.paths], dtype=object)
+    if not all(values):
+        missing = next(p for p, v in zip(train.paths, values) if not v)
+        raise UserError(f"--fold_by={column}: {missing} has no {column} in {split_csv}")
+    names = sorted(set(values))
+    if len(names) != folds:
+        raise UserError(f"--fold_by={column}: the training images have {len(names)} {column} "
+                        f"values ({', '.join(names)}): use --folds={len(names)}")
+    moved = 0  # A lesion photographed at two clinics stays whole, with most of its images.
+    for lesion in set(lesions):
+        mine = lesions == lesion
+        found, counts = np.unique(values[mine], return_counts=True)
+        if len(found) > 1:
+            moved += int(np.sum(values[mine] != found[np.argmax(counts)]))
+            values[mine] = found[np.argmax(counts)]
+    fold_of = np.array([names.index(value) for value in values])
+    for fold, name in enumerate(names):
+        lost = [train.class_names[c] for c in range(train.num_classes)
+                if not np.any((fold_of != fold) & (train.labels == c))]
+        if lost:
+            raise UserError(f"--fold_by={column}: without {name} no training image of "
+                            f"{', '.join(lost)} is left")
+    return fold_of, f"leave one {column} out: " + ", ".join(
+        f"fold {i + 1} = {name}" for i, name in enumerate(names)) + (
+        f" ({moved} image(s) of lesions seen at two {column}s go with the lesion)"
+        if moved else "")
+
+
 def _link_tree(root: Path, train: folders.ImageFolder, chosen: np.ndarray) -> None:
     """root/<class>/<file name> links to the chosen images (made again from scratch); a name
     that two sub-folders of a class share gets a _2, _3, ... suffix."""
@@ -142,7 +182,10 @@ def train_folds(config: TrainConfig, verbose) -> Path:
     _log.info(folders.describe(train, "train (split into folds)"))
     _log.info(folders.describe(val, "val (held out: scores the ensemble)"))
     groups, grouping = lesion_groups(train)
-    fold_of = assign_folds(train, groups, config.folds, config.seed)
+    if config.fold_by:
+        fold_of, grouping = group_folds(train, groups, config.fold_by, config.folds)
+    else:
+        fold_of = assign_folds(train, groups, config.folds, config.seed)
     metadata = patient_metadata.resolve(config.metadata, config.data_train)
 
     run_dir = resume.run_dir if resume else run_folder.new_run_dir(config.save_ret)

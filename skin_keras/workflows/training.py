@@ -5,6 +5,7 @@ multi-worker cluster a scratch run folder for the workers that are not the chief
 import logging
 from pathlib import Path
 
+from skin_keras.core.errors import UserError
 from skin_keras.train import distribute, loop
 from skin_keras.train.config import TrainConfig
 from skin_keras.workflows import calibrate, cross_validation
@@ -15,6 +16,9 @@ _log = logging.getLogger(__name__)
 def run(config: TrainConfig, verbose: int | str = "auto") -> Path:
     """Trains (a model, or with --folds its K members and their ensemble), calibrates with
     --calibrate, and returns the run folder."""
+    if config.fold_by and not config.folds and not config.resume:
+        raise UserError(f"--fold_by={config.fold_by} needs --folds (the number of "
+                        f"{config.fold_by} values in the training images)")
     note = distribute.precision_note(config.precision)
     if note:
         _log.info(f"note: {note}")

@@ -177,3 +177,48 @@ def test_the_ensemble_is_the_mean_of_its_members_in_keras_and_exported(fold_run,
     assert exported.batch_one_only
     with pytest.raises(UserError, match="is an ensemble: Grad-CAM"):
         explainable(ensemble)
+
+
+@pytest.mark.slow
+def test_leave_one_clinic_out_trains_one_member_per_clinic_on_real_images(ham_200px, tmp_path):
+    # Three classes, three of HAM10000's clinics, a few lesions each; prepare_isic --groups
+    # writes the same split.csv columns.
+    with open(ham_200px / "acquisition_centers.csv", newline="") as file:
+        center_of = {row["image"]: row["center"] for row in csv.DictReader(file)}
+    with open(ham_200px / "ISIC_2019_Training_Metadata.csv", newline="") as file:
+        lesion_of = {row["image"]: row["lesion_id"] for row in csv.DictReader(file)}
+    with open(ham_200px / "ISIC_2019_Training_GroundTruth.csv", newline="") as file:
+        truth = list(csv.DictReader(file))
+    rows, data = [], tmp_path / "data"
+    for code, name in (("NV", "Nevus"), ("MEL", "Melanoma"), ("BKL", "Keratosis")):
+        for center in ("vidir_modern", "rosendahl", "vidir_molemax"):
+            chosen = [r["image"] for r in truth if float(r[code]) > 0.5
+                      and center_of[r["image"]] == center][:4]
+            for index, image in enumerate(chosen):
+                split = "val" if index == 3 else "train"
+                (data / split / name).mkdir(parents=True, exist_ok=True)
+                (data / split / name / f"{image}.jpg").symlink_to(
+                    ham_200px / "ISIC_2019_Training_Input" / f"{image}.jpg")
+                rows.append([image, name, lesion_of[image], split, center])
+    with open(data / "split.csv", "w", newline="") as file:
+        csv.writer(file).writerows([["image", "class", "lesion_id", "split", "center"], *rows])
+    config = tiny_config(tmp_path, data, folds=3, fold_by="center", epochs=1,
+                         freeze_layers=True)
+    with pytest.raises(UserError, match="have 3 center values .*: use --folds=3"):
+        training.run(dataclasses.replace(config, folds=2), verbose=0)
+    with pytest.raises(UserError, match="--fold_by=center needs --folds"):
+        training.run(dataclasses.replace(config, folds=0), verbose=0)
+    run = training.run(config, verbose=0)
+    with open(run / cross_validation.FOLDS_FILE, newline="") as file:
+        folds = {Path(row["path"]).stem: int(row["fold"]) for row in csv.DictReader(file)}
+    names = sorted({"vidir_modern", "rosendahl", "vidir_molemax"})
+    lesion_fold = {}
+    for image, fold in folds.items():  # A lesion whole in one fold, mostly its own clinic's.
+        assert lesion_fold.setdefault(lesion_of[image], fold) == fold
+    assert sum(names[fold - 1] == center_of[image] for image, fold in folds.items()) >= 25
+    grouping = json.loads((run / "train_params.json").read_text())["cross-validation"]["grouping"]
+    assert grouping.startswith("leave one center out: " + ", ".join(
+        f"fold {i + 1} = {name}" for i, name in enumerate(names)))
+    assert [p.name for p in sorted(run.glob("fold_*/weights/best.keras"))] == ["best.keras"] * 3
+    with open(run / cross_validation.OOF_FILE, newline="") as file:
+        assert len(list(csv.DictReader(file))) == len(folds) == 27
