@@ -26,9 +26,9 @@ from skin_keras.evaluate import (
 )
 from skin_keras.evaluate import report as reports
 from skin_keras.infer import backend as backends
-from skin_keras.infer import files, load, outputs
+from skin_keras.infer import adapt_bn, files, load, outputs
 from skin_keras.infer.predict import ModelRunConfig, prediction_rows
-from skin_keras.infer.runner import Runner, explainable
+from skin_keras.infer.runner import Runner, explainable, keras_model
 from skin_keras.model import io
 from skin_keras.model.metrics import matrix_title
 
@@ -60,6 +60,9 @@ class EvaluateConfig(ModelRunConfig):
                             "confidence intervals of every headline figure; 0 = none.", low=0,
                             high=100000)
     bootstrap_seed: int = option(0, "Seed of the bootstrap draws.", low=0, high=2**32 - 1)
+    adapt_bn: bool = option(False, "Test-time adaptation to another clinic: re-estimate the "
+                            "BatchNorm statistics of a Keras model on --data's images (up to 512,"
+                            " labels unused) before scoring them (AdaBN); runs on Keras.")
     ood: str = option("", "A folder of images that are none of the classes (searched "
                       "recursively; python -m skin_keras.ood_images makes one): report how well "
                       "the out-of-distribution scores tell --data from it (AUROC, overall and "
@@ -101,7 +104,7 @@ def evaluate(loaded: Runner, folder: folders.ImageFolder, output: Path, config: 
     kept = [str(p) for p, good in zip(paths, ok) if good]
     report = reports.metrics_report(labels, probabilities, runner.class_names, config.tta)
     report.update(model=str(runner.source), data=str(config.data),
-                  temperature=loaded.temperature)
+                  temperature=loaded.temperature, batch_norm_adapted=config.adapt_bn)
     if io.UNKNOWN_SCORE in results:
         report["unknown"] = {**runner.unknown.to_dict(), "images flagged": int(
             runner.unknown.flags(results[io.UNKNOWN_SCORE][ok]).sum())}
@@ -182,6 +185,11 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     if config.explain:
         explainable(loaded)  # Say so before predicting, not after.
     folder = labelled_folder(loaded, config.data)
+    if config.adapt_bn:
+        adapted = adapt_bn.adapt_batch_norm(keras_model(loaded, "--adapt_bn"), folder.paths,
+                                            config.bootstrap_seed)
+        _log.info(f"BatchNorm statistics re-estimated on {adapted} images of {config.data}")
+        config = dataclasses.replace(config, backend="keras")  # Not a copy of the file.
     facts = subgroups.image_facts(folder.paths, config.data, config.metadata, config.group_by)
     subgroups.check_names(config.group_by, facts[0], config.data)
     inputs = files.other_inputs(loaded, config.metadata, folder.paths)
