@@ -26,10 +26,10 @@ from skin_keras.evaluate import (
 )
 from skin_keras.evaluate import report as reports
 from skin_keras.infer import backend as backends
-from skin_keras.infer import adapt_bn, files, load, outputs
+from skin_keras.infer import files, load, outputs
 from skin_keras.infer.predict import ModelRunConfig, prediction_rows
 from skin_keras.infer.runner import Runner, explainable, keras_model
-from skin_keras.model import io
+from skin_keras.model import adapt_bn, io
 from skin_keras.model.metrics import matrix_title
 
 _log = logging.getLogger(__name__)
@@ -164,10 +164,9 @@ def _add_intervals(report, facts, ok, labels, probabilities, class_names, config
         subgroups.plot(report["subgroups"], output / "subgroups.png")
 
 
-def evaluate_model_path(config: EvaluateConfig) -> dict:
-    """evaluate.py's job: loads the model, scores it on config.data, logs and writes the
-    report; with --shifts, also under those shifts (the robustness report, returned instead);
-    --metadata_ablation scores a metadata model a second time with the metadata blanked."""
+def _load_checked(config: EvaluateConfig) -> Runner:
+    """The model, once every option that cannot work with it or with each other is refused:
+    before any prediction."""
     if config.shifts and (config.ood or config.metadata_ablation):
         raise UserError(f"--{'ood' if config.ood else 'metadata_ablation'} and --shifts: run "
                         "them one at a time")
@@ -184,6 +183,16 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
         ood.ood_files(config.ood)  # Said before the labelled evaluation, not after it.
     if config.explain:
         explainable(loaded)  # Say so before predicting, not after.
+    if config.adapt_bn:
+        keras_model(loaded, "--adapt_bn")
+    return loaded
+
+
+def evaluate_model_path(config: EvaluateConfig) -> dict:
+    """evaluate.py's job: loads the model, scores it on config.data, logs and writes the
+    report; with --shifts, also under those shifts (the robustness report, returned instead);
+    --metadata_ablation scores a metadata model a second time with the metadata blanked."""
+    loaded = _load_checked(config)
     folder = labelled_folder(loaded, config.data)
     if config.adapt_bn:
         adapted = adapt_bn.adapt_batch_norm(keras_model(loaded, "--adapt_bn"), folder.paths,

@@ -7,7 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from skin_keras.data import pipeline
-from skin_keras.infer import adapt_bn
+from skin_keras.model import adapt_bn
 from skin_keras.model import parts
 from skin_keras.model.fused_batch_norm import batch_norm_layers
 
