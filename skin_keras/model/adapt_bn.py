@@ -31,11 +31,29 @@ def adapt_batch_norm(model: keras.Model, paths, seed: int = 0) -> int:
     images = tf.stack([pipeline.load_image(tf.constant(str(path)), size) for path in chosen])
     layers = batch_norm_layers(model)
     saved = [(layer.trainable, layer.momentum) for layer in layers]
+    # Dropout (EfficientNet's stochastic depth) would be on in training mode and change what
+    # the later layers see: off for this pass, so each layer sees what inference will give it.
+    dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
+    rates = [layer.rate for layer in dropouts]
     try:
         for layer in layers:  # A frozen layer would run in inference mode even in training.
             layer.trainable, layer.momentum = True, 0.0
+        for layer in dropouts:
+            layer.rate = 0.0
         model(parts.full_inputs(model, images), training=True)
     finally:
         for layer, (trainable, momentum) in zip(layers, saved):
             layer.trainable, layer.momentum = trainable, momentum
+        for layer, rate in zip(dropouts, rates):
+            layer.rate = rate
     return len(chosen)
+
+
+def _all_layers(model: keras.Model) -> list:
+    found, stack = [], list(model.layers)
+    while stack:
+        layer = stack.pop()
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            stack.extend(layer.layers)
+    return found

@@ -127,6 +127,10 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                         "fold in <run>/fold_i, out-of-fold predictions and balanced accuracy, "
                         "and the ensemble of the K members as the run's model (scored on "
                         "--data_val). 0 = one model.", low=0, high=50)
+    average_epochs: int = option(0, "Also write weights/averaged.keras: the mean of the weights "
+                                 "over the last K epochs, BatchNorm statistics re-estimated on "
+                                 "training images (SWA/SWAD, for other clinics). 0 = off.",
+                                 low=0, high=1000)
     fold_by: str = option("", "With --folds: leave one group out instead, one member per value "
                           "of this column of the split.csv beside --data_train (e.g. center, "
                           "from prepare_isic --groups); --folds is the number of values.")
@@ -158,6 +162,12 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
         if self.finetune_epochs and not self.freeze_layers:
             raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
                             "--freeze_layers (use --nofreeze_layers alone to train everything)")
+        if self.average_epochs > self.epochs + self.finetune_epochs:
+            raise UserError(f"--average_epochs={self.average_epochs}: the run has only "
+                            f"{self.epochs + self.finetune_epochs} epochs")
+        if self.average_epochs and self.feature_cache_blocker is None:
+            raise UserError("--average_epochs averages the whole model: it needs the images "
+                            "every epoch (--feature_cache=none, or a training backbone)")
         for name in ("lr", "finetune_lr"):
             if not getattr(self, name) > 0:
                 raise UserError(f"--{name} must be positive, got {getattr(self, name)}")

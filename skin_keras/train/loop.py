@@ -23,6 +23,7 @@ from skin_keras.train import session as sessions
 from skin_keras.train.checkpoints import RunRecorder
 from skin_keras.train.config import TrainConfig
 from skin_keras.train.epoch_log import EpochLog
+from skin_keras.train.weight_average import WeightAverage
 
 _log = logging.getLogger(__name__)
 # Exit code of train.py when the run diverged (a NaN or infinite loss) or no epoch gave usable
@@ -136,6 +137,9 @@ def _callbacks(session: sessions.Session) -> list:
                  KnownStepsProgbar(session.steps_per_epoch)]
     if session.strategy.num_replicas_in_sync > 1:
         callbacks.append(distribute.AverageMovingStatistics(session.strategy, session.model))
+    if config.average_epochs:
+        callbacks.append(WeightAverage(session, config.average_epochs,
+                                       config.epochs + config.finetune_epochs))
     if config.patience:
         callbacks.append(keras.callbacks.EarlyStopping(
             monitor=config.monitor, mode="min" if session.log.minimize else "max",
