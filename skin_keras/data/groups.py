@@ -73,3 +73,23 @@ def check_training_classes(codes: Sequence[str], test: np.ndarray, names: dict,
     if lost:
         raise UserError(f"--holdout_group={','.join(holdouts)} holds out every image of "
                         f"{', '.join(lost)}: nothing would be left to train on")
+
+
+def column_values(paths: Sequence, split_csv: Path, column: str, flag: str) -> np.ndarray:
+    """The `column` value of each image (by file name without extension) in `split_csv`;
+    UserError naming `flag` when the file, the column or an image's value is missing."""
+    if not split_csv.is_file():
+        raise UserError(f"{flag}={column}: no {split_csv.name} at {split_csv.parent} "
+                        "(prepare_isic --groups writes one)")
+    rows, malformed = read_csv(split_csv, ("image",))
+    if malformed:
+        raise UserError(f"{split_csv} line {malformed[0]['line']}: {malformed[0]['reason']}")
+    if rows and column not in rows[0]:
+        raise UserError(f"{flag}={column}: {split_csv} has no column {column!r} (it has: "
+                        f"{', '.join(c for c in rows[0] if c != 'image')})")
+    value_of = {row["image"].strip(): (row[column] or "").strip() for row in rows}
+    values = np.array([value_of.get(Path(path).stem, "") for path in paths], dtype=object)
+    if not all(values):
+        missing = next(path for path, value in zip(paths, values) if not value)
+        raise UserError(f"{flag}={column}: {missing} has no {column} in {split_csv}")
+    return values

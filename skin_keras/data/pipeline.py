@@ -102,24 +102,29 @@ def dihedral_views(images: tf.Tensor, count: int = 8) -> list[tf.Tensor]:
 
 
 def balanced_file_stream(items: dict, labels: np.ndarray, num_classes: int,
-                         seed: int | None = None) -> tf.data.Dataset:
-    """(item, label) pairs drawn with equal probability per class, len(labels) per epoch.
+                         seed: int | None = None, strata: np.ndarray | None = None
+                         ) -> tf.data.Dataset:
+    """(item, label) pairs drawn with equal probability per class, len(labels) per epoch; with
+    `strata` (a group per item, e.g. its clinic), each group of a class equally likely too.
 
     `items` are named arrays whose rows go together (a file's path and its other inputs). Each
-    class's items are shuffled and repeated on their own, so a rare class is seen as often as a
-    common one (its images repeat; augmentation makes the repeats differ).
+    class's (and group's) items are shuffled and repeated on their own, so a rare class is seen
+    as often as a common one (its images repeat; augmentation makes the repeats differ).
     """
     labels = np.asarray(labels, np.int64)
+    strata = np.zeros(len(labels), int) if strata is None else np.asarray(strata)
     present = [c for c in range(num_classes) if np.any(labels == c)]
-    streams = []
+    streams, weights = [], []
     for c in present:
-        mask = labels == c
-        class_items = {name: np.asarray(values)[mask] for name, values in items.items()}
-        stream = tf.data.Dataset.from_tensor_slices((class_items, labels[mask]))
-        streams.append(stream.shuffle(int(mask.sum()), seed=seed,
-                                      reshuffle_each_iteration=True).repeat())
-    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=[1 / len(present)] * len(present),
-                                                 seed=seed)
+        found = sorted(set(strata[labels == c]))
+        for group in found:
+            mask = (labels == c) & (strata == group)
+            part = {name: np.asarray(values)[mask] for name, values in items.items()}
+            stream = tf.data.Dataset.from_tensor_slices((part, labels[mask]))
+            streams.append(stream.shuffle(int(mask.sum()), seed=seed,
+                                          reshuffle_each_iteration=True).repeat())
+            weights.append(1 / len(present) / len(found))
+    mixed = tf.data.Dataset.sample_from_datasets(streams, weights=weights, seed=seed)
     return mixed.take(len(labels))
 
 
@@ -135,6 +140,8 @@ class Training:
       deterministic: The same batches and augmentations for the same seed (slower).
       transforms: Per named input other than the image, a function applied to each example's
         value (the patient-metadata row blanker).
+      strata: With balanced sampling, a group per training example (its clinic): each group of
+        a class drawn as often.
     """
 
     seed: int | None = None
@@ -142,6 +149,7 @@ class Training:
     augmentation: Augmentation = Augmentation()
     deterministic: bool = False
     transforms: dict = dataclasses.field(default_factory=dict)
+    strata: np.ndarray | None = None
 
     def __post_init__(self):
         if self.sampling not in ("natural", "balanced"):
@@ -152,7 +160,7 @@ def example_stream(items: dict, labels, num_classes: int, training: Training | N
     """(named items, label) per example: in order for evaluation; for training shuffled or
     drawn with balanced classes, every epoch anew."""
     if training is not None and training.sampling == "balanced":
-        return balanced_file_stream(items, labels, num_classes, training.seed)
+        return balanced_file_stream(items, labels, num_classes, training.seed, training.strata)
     dataset = tf.data.Dataset.from_tensor_slices((items, np.asarray(labels, np.int64)))
     if training is not None:
         dataset = dataset.shuffle(len(labels), seed=training.seed, reshuffle_each_iteration=True)

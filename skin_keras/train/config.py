@@ -80,6 +80,9 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                                "train_params.json.", choices=CLASS_WEIGHTS)
     sampling: str = option("natural", "natural: each image once per epoch; balanced: draw every "
                            "class with the same probability.", choices=SAMPLINGS)
+    balance_by: str = option("", "With --sampling=balanced: within each class, draw every value "
+                             "of this column of the split.csv beside --data_train (e.g. center: "
+                             "every clinic as likely) with the same probability.")
     patience: int = option(0, "Stop when --monitor has not improved for this many epochs (0: "
                            "never stop early).", low=0, high=MAX_EPOCHS)
     precision: str = option("float32", "Compute dtype: float32, or mixed precision (float16 on "
@@ -162,6 +165,9 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
         if self.finetune_epochs and not self.freeze_layers:
             raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
                             "--freeze_layers (use --nofreeze_layers alone to train everything)")
+        if self.balance_by and self.sampling != "balanced":
+            raise UserError(f"--balance_by={self.balance_by} balances within classes: it needs "
+                            "--sampling=balanced")
         if self.average_epochs > self.epochs + self.finetune_epochs:
             raise UserError(f"--average_epochs={self.average_epochs}: the run has only "
                             f"{self.epochs + self.finetune_epochs} epochs")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import decode_check, folders, patient_metadata, pipeline
+from skin_keras.data import decode_check, folders, groups, patient_metadata, pipeline
 from skin_keras.model.layers import PatientMetadata
 from skin_keras.model.layers.metadata import row_blanker
 from skin_keras.train import run_folder
@@ -40,6 +40,7 @@ class RunData:
     transforms: dict = dataclasses.field(default_factory=dict)
     encoding: PatientMetadata | None = None
     metadata: dict | None = None
+    strata: np.ndarray | None = None  # --balance_by: each training image's group.
 
 
 def scan_folders(config: TrainConfig, class_names=None) -> tuple[folders.ImageFolder, ...]:
@@ -72,11 +73,14 @@ def read_run_data(config: TrainConfig, class_names=None) -> RunData:
     """The run's folders and, with --metadata, its metadata (the encoding learned from the
     training rows)."""
     train, val = scan_folders(config, class_names)
+    strata = None if not config.balance_by else groups.column_values(
+        train.paths, Path(config.data_train).parent / "split.csv", config.balance_by,
+        "--balance_by")
     path = patient_metadata.resolve(config.metadata, config.data_train)
     if path is None:
         if config.metadata.lower() == patient_metadata.AUTO:
             _log.info("metadata: auto, but no metadata.csv beside the data folders: image only")
-        return RunData(train, val)
+        return RunData(train, val, strata=strata)
     table = patient_metadata.read_table(path)
     summary = patient_metadata.check_for_training(table, train.paths, val.paths)
     _log.info(patient_metadata.describe_coverage(summary))
@@ -90,7 +94,8 @@ def read_run_data(config: TrainConfig, class_names=None) -> RunData:
         inputs={"train": {pipeline.METADATA: encoding.encode_records(train_records)},
                 "val": {pipeline.METADATA: encoding.encode_records(val_records)}},
         transforms=transforms, encoding=encoding,
-        metadata={**summary, **encoding.describe(), "training dropout": config.metadata_dropout})
+        metadata={**summary, **encoding.describe(), "training dropout": config.metadata_dropout},
+        strata=strata)
 
 
 def check_vocabulary(params_path: Path, data: RunData) -> None:
@@ -110,9 +115,12 @@ def selected(inputs: dict, keep: np.ndarray) -> dict:
     return {name: values[keep] for name, values in inputs.items()}
 
 
-def training_draw(config: TrainConfig, data: RunData, augmentation=None) -> pipeline.Training:
+def training_draw(config: TrainConfig, data: RunData, augmentation=None,
+                  keep: np.ndarray | None = None) -> pipeline.Training:
     """How the run's training datasets draw and change examples (`augmentation`: a stage's,
-    else the config's)."""
+    else the config's; `keep`: the training examples used, where some are left out)."""
+    strata = data.strata if data.strata is None or keep is None else data.strata[keep]
     return pipeline.Training(seed=config.seed, sampling=config.sampling,
                              augmentation=augmentation or config.augmentation,
-                             deterministic=config.deterministic, transforms=data.transforms)
+                             deterministic=config.deterministic, transforms=data.transforms,
+                             strata=strata)

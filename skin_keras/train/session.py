@@ -76,7 +76,7 @@ class Session:
                 feature_cache.feature_dataset(
                     train[train_ok], data.train.labels[train_ok], data.train.num_classes,
                     config.batch_size, selected(data.inputs["train"], train_ok),
-                    training_draw(config, data)),
+                    training_draw(config, data, keep=train_ok)),
                 feature_cache.feature_dataset(
                     val[val_ok], data.val.labels[val_ok], data.val.num_classes,
                     config.batch_size, selected(data.inputs["val"], val_ok)))

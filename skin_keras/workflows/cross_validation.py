@@ -34,6 +34,7 @@ from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
 from skin_keras.data import decode_check, folders, patient_metadata, splits
 from skin_keras.data.csv_table import read_csv
+from skin_keras.data.groups import column_values
 from skin_keras.evaluate.report import metrics_report
 from skin_keras.infer import files, load
 from skin_keras.infer.runner import keras_model
@@ -110,16 +111,7 @@ def group_folds(train: folders.ImageFolder, lesions: np.ndarray, column: str, fo
     the split.csv beside the training folder; a lesion with images at two values goes whole
     with the value of most of them. UserError when the column or a value is missing, the
     values are not `folds`, or leaving a value out leaves a class with no training image."""
-    split_csv = Path(train.root).parent / SPLIT_CSV
-    rows = _read_whole_csv(split_csv, ("image", column)) if split_csv.is_file() else None
-    if rows is None:
-        raise UserError(f"--fold_by={column}: no {SPLIT_CSV} beside {train.root} (prepare_isic "
-                        "--groups writes one)")
-    value_of = {row["image"].strip(): row[column].strip() for row in rows}
-    values = np.array([value_of.get(Path(p).stem, "") for p in train.paths], dtype=object)
-    if not all(values):
-        missing = next(p for p, v in zip(train.paths, values) if not v)
-        raise UserError(f"--fold_by={column}: {missing} has no {column} in {split_csv}")
+    values = column_values(train.paths, Path(train.root).parent / SPLIT_CSV, column, "--fold_by")
     names = sorted(set(values))
     if len(names) != folds:
         raise UserError(f"--fold_by={column}: the training images have {len(names)} {column} "

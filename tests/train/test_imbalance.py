@@ -5,6 +5,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,6 +45,20 @@ def test_balanced_sampling_gives_every_class_the_same_share():
     assert shares[3] == 0  # A class with no files is not drawn.
     natural = np.bincount(labels) / len(labels)
     assert natural[2] < 0.04  # Without balancing, the rare class is 3% of the draws.
+
+
+def test_balancing_by_clinic_draws_each_clinic_of_a_class_as_often():
+    labels = np.repeat([0, 0, 1], [300, 20, 100])  # Class 0: clinic a 300, clinic b 20.
+    clinics = np.repeat(["a", "b", "a"], [300, 20, 100])
+    paths = np.array([f"file_{i}.jpg" for i in range(len(labels))])
+    stream = pipeline.balanced_file_stream({"image": paths}, labels, num_classes=2, seed=0,
+                                           strata=clinics)
+    drawn = [(item["image"].decode(), label) for _ in range(4)
+             for item, label in stream.as_numpy_iterator()]
+    index = {path: i for i, path in enumerate(paths)}
+    of_b = np.mean([clinics[index[path]] == "b" for path, label in drawn if label == 0])
+    assert abs(of_b - 0.5) < 0.04  # Without strata: 20/320 = 6%.
+    assert abs(np.mean([label for _, label in drawn]) - 0.5) < 0.04
 
 
 def test_balanced_sampling_pipeline_yields_decoded_batches(tmp_path):
@@ -123,3 +138,30 @@ def test_mixed_precision_run_keeps_float32_weights_and_output(tmp_path, tiny_dat
     probabilities = model.predict({"image": images}, verbose=0)["probabilities"]
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-3)
+
+
+def test_balance_by_reads_each_training_images_clinic_from_split_csv(tmp_path, tiny_dataset):
+    import csv  # pylint: disable=g-import-not-at-top
+
+    from skin_keras.core.errors import UserError  # pylint: disable=g-import-not-at-top
+    from skin_keras.train import inputs  # pylint: disable=g-import-not-at-top
+
+    from conftest import tiny_config  # pylint: disable=g-import-not-at-top
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    with pytest.raises(UserError, match="needs --sampling=balanced"):
+        tiny_config(tmp_path, data, balance_by="center")
+    config = tiny_config(tmp_path, data, balance_by="center", sampling="balanced")
+    with pytest.raises(UserError, match="--balance_by=center: no split.csv"):
+        inputs.read_run_data(config)
+    images = sorted(data.glob("*/*/*.jpg"))
+    with open(data / "split.csv", "w", newline="") as file:
+        csv.writer(file).writerows([["image", "class", "lesion_id", "split", "center"]] + [
+            [p.stem, p.parent.name, "", p.parent.parent.name, f"c{i % 2}"]
+            for i, p in enumerate(images)])
+    run_data = inputs.read_run_data(config)
+    expected = {p.stem: f"c{i % 2}" for i, p in enumerate(images)}
+    assert list(run_data.strata) == [expected[Path(p).stem] for p in run_data.train.paths]
+    training = inputs.training_draw(config, run_data, keep=np.arange(3))
+    assert list(training.strata) == list(run_data.strata[:3])
