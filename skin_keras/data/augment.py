@@ -146,8 +146,30 @@ def _rotate(image: tf.Tensor, angle: tf.Tensor) -> tf.Tensor:
     return rotated[0]
 
 
+STYLE_MIX_ALPHA = 0.1  # MixStyle's Beta(alpha, alpha): most weights near 0 or 1.
+
+
+def style_mix(images: tf.Tensor, probability: float, seed: int | None = None) -> tf.Tensor:
+    """Each image, with `probability`, renormalised to per-channel statistics mixed between its
+    own and those of another image of the batch (MixStyle, Zhou et al. 2021, on the pixels);
+    what the image shows is kept, its colour cast, brightness and contrast change."""
+    count = tf.shape(images)[0]
+    mean = tf.reduce_mean(images, axis=[1, 2], keepdims=True)
+    std = tf.sqrt(tf.math.reduce_variance(images, axis=[1, 2], keepdims=True) + 1e-3)
+    other = tf.random.shuffle(tf.range(count), seed=seed)
+    first = tf.random.gamma([count, 1, 1, 1], STYLE_MIX_ALPHA, seed=seed)
+    second = tf.random.gamma([count, 1, 1, 1], STYLE_MIX_ALPHA, seed=seed)
+    weight = first / tf.maximum(first + second, 1e-12)
+    mixed_mean = weight * mean + (1 - weight) * tf.gather(mean, other)
+    mixed_std = weight * std + (1 - weight) * tf.gather(std, other)
+    styled = (images - mean) / std * mixed_std + mixed_mean
+    chosen = tf.random.uniform([count, 1, 1, 1], seed=seed) < probability
+    return tf.clip_by_value(tf.where(chosen, styled, images), 0.0, 255.0)
+
+
 def batch_mixer(augmentation: Augmentation, seed: int | None):
-    """A (images, labels) -> (images, labels) function for RandAugment, MixUp and CutMix."""
+    """A (images, labels) -> (images, labels) function for MixStyle on pixels, RandAugment,
+    MixUp and CutMix."""
     rand_augment = keras.layers.RandAugment(
         value_range=(0, 255), factor=augmentation.randaugment_magnitude, seed=seed) if (
             augmentation.randaugment_magnitude) else None
@@ -158,6 +180,8 @@ def batch_mixer(augmentation: Augmentation, seed: int | None):
         mixers.append(keras.layers.CutMix(factor=augmentation.cutmix_alpha, seed=seed))
 
     def mix(images, labels):
+        if augmentation.style_mix_prob:
+            images = style_mix(images, augmentation.style_mix_prob, seed)
         if rand_augment is not None:
             images = rand_augment(images)
         if not mixers:

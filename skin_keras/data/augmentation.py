@@ -42,6 +42,11 @@ class Augmentation:
                             "camera).")
     jpeg_prob: float = _off(1.0, "Probability of JPEG re-compression at quality 30-90.")
     randaugment_magnitude: float = _off(1.0, "keras.layers.RandAugment factor in (0, 1].")
+    style_mix_prob: float = _off(1.0, "Probability that an image takes on colour statistics "
+                                 "(per-channel mean and standard deviation) mixed with those of "
+                                 "another image of its batch, by a Beta(0.1, 0.1) weight: "
+                                 "MixStyle (Zhou et al. 2021) on the pixels; with --balance_by, "
+                                 "statistics of other clinics.")
     mixup_alpha: float = _off(10.0, "MixUp alpha; labels become soft.")
     cutmix_alpha: float = _off(10.0, "CutMix factor; with MixUp too, each batch gets one of the "
                                "two.")
@@ -54,7 +59,8 @@ class Augmentation:
 
     @property
     def mixes_batches(self) -> bool:
-        return bool(self.randaugment_magnitude or self.mixup_alpha or self.cutmix_alpha)
+        return bool(self.randaugment_magnitude or self.mixup_alpha or self.cutmix_alpha
+                    or self.style_mix_prob)
 
     def decode_size(self, img_size: int) -> int:
         """The shorter side an image must keep when decoded (JPEG DCT scaling) so that the

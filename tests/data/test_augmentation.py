@@ -81,3 +81,23 @@ def test_training_with_every_augmentation_counts_and_names_every_file(tmp_path, 
     flagfile = (run / "flags.cfg").read_text().splitlines()
     assert "--rotation" in flagfile and "--mixup_alpha=0.3" in flagfile
     assert "--vignette_prob=0.5" in flagfile and "--color_constancy=gray_world" in flagfile
+
+
+def test_style_mixing_changes_colour_statistics_and_keeps_what_the_image_shows():
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    from skin_keras.data import augment  # pylint: disable=g-import-not-at-top
+
+    rng = np.random.default_rng(0)
+    pattern = rng.uniform(0, 1, (8, 32, 32, 1))
+    casts = rng.uniform(40, 200, (8, 1, 1, 3))  # Each image its own colour and contrast.
+    images = tf.constant(pattern * casts * 0.5 + casts * 0.5, tf.float32)
+    styled = augment.style_mix(images, 1.0, seed=1).numpy()
+    assert np.array_equal(augment.style_mix(images, 0.0, seed=1).numpy(), images.numpy())
+    moved = np.abs(styled.mean((1, 2)) - images.numpy().mean((1, 2))).max(axis=1)
+    assert (moved > 5).sum() >= 4  # Most images took on other statistics...
+    for before, after in zip(images.numpy(), styled):  # ...and show the same thing.
+        correlation = np.corrcoef(before[..., 0].ravel(), after[..., 0].ravel())[0, 1]
+        assert correlation > 0.99
+    assert styled.min() >= 0 and styled.max() <= 255
