@@ -96,8 +96,10 @@ def test_style_mixing_changes_colour_statistics_and_keeps_what_the_image_shows()
     styled = augment.style_mix(images, 1.0, seed=1).numpy()
     assert np.array_equal(augment.style_mix(images, 0.0, seed=1).numpy(), images.numpy())
     moved = np.abs(styled.mean((1, 2)) - images.numpy().mean((1, 2))).max(axis=1)
-    assert (moved > 5).sum() >= 4  # Most images took on other statistics...
-    for before, after in zip(images.numpy(), styled):  # ...and show the same thing.
+    # Beta(0.1, 0.1) weights are near 0 or 1: about half of the images take on another's
+    # statistics, the others keep theirs.
+    assert (moved > 5).sum() >= 2
+    for before, after in zip(images.numpy(), styled):  # All show the same thing.
         correlation = np.corrcoef(before[..., 0].ravel(), after[..., 0].ravel())[0, 1]
         assert correlation > 0.99
     assert styled.min() >= 0 and styled.max() <= 255
