@@ -128,6 +128,28 @@ def balanced_file_stream(items: dict, labels: np.ndarray, num_classes: int,
     return mixed.take(len(labels))
 
 
+def draw_like_training(labels: np.ndarray, count: int, seed: int | None, sampling: str,
+                       strata: np.ndarray | None = None) -> np.ndarray:
+    """Indices of `count` training examples drawn as the training stream draws them: with
+    replacement, uniformly (natural), or with every class (and every stratum of a class)
+    equally likely (balanced). What statistics of "the training images" must be measured on
+    when they are to match the batches the model trained with (BatchNorm re-estimation)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    if sampling != "balanced":
+        return rng.integers(0, len(labels), count)
+    strata = np.zeros(len(labels), int) if strata is None else np.asarray(strata)
+    cells, weights = [], []
+    present = sorted(set(labels.tolist()))
+    for c in present:
+        found = sorted(set(strata[labels == c].tolist()))
+        for group in found:
+            cells.append(np.flatnonzero((labels == c) & (strata == group)))
+            weights.append(1 / len(present) / len(found))
+    chosen = rng.choice(len(cells), count, p=np.array(weights) / np.sum(weights))
+    return np.array([rng.choice(cells[cell]) for cell in chosen])
+
+
 @dataclasses.dataclass(frozen=True)
 class Training:
     """How a training dataset draws and changes its examples.

@@ -167,3 +167,16 @@ def test_balance_by_reads_each_training_images_clinic_from_split_csv(tmp_path, t
     assert list(run_data.strata) == [expected[Path(p).stem] for p in run_data.train.paths]
     training = inputs.training_draw(config, run_data, keep=np.arange(3))
     assert list(training.strata) == list(run_data.strata[:3])
+
+
+def test_statistics_are_measured_on_images_drawn_as_training_drew_them():
+    labels = np.repeat([0, 1, 2], [900, 90, 10])
+    natural = pipeline.draw_like_training(labels, 6000, 0, "natural")
+    balanced = pipeline.draw_like_training(labels, 6000, 0, "balanced")
+    np.testing.assert_allclose(np.bincount(labels[natural]) / 6000, [0.9, 0.09, 0.01],
+                               atol=0.015)
+    np.testing.assert_allclose(np.bincount(labels[balanced]) / 6000, [1 / 3] * 3, atol=0.02)
+    clinics = np.repeat(["a", "b", "a", "a"], [890, 10, 90, 10])
+    by_clinic = pipeline.draw_like_training(labels, 6000, 0, "balanced", clinics)
+    share_b = np.mean(clinics[by_clinic][labels[by_clinic] == 0] == "b")
+    assert abs(share_b - 0.5) < 0.03  # Clinic b: 10 of class 0's 900 images, half the draws.

@@ -20,8 +20,9 @@ def test_the_average_of_the_last_epochs_is_written_and_the_model_left_alone(tmp_
     model = tiny_model()
     (tmp_path / "weights").mkdir()
     session = types.SimpleNamespace(
-        model=model, run_dir=tmp_path, config=types.SimpleNamespace(seed=0),
-        data=types.SimpleNamespace(train=folders.scan_image_folder(tiny_dataset / "train")),
+        model=model, run_dir=tmp_path, config=types.SimpleNamespace(seed=0, sampling="balanced"),
+        data=types.SimpleNamespace(train=folders.scan_image_folder(tiny_dataset / "train"),
+                                   strata=None),
         info=record.ModelInfo.of(model, list(CLASSES)))
     averager = WeightAverage(session, epochs=2, last=3)
     rng = np.random.default_rng(0)
