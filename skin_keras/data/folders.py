@@ -154,16 +154,17 @@ def _one_label_per_file(paths: list[str], labels: list[int], class_names: Sequen
                         ) -> tuple[list[int], list[tuple[str, str]]]:
     """`first_of_each_file`, except that a file reached from two class folders (a hard or
     symbolic link) has two labels: every path to it is left out and named."""
+    identities = {path: file_identity(path) for path in paths}  # One stat per file.
     classes_of = {}
     for path, label in zip(paths, labels):
-        classes_of.setdefault(file_identity(path), {}).setdefault(label, path)
+        classes_of.setdefault(identities[path], {}).setdefault(label, path)
     keep, repeats = first_of_each_file(paths)
     two_labels = {identity: found for identity, found in classes_of.items() if len(found) > 1}
     if not two_labels:
         return keep, repeats
-    kept, left_out = [], [(p, r) for p, r in repeats if file_identity(p) not in two_labels]
+    kept, left_out = [], [(p, r) for p, r in repeats if identities[p] not in two_labels]
     for index, path in enumerate(paths):
-        found = two_labels.get(file_identity(path))
+        found = two_labels.get(identities[path])
         if found is None:
             if index in keep:
                 kept.append(index)
