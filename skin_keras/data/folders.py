@@ -8,6 +8,7 @@ truncated or non-image files are reported by name once instead of crashing train
 
 import concurrent.futures
 import dataclasses
+import io
 import os
 import stat
 from collections.abc import Sequence
@@ -72,10 +73,22 @@ def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]
         status = os.stat(path)
         if not stat.S_ISREG(status.st_mode):  # A FIFO or a device (a link to /dev/zero).
             return None, "not a regular file (a pipe or a device)"
-        size = status.st_size
-        if size == 0:
-            return None, "empty file"
-        with Image.open(path) as image:
+        with open(path, "rb") as file:
+            return _inspect(file, status.st_size)
+    except OSError as error:
+        return None, f"not a readable image ({error.__class__.__name__})"
+
+
+def inspect_bytes(contents: bytes) -> tuple[tuple[int, int] | None, str | None]:
+    """`inspect_image` of a file's contents (an upload)."""
+    return _inspect(io.BytesIO(contents), len(contents))
+
+
+def _inspect(file, size: int) -> tuple[tuple[int, int] | None, str | None]:
+    if size == 0:
+        return None, "empty file"
+    try:
+        with Image.open(file) as image:
             image_format, mode, dimensions = image.format, image.mode, image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         return None, f"not a readable image ({error.__class__.__name__})"
@@ -86,9 +99,8 @@ def inspect_image(path: str | Path) -> tuple[tuple[int, int] | None, str | None]
         # grey levels. (PNG palettes decode correctly.)
         return None, (f"unsupported {'1-bit' if mode == '1' else '8-bit palette'} BMP (save it "
                       "as PNG or 24-bit BMP)")
-    with open(path, "rb") as file:
-        file.seek(max(0, size - _TAIL_BYTES))
-        tail = file.read()
+    file.seek(max(0, size - _TAIL_BYTES))
+    tail = file.read()
     if image_format == "JPEG" and b"\xff\xd9" not in tail:
         return None, "truncated JPEG (no end-of-image marker)"
     if image_format == "PNG" and b"IEND" not in tail:

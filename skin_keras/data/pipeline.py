@@ -62,11 +62,16 @@ def read_rgb(path: str | Path) -> np.ndarray:
     (16-bit PNGs scaled to 8 bits, grey repeated, alpha dropped). Everything else that reads
     pixels (shifted copies, labelled copies, overlays, crops) uses it, so that none can see
     another image than the model. OSError naming the file when it cannot be decoded."""
+    return decode_rgb(tf.io.read_file(str(path)), str(path))
+
+
+def decode_rgb(contents, name: str = "the image") -> np.ndarray:
+    """`read_rgb` of a file's contents (bytes or a string tensor); OSError naming `name`."""
     try:
-        return tf.io.decode_image(tf.io.read_file(str(path)), channels=3, dtype=tf.uint8,
+        return tf.io.decode_image(contents, channels=3, dtype=tf.uint8,
                                   expand_animations=False).numpy()
     except tf.errors.OpError as error:
-        raise OSError(f"{path}: TensorFlow cannot decode it ({first_line(error.message)})"
+        raise OSError(f"{name}: TensorFlow cannot decode it ({first_line(error.message)})"
                       ) from None
 
 

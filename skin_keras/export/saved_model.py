@@ -52,14 +52,38 @@ def next_version(model_base: Path) -> int:
     return max(versions, default=0) + 1
 
 
+METADATA_INPUTS = {"age_approx": tf.float32, "sex": tf.string, "anatom_site_general": tf.string}
+
+
+def signature_specs(img_size: int, num_classes: int, with_metadata: bool,
+                    with_unknown: bool) -> dict[str, tuple[list, dict]]:
+    """Every serving signature: name -> (input specs in order, output specs by name). The one
+    declaration of the API: the SavedModel is traced with it, serve.py answers with it."""
+    outputs = {"probabilities": tf.TensorSpec([None, num_classes], tf.float32),
+               "label": tf.TensorSpec([None], tf.string),
+               "score": tf.TensorSpec([None], tf.float32)}
+    if with_unknown:
+        outputs.update(unknown_score=tf.TensorSpec([None], tf.float32),
+                       unknown=tf.TensorSpec([None], tf.bool))
+    metadata = [tf.TensorSpec([None], dtype, name=name)
+                for name, dtype in METADATA_INPUTS.items()] if with_metadata else []
+    by_bytes = tf.TensorSpec([None], tf.string, name="image_bytes")
+    images = tf.TensorSpec([None, img_size, img_size, 3], tf.float32, name="images")
+    specs = {"serving_default": ([by_bytes, *metadata], outputs),
+             "serving_images": ([images, *metadata], outputs)}
+    if with_metadata:  # The same model, every record missing.
+        specs["serving_image_only"] = ([by_bytes], outputs)
+    return specs
+
+
 def _signatures(runner: KerasRunner) -> dict:
     """The serving signatures of the runner's model. Every signature calls one traced function
     of the images (and the encoded metadata), so the model is traced once, not per signature."""
     model, size = runner.model, runner.img_size
     class_names = tf.constant(runner.class_names)
     encoding = parts.metadata_encoding_of(model)
-    images_spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
-    bytes_spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    specs = {name: inputs for name, (inputs, _) in signature_specs(
+        size, len(runner.class_names), encoding is not None, runner.unknown is not None).items()}
 
     def decode(image_bytes):
         return tf.map_fn(lambda contents: pipeline.decode_and_resize(contents, size),
@@ -68,29 +92,26 @@ def _signatures(runner: KerasRunner) -> dict:
 
     if encoding is None:
         forward = tf.function(lambda images: _serving_outputs(model, class_names, images),
-                              input_signature=[images_spec])
+                              input_signature=specs["serving_images"])
         return {"serving_default": tf.function(lambda image_bytes: forward(decode(image_bytes)),
-                                               input_signature=[bytes_spec]),
+                                               input_signature=specs["serving_default"]),
                 "serving_images": forward}
     forward = tf.function(lambda images, vectors: _serving_outputs(
         model, class_names, images, vectors), input_signature=[
-            images_spec, tf.TensorSpec([None, encoding.size], tf.float32)])
-    metadata_specs = [tf.TensorSpec([None], tf.float32, name="age_approx"),
-                      tf.TensorSpec([None], tf.string, name="sex"),
-                      tf.TensorSpec([None], tf.string, name="anatom_site_general")]
+            specs["serving_images"][0], tf.TensorSpec([None, encoding.size], tf.float32)])
     missing = tf.constant(encoding.missing_vector())
     return {
         "serving_default": tf.function(
             lambda image_bytes, age_approx, sex, anatom_site_general: forward(
                 decode(image_bytes), encoding.encode(age_approx, sex, anatom_site_general)),
-            input_signature=[bytes_spec, *metadata_specs]),
+            input_signature=specs["serving_default"]),
         "serving_images": tf.function(
             lambda images, age_approx, sex, anatom_site_general: forward(
                 images, encoding.encode(age_approx, sex, anatom_site_general)),
-            input_signature=[images_spec, *metadata_specs]),
+            input_signature=specs["serving_images"]),
         "serving_image_only": tf.function(lambda image_bytes: forward(
             decode(image_bytes), tf.repeat(missing[None], tf.shape(image_bytes)[0], axis=0)),
-            input_signature=[bytes_spec])}
+            input_signature=specs["serving_image_only"])}
 
 
 def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Path:

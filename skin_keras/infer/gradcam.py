@@ -54,19 +54,23 @@ def resize_map(heat_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(resized.numpy()[..., 0], 0.0, 1.0)
 
 
-def overlay_figure(image: Image.Image, heat_map: np.ndarray, caption: str,
-                   alpha: float = 0.45) -> Image.Image:
-    """The original and the heat-map overlay side by side, with a caption underneath."""
+def overlay(image: Image.Image, heat_map: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The image with the heat map (resized to it) blended over it."""
     from skin_keras.core import plots  # pylint: disable=g-import-not-at-top  (matplotlib: when drawn)
 
     image = image.convert("RGB")
-    heat_map = resize_map(heat_map, image.size)
-    colours = plots.heat_colours(heat_map)
+    colours = plots.heat_colours(resize_map(heat_map, image.size))
     blended = (1 - alpha) * np.asarray(image, np.float32) + alpha * colours
-    overlay = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+    return Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+
+def overlay_figure(image: Image.Image, heat_map: np.ndarray, caption: str,
+                   alpha: float = 0.45) -> Image.Image:
+    """The original and the heat-map overlay side by side, with a caption underneath."""
+    image = image.convert("RGB")
     width, height = image.size
     canvas = Image.new("RGB", (2 * width + 10, height + 28), "white")
     canvas.paste(image, (0, 0))
-    canvas.paste(overlay, (width + 10, 0))
+    canvas.paste(overlay(image, heat_map, alpha), (width + 10, 0))
     ImageDraw.Draw(canvas).text((4, height + 6), caption, fill="black")
     return canvas

@@ -33,6 +33,7 @@ class TFLiteRunner(Runner):
     """
 
     chunk = 8
+    thread_safe = False  # One interpreter: its tensors are resized and filled per call.
 
     def __init__(self, model_content: bytes, about: About | None = None):
         from ai_edge_litert.interpreter import Interpreter  # pylint: disable=g-import-not-at-top

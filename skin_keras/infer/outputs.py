@@ -17,33 +17,40 @@ from skin_keras.infer import gradcam
 from skin_keras.infer.runner import Runner, explainable
 
 
+def csv_header(class_names: Sequence[str], topk: int = 0, with_metadata: bool = False,
+               with_unknown: bool = False) -> list[str]:
+    """predictions.csv's columns: path,label,score,<classes>,[top1..],[metadata],[unknown,
+    unknown_score],error; metadata for a metadata model, unknown for a model with a rule."""
+    return ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
+            *(["metadata"] if with_metadata else []),
+            *(["unknown", "unknown_score"] if with_unknown else []), "error"]
+
+
+def csv_cells(row: dict, topk: int = 0) -> list[str]:
+    """One prediction row (`predict.prediction_rows`) as the cells of predictions.csv."""
+    probs = [("" if p is None else f"{p:.6f}") for p in row["probabilities"].values()]
+    tops = [f"{t['label']}:{t['score']:.4f}" for t in row.get("top", [])]
+    tops += [""] * (topk - len(tops))
+    score = "" if row["score"] is None else f"{row['score']:.6f}"
+    used = [row["metadata"]] if "metadata" in row else []
+    unknown = [] if "unknown" not in row else ["", ""] if row["unknown"] is None else [
+        str(row["unknown"]).lower(), f"{row['unknown_score']:.6g}"]
+    return [safe_cell(row["path"]), row["label"], score, *probs, *tops, *used, *unknown,
+            safe_cell(row["error"])]
+
+
 def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path,
                       topk: int = 0) -> None:
-    """predictions.csv (path,label,score,<classes>,[top1..],[metadata],[unknown,
-    unknown_score],error) and predictions.json; the metadata column (used / missing) is there
-    for a metadata model, unknown (true / false) and its score for a model with an unknown
-    rule."""
+    """predictions.csv (`csv_header`) and predictions.json."""
     output.mkdir(parents=True, exist_ok=True)
-    with_metadata = bool(rows) and "metadata" in rows[0]
-    with_unknown = bool(rows) and "unknown" in rows[0]
-    header = ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
-              *(["metadata"] if with_metadata else []),
-              *(["unknown", "unknown_score"] if with_unknown else []), "error"]
+    header = csv_header(class_names, topk, bool(rows) and "metadata" in rows[0],
+                        bool(rows) and "unknown" in rows[0])
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as file:
             writer = csv.writer(file)
             writer.writerow(header)
-            for row in rows:
-                probs = [("" if p is None else f"{p:.6f}") for p in row["probabilities"].values()]
-                tops = [f"{t['label']}:{t['score']:.4f}" for t in row.get("top", [])]
-                tops += [""] * (topk - len(tops))
-                score = "" if row["score"] is None else f"{row['score']:.6f}"
-                used = [row["metadata"]] if with_metadata else []
-                unknown = [] if not with_unknown else ["", ""] if row["unknown"] is None else [
-                    str(row["unknown"]).lower(), f"{row['unknown_score']:.6g}"]
-                writer.writerow([safe_cell(row["path"]), row["label"], score, *probs, *tops,
-                                 *used, *unknown, safe_cell(row["error"])])
+            writer.writerows(csv_cells(row, topk) for row in rows)
 
     atomic.write_all_atomic({  # Never a new CSV beside an old JSON (a full disk).
         output / "predictions.csv": write_csv,

@@ -45,6 +45,7 @@ class Runner:
     chunk: int | None = None  # Images per backend call (None: the whole batch at once).
     encodes_itself = False  # Takes the records as they are (a SavedModel's signature).
     temperature: float | None = None  # A calibrated Keras model's, where it can be read.
+    thread_safe = True  # May be called from several threads at once (not a LiteRT interpreter).
 
     def __init__(self, about: About, inputs: tuple[str, ...], outputs: tuple[str, ...]):
         self.about, self.inputs, self.outputs = about, tuple(inputs), tuple(outputs)

@@ -1,0 +1,172 @@
+"""The model behind the server: uploaded bytes in, the answers predict.py and the SavedModel
+give out.
+
+An upload is checked as predict.py checks a file (`folders.inspect_bytes`: not an image, a
+truncated one, an unsupported format; and a pixel limit against decompression bombs), decoded by
+the function training and the SavedModel's bytes signature use (`pipeline.decode_and_resize`)
+and run by the runner predict.py would pick, in batches with the other requests waiting
+(batcher.py: `max_concurrent` batches at once, up to `max_batch` images each; beyond
+`max_waiting` waiting requests the next is told the server is busy). Nothing
+uploaded is written anywhere unless `keep_uploads` names a folder (then under a name made from
+its content, never one the client chose).
+"""
+
+import dataclasses
+import hashlib
+import io as bytes_io
+import threading
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from PIL import Image
+
+from skin_keras.core import atomic
+from skin_keras.core.errors import UserError
+from skin_keras.data import folders, pipeline
+from skin_keras.data.patient_metadata import MISSING, Record
+from skin_keras.infer import gradcam, outputs
+from skin_keras.infer.predict import prediction_rows
+from skin_keras.infer.runner import Runner, explainable
+from skin_keras.model import io
+from skin_keras.serve import batcher
+
+# Larger than any dermoscopy image (ISIC's largest are 6,000 x 4,000 = 24 Mpx); a small file
+# that unpacks to more is refused before it is decoded.
+MAX_PIXELS = 64_000_000
+OVERLAY_SIDE = 512  # Grad-CAM overlays are sent at most this wide or high.
+
+
+class RequestError(Exception):
+    """A request the server refuses: an HTTP status (4xx) and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Upload:
+    """One image sent to the server; `name` is only shown (the CSV's path column)."""
+
+    contents: bytes
+    record: Record = MISSING
+    name: str = ""
+
+
+class ModelService:
+    """A loaded model and the server's rules for running it."""
+
+    def __init__(self, loaded: Runner, runner: Runner, max_concurrent: int = 1,
+                 max_waiting: int = 64, keep_uploads: Path | None = None, max_batch: int = 8):
+        """`loaded`: what load.load gave (a KerasRunner can explain); `runner`: the backend
+        that predicts (backend.select)."""
+        self.loaded, self.runner = loaded, runner
+        self.keep_uploads = keep_uploads
+        # A runner that is not thread-safe (LiteRT's interpreter) runs one batch at a time.
+        self._batcher = batcher.Batcher(self._run, max_concurrent if runner.thread_safe else 1,
+                                        max_batch, max_waiting)
+        self._explaining = threading.Lock()  # Grad-CAM: one at a time, beside the batches.
+        size = runner.img_size
+        self._decode = tf.function(lambda contents: pipeline.decode_and_resize(contents, size),
+                                   input_signature=[tf.TensorSpec([], tf.string)])
+
+    @property
+    def takes_metadata(self) -> bool:
+        return io.METADATA in self.runner.inputs
+
+    @property
+    def can_explain(self) -> bool:
+        try:
+            explainable(self.loaded)
+        except UserError:
+            return False
+        return True
+
+    # --- Checking and decoding ---
+
+    def images(self, uploads: list[Upload]) -> np.ndarray:
+        """[B, H, W, 3] model inputs; RequestError naming the first bad upload."""
+        for index, upload in enumerate(uploads):
+            dimensions, reason = folders.inspect_bytes(upload.contents)
+            if reason is None and dimensions[0] * dimensions[1] > MAX_PIXELS:
+                raise RequestError(413, f"{_which(upload, index, len(uploads))}: "
+                                   f"{dimensions[0]} x {dimensions[1]} pixels is more than the "
+                                   f"server decodes ({MAX_PIXELS / 1e6:g} Mpx)")
+            if reason is not None:
+                raise RequestError(400, f"{_which(upload, index, len(uploads))}: {reason}")
+        decoded = []
+        for index, upload in enumerate(uploads):
+            try:
+                decoded.append(self._decode(tf.constant(upload.contents)).numpy())
+            except tf.errors.OpError:
+                raise RequestError(400, f"{_which(upload, index, len(uploads))}: could not be "
+                                   "decoded (a damaged image)") from None
+        return np.stack(decoded)
+
+    # --- Predicting ---
+
+    def run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
+        """The runner's outputs for `images` (records None: metadata missing), run in a batch
+        with the other requests waiting; RequestError 503 when too many wait already."""
+        try:
+            return self._batcher(images, records)
+        except batcher.Busy as error:
+            raise RequestError(503, f"the server is busy ({error}); try again shortly"
+                               ) from None
+
+    def _run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
+        batch = {io.IMAGE: images}
+        if self.takes_metadata and records is not None:
+            batch[io.METADATA] = records
+        return self.runner(batch)
+
+    def predict(self, uploads: list[Upload]) -> tuple[dict[str, np.ndarray], list[dict]]:
+        """The runner's outputs and predict.py's rows (predictions.csv's) for `uploads`."""
+        images = self.images(uploads)
+        self._keep(uploads)
+        records = [upload.record for upload in uploads]
+        results = self.run(images, records)
+        if not all(np.isfinite(values).all() for values in results.values()):
+            raise RequestError(422, "the model produced NaN for this image (the model is "
+                               "broken, not the image)")
+        inputs = {io.METADATA: records} if self.takes_metadata else None
+        rows = prediction_rows([upload.name for upload in uploads], results,
+                               [None] * len(uploads), self.runner, 0, inputs)
+        return results, rows
+
+    def explain(self, upload: Upload) -> bytes:
+        """A PNG of the image with the Grad-CAM map of its predicted class over it."""
+        model = explainable(self.loaded)
+        image = self.images([upload])
+        metadata = None
+        if self.takes_metadata:
+            metadata = self.loaded.about.encoding.encode_records([upload.record])
+        with self._explaining:
+            heat_maps, _ = gradcam.grad_cam(model, image, metadata=metadata)
+        picture = Image.fromarray(pipeline.decode_rgb(upload.contents))
+        picture.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
+        buffer = bytes_io.BytesIO()
+        gradcam.overlay(picture, heat_maps[0]).save(buffer, "PNG")
+        return buffer.getvalue()
+
+    def csv_header(self) -> list[str]:
+        return outputs.csv_header(self.runner.class_names, 0, self.takes_metadata,
+                                  self.runner.unknown is not None)
+
+    def _keep(self, uploads: list[Upload]) -> None:
+        if self.keep_uploads is None:
+            return
+        for upload in uploads:
+            with Image.open(bytes_io.BytesIO(upload.contents)) as image:
+                suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp"}[image.format]
+            target = self.keep_uploads / (
+                hashlib.sha256(upload.contents).hexdigest()[:32] + suffix)
+            if not target.exists():
+                atomic.write_atomic(target, lambda tmp, c=upload.contents: Path(tmp).write_bytes(c))
+
+
+def _which(upload: Upload, index: int, count: int) -> str:
+    if upload.name:
+        return upload.name
+    return "the image" if count == 1 else f"instance {index}"
