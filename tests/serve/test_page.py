@@ -121,7 +121,10 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
         if os.environ.get("SKIN_KERAS_SCREENSHOT"):
             cards[0].find_element(By.CSS_SELECTOR, ".gradcam").click()
             time.sleep(0.5)
+            height = driver.execute_script("return document.documentElement.scrollHeight")
+            driver.set_window_size(1280, height + 120)
             driver.save_screenshot(os.environ["SKIN_KERAS_SCREENSHOT"])
+            driver.set_window_size(1280, 1000)
         driver.find_element(By.ID, "clear").click()
 
         # --- Real images: the label and probabilities predict.py gives, and its CSV ---
