@@ -103,7 +103,7 @@ class _Handlers:
 
     async def predict_upload(self, request: Request) -> Response:
         upload = _upload(request, await self.body(request), self.service.takes_metadata)
-        _, rows = await run_in_threadpool(self.service.predict, [upload])
+        rows = await run_in_threadpool(self.service.predict, [upload])
         return JSONResponse({"row": _json_row(rows[0]), "csv": outputs.csv_cells(rows[0])})
 
     async def explain_upload(self, request: Request) -> Response:

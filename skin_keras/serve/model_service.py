@@ -35,6 +35,7 @@ from skin_keras.serve import batcher
 # that unpacks to more is refused before it is decoded.
 MAX_PIXELS = 64_000_000
 OVERLAY_SIDE = 512  # Grad-CAM overlays are sent at most this wide or high.
+MAX_INSTANCES = 1024  # Images in one request (decoded max_batch at a time).
 
 
 class RequestError(Exception):
@@ -62,7 +63,7 @@ class ModelService:
         """`loaded`: what load.load gave (a KerasRunner can explain); `runner`: the backend
         that predicts (backend.select)."""
         self.loaded, self.runner = loaded, runner
-        self.keep_uploads = keep_uploads
+        self.keep_uploads, self.max_batch = keep_uploads, max_batch
         # A runner that is not thread-safe (LiteRT's interpreter) runs one batch at a time.
         self._batcher = batcher.Batcher(self._run, max_concurrent if runner.thread_safe else 1,
                                         max_batch, max_waiting)
@@ -85,8 +86,9 @@ class ModelService:
 
     # --- Checking and decoding ---
 
-    def images(self, uploads: list[Upload]) -> np.ndarray:
-        """[B, H, W, 3] model inputs; RequestError naming the first bad upload."""
+    def check(self, uploads: list[Upload]) -> None:
+        """RequestError naming the first upload that is not an image predict.py would read,
+        or that unpacks to more than MAX_PIXELS (read from its header, before decoding)."""
         for index, upload in enumerate(uploads):
             dimensions, reason = folders.inspect_bytes(upload.contents)
             if reason is None and dimensions[0] * dimensions[1] > MAX_PIXELS:
@@ -95,20 +97,45 @@ class ModelService:
                                    f"server decodes ({MAX_PIXELS / 1e6:g} Mpx)")
             if reason is not None:
                 raise RequestError(400, f"{_which(upload, index, len(uploads))}: {reason}")
+
+    def _decoded(self, uploads: list[Upload], rows: range) -> np.ndarray:
         decoded = []
-        for index, upload in enumerate(uploads):
+        for index in rows:
             try:
-                decoded.append(self._decode(tf.constant(upload.contents)).numpy())
+                decoded.append(self._decode(tf.constant(uploads[index].contents)).numpy())
             except tf.errors.OpError:
-                raise RequestError(400, f"{_which(upload, index, len(uploads))}: could not be "
-                                   "decoded (a damaged image)") from None
+                raise RequestError(400, f"{_which(uploads[index], index, len(uploads))}: could "
+                                   "not be decoded (a damaged image)") from None
         return np.stack(decoded)
 
     # --- Predicting ---
 
+    def answer(self, items: list[Upload] | np.ndarray,
+               records: list[Record] | None) -> dict[str, np.ndarray]:
+        """The runner's outputs for uploads (all checked first, then kept where asked) or for
+        images [B, H, W, 3]; decoded and run `max_batch` at a time, so that a request of many
+        images never holds more than that many decoded. Records None: metadata missing."""
+        if len(items) > MAX_INSTANCES:
+            raise RequestError(413, f"{len(items)} images in one request: send at most "
+                               f"{MAX_INSTANCES} per request")
+        uploaded = not isinstance(items, np.ndarray)
+        if uploaded:
+            self.check(items)
+            self._keep(items)
+        parts = []
+        for start in range(0, len(items), self.max_batch):
+            rows = range(start, min(start + self.max_batch, len(items)))
+            images = self._decoded(items, rows) if uploaded else items[start:rows.stop]
+            parts.append(self.run(images, None if records is None else records[start:rows.stop]))
+        results = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        if not all(np.isfinite(values).all() for values in results.values()):
+            raise RequestError(422, "the model produced NaN (the model is broken, not the "
+                               "image)")
+        return results
+
     def run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
-        """The runner's outputs for `images` (records None: metadata missing), run in a batch
-        with the other requests waiting; RequestError 503 when too many wait already."""
+        """The runner's outputs for `images`, run in a batch with the other requests waiting;
+        RequestError 503 when too many wait already."""
         try:
             return self._batcher(images, records)
         except batcher.Busy as error:
@@ -121,24 +148,19 @@ class ModelService:
             batch[io.METADATA] = records
         return self.runner(batch)
 
-    def predict(self, uploads: list[Upload]) -> tuple[dict[str, np.ndarray], list[dict]]:
-        """The runner's outputs and predict.py's rows (predictions.csv's) for `uploads`."""
-        images = self.images(uploads)
-        self._keep(uploads)
+    def predict(self, uploads: list[Upload]) -> list[dict]:
+        """predict.py's rows (predictions.csv's) for `uploads`."""
         records = [upload.record for upload in uploads]
-        results = self.run(images, records)
-        if not all(np.isfinite(values).all() for values in results.values()):
-            raise RequestError(422, "the model produced NaN for this image (the model is "
-                               "broken, not the image)")
+        results = self.answer(uploads, records)
         inputs = {io.METADATA: records} if self.takes_metadata else None
-        rows = prediction_rows([upload.name for upload in uploads], results,
+        return prediction_rows([upload.name for upload in uploads], results,
                                [None] * len(uploads), self.runner, 0, inputs)
-        return results, rows
 
     def explain(self, upload: Upload) -> bytes:
         """A PNG of the image with the Grad-CAM map of its predicted class over it."""
         model = explainable(self.loaded)
-        image = self.images([upload])
+        self.check([upload])
+        image = self._decoded([upload], range(1))
         metadata = None
         if self.takes_metadata:
             metadata = self.loaded.about.encoding.encode_records([upload.record])

@@ -63,6 +63,9 @@ def predict(service: ModelService, body: bytes) -> dict:
         request = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RequestError(400, f"the body is not JSON: {error}") from None
+    except RecursionError:
+        raise RequestError(400, "the body is not JSON this server reads: nested too deeply"
+                           ) from None
     if not isinstance(request, dict):
         raise RequestError(400, "the body must be a JSON object with \"instances\" or "
                            "\"inputs\"")
@@ -135,14 +138,12 @@ def _run(service: ModelService, columns: dict[str, list], inputs: list) -> dict[
         records = [Record(None if age < 0 else age, sex, site)
                    for age, sex, site in zip(ages, sexes, sites)]
     if "images" in columns:
-        images = _image_arrays(columns["images"], service.runner.img_size)
+        items = _image_arrays(columns["images"], service.runner.img_size)
     else:
-        images = service.images([Upload(_bytes(value, f"image_bytes of instance {i}"))
-                                 for i, value in enumerate(columns["image_bytes"])])
-    results = service.run(images, records)  # None: every record missing.
+        items = [Upload(_bytes(value, f"image_bytes of instance {i}"))
+                 for i, value in enumerate(columns["image_bytes"])]
+    results = service.answer(items, records)  # Records None: every record missing.
     probabilities = results["probabilities"]
-    if not np.isfinite(probabilities).all():
-        raise RequestError(422, "the model produced NaN (the model is broken, not the input)")
     class_names = service.runner.class_names
     best = np.argmax(probabilities, axis=-1)
     answer = {"probabilities": probabilities.tolist(),
