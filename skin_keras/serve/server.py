@@ -65,11 +65,14 @@ def model_info(config: ServeConfig, loaded: Runner, runner: Runner,
     """What the page shows and /api/model answers: the model's own record."""
     source = loaded.source
     encoding = runner.about.encoding
+    shown = source.name  # A run's weights/best.keras, a SavedModel's <name>/<version>: named
+    if source.name == "best.keras" or source.name.isdigit():  # with their parents.
+        shown = str(Path(*source.parts[-3 if source.name == "best.keras" else -2:]))
     return {
         "name": config.model_name,
-        "version": source.parent.name if source.parent.name.isdigit() else "1",
-        "source": source.name if source.name != "best.keras" else str(
-            Path(source.parent.parent.name) / "weights" / source.name),
+        "version": source.name if source.name.isdigit() else "1",  # A SavedModel's, as in TF
+        "source": shown,                                             # Serving.
+
         "architecture": loaded.model.name if isinstance(loaded, KerasRunner) else "",
         "backend": type(runner).__name__.removesuffix("Runner").lower(),
         "class_names": list(runner.class_names), "img_size": runner.img_size,

@@ -53,15 +53,20 @@ def api(tmp_path_factory, calibrated_run):
         yield base, info, kept
 
 
-def saved_signatures(tmp_path_factory, run: Path):
-    target = saved_model.write_saved_model(load.load(run),
-                                           tmp_path_factory.mktemp("saved") / "skin", 1)
-    return tf.saved_model.load(str(target))
+def saved_model_of(tmp_path_factory, run: Path) -> Path:
+    """The SavedModel export.py writes for `run` (its version folder)."""
+    return saved_model.write_saved_model(load.load(run),
+                                         tmp_path_factory.mktemp("saved") / "skin", 1)
 
 
 @pytest.fixture(scope="module")
-def saved(tmp_path_factory, calibrated_run):
-    return saved_signatures(tmp_path_factory, calibrated_run)
+def saved_path(tmp_path_factory, calibrated_run) -> Path:
+    return saved_model_of(tmp_path_factory, calibrated_run)
+
+
+@pytest.fixture(scope="module")
+def saved(saved_path):
+    return tf.saved_model.load(str(saved_path))
 
 
 def assert_same_answers(predictions: list[dict], expected: dict) -> None:
@@ -110,6 +115,29 @@ def kept_copy(folder: Path, contents: bytes) -> Path:
     return folder / f"{hashlib.sha256(contents).hexdigest()[:32]}.jpg"
 
 
+def test_a_saved_model_and_a_tflite_copy_are_served_too(saved_path, saved, calibrated_run,
+                                                         tiny_dataset):
+    contents = [p.read_bytes() for p in val_images(tiny_dataset, 3)]
+    expected = saved.signatures["serving_default"](image_bytes=tf.constant(contents))
+    body = {"instances": [b64(c) for c in contents]}
+    with running(server.ServeConfig(model_path=str(saved_path), port=0)) as (base, info):
+        assert (info["backend"], info["explain"]) == ("savedmodel", False)
+        assert (info["version"], info["source"]) == ("1", "skin/1")
+        status, answer, _ = http("POST", f"{base}/v1/models/skin/versions/1:predict", body)
+        assert status == 200
+        assert_same_answers(answer["predictions"], expected)
+        status, refused, _ = http("POST", f"{base}/api/explain", contents[0])
+        assert status == 400 and "Grad-CAM needs a Keras model" in refused["error"]
+    with running(server.ServeConfig(model_path=str(calibrated_run), port=0,
+                                    backend="tflite")) as (base, info):
+        assert (info["backend"], info["explain"]) == ("tflite", True)
+        status, answer, _ = http("POST", f"{base}/v1/models/skin:predict", body)
+        assert [p["label"] for p in answer["predictions"]] == [
+            label.decode() for label in expected["label"].numpy()]
+        np.testing.assert_allclose([p["probabilities"] for p in answer["predictions"]],
+                                   expected["probabilities"].numpy(), atol=1e-4)
+
+
 def test_status_and_metadata_describe_the_saved_models_signatures(api, saved):
     base, _, _ = api
     status, answer, _ = http("GET", f"{base}/v1/models/skin")
@@ -138,7 +166,7 @@ def test_status_and_metadata_describe_the_saved_models_signatures(api, saved):
 def test_metadata_model_answers_as_its_saved_model(tmp_path_factory, metadata_data):
     run = untrained_run_folder(tmp_path_factory.mktemp("metadata_run"), metadata_data,
                                metadata=str(metadata_data / "train_metadata.csv"))
-    saved_metadata = saved_signatures(tmp_path_factory, run)
+    saved_metadata = tf.saved_model.load(str(saved_model_of(tmp_path_factory, run)))
     contents = [p.read_bytes() for p in val_images(metadata_data, 3)]
     ages, sexes, sites = [35.0, -1.0, 60.0], ["male", "", "female"], ["site 1", "", "site 9"]
     expected = saved_metadata.signatures["serving_default"](
