@@ -10,6 +10,8 @@ and reports throughput, p50/p95/p99 latency, errors, and the server's resident m
 /proc) after 16 requests from 2 clients, after a warm-up of 10 requests per client at full
 concurrency (every batch size seen) and after the load, and its peak (VmHWM). Then predict.py predicts as
 many files (the same JPEGs, copied under other names) with the same backend, timed end to end.
+A converted copy (tflite, onnx) is made and cached by a first predict.py call on 8 images, so
+that neither side's figures include the conversion.
 Run by hand on an otherwise idle machine; prints a table and writes benchmarks/serve_load.json.
 
 Without --model_path the model is an untrained EfficientNetV2-S at 224 px (weights do not change
@@ -113,7 +115,7 @@ def load(address: str, path: str, bodies: list[bytes], clients: int, requests: i
 def predict_py(model_path: Path, backend: str, images: list[Path], count: int,
                folder: Path) -> dict:
     source = folder / "predict_source"
-    source.mkdir()
+    source.mkdir(parents=True)
     for index in range(count):
         shutil.copy(images[index % len(images)], source / f"{index:05d}.jpg")
     start = time.perf_counter()
@@ -144,6 +146,8 @@ def main():
         folder = Path(temporary)
         model_path = Path(args.model_path) if args.model_path else untrained_model(
             folder, args.model, args.img_size)
+        # The converted copy cached first, as after a first run: neither side converts.
+        predict_py(model_path, args.backend, images, 8, folder / "convert")
         process, address, path = start_server(model_path, args.backend, args.max_concurrent)
         try:
             load(address, path, bodies, 2, 8)
