@@ -115,11 +115,3 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
         elif not all(np.isfinite(values[i]).all() for values in results.values()):
             errors[i] = MODEL_NAN  # A NaN score would pass as "not unknown".
     return results, errors
-
-
-def check_model_answered(errors: list[str | None], source: Path) -> None:
-    """UserError when the model gave NaN for every image it was given: a broken model."""
-    answered = [error for error in errors if error is None or error == MODEL_NAN]
-    if answered and all(error == MODEL_NAN for error in answered):
-        raise UserError(f"{source} produced NaN for all {len(answered)} readable images: the "
-                        "model is broken (e.g. from a diverged training run), not the images")

@@ -10,10 +10,12 @@ import tensorflow as tf
 from PIL import Image, ImageDraw, ImageFont
 
 from skin_keras.core import atomic
+from skin_keras.core.errors import UserError
 from skin_keras.core.progress import progress
 from skin_keras.data import pipeline
 from skin_keras.data.csv_table import safe_cell
 from skin_keras.infer import gradcam
+from skin_keras.infer.files import MODEL_NAN
 from skin_keras.infer.runner import Runner, explainable
 
 
@@ -58,22 +60,52 @@ def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path
             json.dumps(rows, indent=2) + "\n")})
 
 
-def summary_table(rows: list[dict], class_names: Sequence[str]) -> str:
-    counts = {name: 0 for name in class_names}
-    for row in rows:
-        if not row["error"]:
-            counts[row["label"]] += 1
-    width = max(len(name) for name in [*class_names, "unreadable"])
-    lines = [f"{'predicted label':<{width}}  {'images':>7}"]
-    lines += [f"{name:<{width}}  {count:>7}" for name, count in counts.items()]
-    errors = [row for row in rows if row["error"]]
-    lines.append(f"{'unreadable':<{width}}  {len(errors):>7}")
-    if rows and "unknown" in rows[0]:
-        lines.append(f"{'of which unknown':<{width}}  "
-                     f"{sum(bool(row['unknown']) for row in rows):>7}  (none of the classes: "
-                     "score below the rule's threshold; the label is still the nearest class)")
-    lines += [f"  {row['path']}: {row['error']}" for row in errors]
-    return "\n".join(lines)
+class Summary:
+    """The printed summary of a prediction job, counted row by row (it keeps only the bad
+    files), and the job's verdict on the model and the files."""
+
+    SHOWN_ERRORS = 50  # Bad files named in the printout (all are in the error column).
+
+    def __init__(self, class_names: Sequence[str]):
+        self.counts = {name: 0 for name in class_names}
+        self.errors: list[tuple[str, str]] = []
+        self.rows, self.unknown = 0, None
+
+    def add(self, rows) -> None:
+        for row in rows:
+            self.rows += 1
+            if row["error"]:
+                self.errors.append((row["path"], row["error"]))
+            else:
+                self.counts[row["label"]] += 1
+            if "unknown" in row:
+                self.unknown = (self.unknown or 0) + bool(row["unknown"])
+
+    def table(self) -> str:
+        width = max(len(name) for name in [*self.counts, "unreadable"])
+        lines = [f"{'predicted label':<{width}}  {'images':>7}"]
+        lines += [f"{name:<{width}}  {count:>7}" for name, count in self.counts.items()]
+        lines.append(f"{'unreadable':<{width}}  {len(self.errors):>7}")
+        if self.unknown is not None:
+            lines.append(f"{'of which unknown':<{width}}  {self.unknown:>7}  (none of the "
+                         "classes: score below the rule's threshold; the label is still the "
+                         "nearest class)")
+        lines += [f"  {path}: {error}" for path, error in self.errors[:self.SHOWN_ERRORS]]
+        if len(self.errors) > self.SHOWN_ERRORS:
+            lines.append(f"  ... and {len(self.errors) - self.SHOWN_ERRORS} more (the error "
+                         "column names each)")
+        return "\n".join(lines)
+
+    def check(self, source: Path) -> None:
+        """UserError when the model gave NaN for every image it was given (a broken model) or
+        no file could be read."""
+        nan = sum(error == MODEL_NAN for _, error in self.errors)
+        answered = self.rows - len(self.errors) + nan
+        if answered and nan == answered:
+            raise UserError(f"{source} produced NaN for all {answered} readable images: the "
+                            "model is broken (e.g. from a diverged training run), not the images")
+        if self.rows and len(self.errors) == self.rows:
+            raise UserError(f"none of the {self.rows} files could be read as an image")
 
 
 def unique_names(paths: Sequence[Path]) -> list[str]:

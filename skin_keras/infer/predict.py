@@ -9,13 +9,17 @@ import numpy as np
 
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
+from skin_keras.core import progress
 from skin_keras.infer import backend as backends
-from skin_keras.infer import files, load, outputs
+from skin_keras.infer import files, load, outputs, resumable
 from skin_keras.infer.files import MAX_TTA_VIEWS
 from skin_keras.infer.runner import Runner, explainable
 from skin_keras.model import io
 
 _log = logging.getLogger(__name__)
+
+# Files predicted, then written, at a time: memory stays flat however many files there are.
+BLOCK_FILES = 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +62,10 @@ class PredictConfig(ModelRunConfig):
     topk: int = option(0, "Also list the k most likely labels per image.", low=0)
     save_images: bool = option(False, "Write copies of the images with label and score drawn "
                                "on them.")
+    shard: str = option("", "i/N: predict only the i-th of N contiguous parts of the sorted file "
+                        "list (0-based), into predictions-<i>-of-<N>.csv; the N parts' rows "
+                        "concatenate to one process's (a Slurm array, a Kubernetes Indexed "
+                        "Job).")
 
 
 def prediction_rows(paths, results: dict, errors: list[str | None], runner: Runner,
@@ -94,8 +102,10 @@ def prediction_rows(paths, results: dict, errors: list[str | None], runner: Runn
     return rows
 
 
-def predict_to_folder(config: PredictConfig) -> list[dict]:
-    """Predicts every source file and writes the results to config.output."""
+def predict_to_folder(config: PredictConfig) -> Path:
+    """Predicts every source file (or its `--shard`) and writes the results to config.output,
+    BLOCK_FILES files at a time (rows appended as they come, so memory stays flat and a killed
+    job continues where it stopped); returns the path of predictions.json."""
     output = Path(config.output)
     if output.exists() and not output.is_dir():
         raise UserError(f"--output={output} is a file, not a folder")
@@ -104,21 +114,52 @@ def predict_to_folder(config: PredictConfig) -> list[dict]:
         explainable(loaded)  # Say so before predicting, not after.
     if not 0 <= config.topk <= len(loaded.class_names):
         raise UserError(f"--topk={config.topk} is out of range [0, {len(loaded.class_names)}]")
-    paths = files.list_sources(config.source)
-    if not paths:
+    listed = files.list_sources(config.source)
+    if not listed:
         raise UserError(f"no files found in {', '.join(map(str, config.source))}")
+    rows_of_shard, name = resumable.shard_of(len(listed), config.shard)
+    paths = listed[rows_of_shard]
     inputs = files.other_inputs(loaded, config.metadata, paths)
     runner = backends.select(loaded, config.backend, len(paths) * config.tta)
-    results, errors = files.predict_files(runner, paths, config.batch_size, config.tta, inputs)
-    rows = prediction_rows(paths, results, errors, runner, config.topk, inputs)
-    outputs.write_predictions(rows, runner.class_names, output, config.topk)
-    _log.info(outputs.summary_table(rows, runner.class_names))
-    files.check_model_answered(errors, runner.source)
-    if all(error is not None for error in errors):
-        raise UserError(f"none of the {len(paths)} files could be read as an image")
-    if config.save_images:
-        outputs.save_labelled_images(rows, output / "images")
-    if config.explain:
-        outputs.explain_files(loaded, rows, output / "explain", config.batch_size)
-    _log.info(f"wrote {output / 'predictions.csv'} and predictions.json")
-    return rows
+    output.mkdir(parents=True, exist_ok=True)
+    header = outputs.csv_header(runner.class_names, config.topk, io.METADATA in inputs,
+                                runner.unknown is not None)
+    writer = resumable.RowWriter(output, name, _job(config, loaded, len(listed)), header)
+    summary = outputs.Summary(runner.class_names)
+    done = writer.resume(lambda row: summary.add([row]))
+    if done:
+        _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows")
+    todo = [index for index, path in enumerate(paths) if str(path) not in done]
+    meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
+    for start in range(0, len(todo), BLOCK_FILES):
+        block = todo[start:start + BLOCK_FILES]
+        block_paths = [paths[i] for i in block]
+        block_inputs = {key: [values[i] for i in block] for key, values in inputs.items()}
+        results, errors = files.predict_files(runner, block_paths, config.batch_size,
+                                              config.tta, block_inputs, show_progress=False)
+        rows = prediction_rows(block_paths, results, errors, runner, config.topk, block_inputs)
+        writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
+        summary.add(rows)
+        if config.save_images:
+            outputs.save_labelled_images(rows, output / "images")
+        if config.explain:
+            outputs.explain_files(loaded, rows, output / "explain", config.batch_size)
+        meter.update(len(block))
+    meter.close()
+    csv_path, json_path = writer.finish()
+    _log.info(summary.table())
+    summary.check(runner.source)
+    _log.info(f"wrote {csv_path} and {json_path.name}")
+    return json_path
+
+
+def _job(config: PredictConfig, loaded: Runner, listed: int) -> dict:
+    """What makes a job the same job when it is run again (resumable.RowWriter)."""
+    source = Path(loaded.source)
+    status = source.stat()
+    return {"model": str(source.resolve()), "model size": status.st_size,
+            "model modified": status.st_mtime_ns, "sources": [str(Path(s).resolve())
+                                                             for s in config.source],
+            "files listed": listed, "shard": config.shard, "backend": config.backend,
+            "tta": config.tta, "topk": config.topk, "metadata": config.metadata,
+            "save_images": config.save_images, "explain": config.explain}

@@ -159,9 +159,9 @@ def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
         pixels = pipeline.load_image(str(jpeg), loaded.img_size).numpy()
         pngs.append(tmp_path / f"{jpeg.stem}.png")
         Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
-    rows = predict.predict_to_folder(PredictConfig(model_path=str(path),
-                                                   source=tuple(map(str, pngs)),
-                                                   output=str(tmp_path / "predicted")))
+    rows = json.loads(predict.predict_to_folder(PredictConfig(
+        model_path=str(path), source=tuple(map(str, pngs)),
+        output=str(tmp_path / "predicted"))).read_text())
     classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
         base_options=tasks.BaseOptions(model_asset_path=str(path))))
     try:

@@ -22,9 +22,9 @@ from conftest import probabilities, untrained_run_folder
 
 
 def predict_to(model_path, sources, output, **options):
-    return predict.predict_to_folder(PredictConfig(
+    return json.loads(predict.predict_to_folder(PredictConfig(
         model_path=str(model_path), source=tuple(str(s) for s in sources), output=str(output),
-        **options))
+        **options)).read_text())
 
 
 @pytest.fixture(scope="module")

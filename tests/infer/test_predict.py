@@ -54,9 +54,9 @@ def keras_probabilities(runner, paths):
 
 
 def predict_to(model_path, sources, output, **options):
-    return predict.predict_to_folder(PredictConfig(
+    return json.loads(predict.predict_to_folder(PredictConfig(
         model_path=str(model_path), source=tuple(str(s) for s in sources), output=str(output),
-        **options))
+        **options)).read_text())
 
 
 def test_predictions_equal_model_predict_and_bad_files_get_error_rows(loaded, mixed_source,

@@ -5,6 +5,7 @@ input refused with a 4xx JSON error while the server goes on answering."""
 import base64
 import hashlib
 import io
+import json
 import os
 import signal
 import struct
@@ -208,8 +209,9 @@ def test_page_api_answers_as_predict_py(api, calibrated_run, tiny_dataset, tmp_p
     status, answer, _ = http("POST", f"{base}/api/predict?name=../../{path.name}",
                              path.read_bytes())
     assert status == 200, answer
-    [row] = predict_to_folder(PredictConfig(model_path=str(calibrated_run), backend="keras",
-                                            source=(str(path),), output=str(tmp_path / "out")))
+    [row] = json.loads(predict_to_folder(PredictConfig(
+        model_path=str(calibrated_run), backend="keras", source=(str(path),),
+        output=str(tmp_path / "out"))).read_text())
     assert answer["row"]["label"] == row["label"]
     assert answer["row"]["unknown"] == row["unknown"]
     np.testing.assert_allclose(list(answer["row"]["probabilities"].values()),

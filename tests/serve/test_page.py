@@ -8,6 +8,7 @@ images: the HAM images are CC BY-NC and stay out of the repository).
 """
 
 import csv
+import json
 import math
 import os
 import shutil
@@ -131,9 +132,9 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
         folder = image_set(tmp_path, tiny_dataset)
         paths = sorted(folder.iterdir())
         cards = upload(driver, paths)
-        rows = {Path(row["path"]).name: row for row in predict_to_folder(PredictConfig(
-            model_path=str(calibrated_run), backend="keras", source=(str(folder),),
-            output=str(tmp_path / "out")))}
+        rows = {Path(row["path"]).name: row for row in json.loads(predict_to_folder(
+            PredictConfig(model_path=str(calibrated_run), backend="keras",
+                          source=(str(folder),), output=str(tmp_path / "out"))).read_text())}
         for card in cards:
             row = rows[card.get_attribute("data-name")]
             if row["error"]:

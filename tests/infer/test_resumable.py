@@ -1,0 +1,104 @@
+"""predict.py over many files: rows written block by block, a killed job continued by the same
+command (never a file twice, none lost), and --shard=i/N parts that concatenate to one
+process's output."""
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import CLASSES, Killed
+
+from skin_keras.core.errors import UserError
+from skin_keras.data import synthetic
+from skin_keras.infer import files, predict, resumable
+from skin_keras.infer.predict import PredictConfig
+
+
+@pytest.fixture(scope="module")
+def many_files(tmp_path_factory) -> Path:
+    """39 synthetic JPEGs in class folders and one file that is not an image."""
+    root = tmp_path_factory.mktemp("many_files")
+    synthetic.write_class_folders(root, 13, CLASSES, size=(40, 30), seed=3)
+    (root / "Melanoma" / "notes.jpg").write_text("not an image")
+    return root
+
+
+def run(model, source, output, **options) -> Path:
+    return predict.predict_to_folder(PredictConfig(
+        model_path=str(model), source=(str(source),), output=str(output), batch_size=4,
+        backend="keras", **options))
+
+
+def test_shards_concatenate_to_the_one_process_output(untrained_run, many_files, tmp_path):
+    one = run(untrained_run, many_files, tmp_path / "one")
+    lines = (one.parent / "predictions.csv").read_text().splitlines()
+    parts = [run(untrained_run, many_files, tmp_path / "sharded", shard=f"{i}/3")
+             for i in range(3)]
+    assert [p.name for p in parts] == [f"predictions-{i}-of-3.json" for i in range(3)]
+    part_lines = [p.with_suffix(".csv").read_text().splitlines() for p in parts]
+    assert all(part[0] == lines[0] for part in part_lines)
+    assert [len(part) - 1 for part in part_lines] == [13, 13, 14]
+    assert [line for part in part_lines for line in part[1:]] == lines[1:]
+    assert [row for p in parts for row in json.loads(p.read_text())] == json.loads(
+        one.read_text())
+    with pytest.raises(UserError, match="--shard=3/3: needs N >= 1 and 0 <= i < N"):
+        run(untrained_run, many_files, tmp_path / "bad", shard="3/3")
+
+
+def test_a_killed_job_continues_where_it_stopped(untrained_run, many_files, tmp_path,
+                                                 monkeypatch):
+    monkeypatch.setattr(predict, "BLOCK_FILES", 8)
+    reference = run(untrained_run, many_files, tmp_path / "reference").with_suffix(".csv")
+    append = resumable.RowWriter.append
+    blocks = []
+
+    def dies_in_the_third_block(writer, cells, rows):
+        blocks.append(len(rows))
+        if len(blocks) == 3:  # Half a row reaches the file, then the power goes.
+            with open(writer.csv, "a") as file:
+                file.write(cells[0][0][:10])
+            raise Killed
+        append(writer, cells, rows)
+
+    monkeypatch.setattr(resumable.RowWriter, "append", dies_in_the_third_block)
+    output = tmp_path / "out"
+    with pytest.raises(Killed):
+        run(untrained_run, many_files, output)
+    assert not (output / "predictions.csv").exists()  # Never a CSV that looks finished.
+    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    predicted = []
+    predict_files = files.predict_files
+
+    def recorded(runner, paths, *args, **kwargs):
+        predicted.extend(map(str, paths))
+        return predict_files(runner, paths, *args, **kwargs)
+
+    monkeypatch.setattr(files, "predict_files", recorded)
+    run(untrained_run, many_files, output)
+    listed = [str(p) for p in files.list_sources([many_files])]
+    assert predicted == listed[16:]  # The two recorded blocks are not predicted again.
+    assert (output / "predictions.csv").read_text() == reference.read_text()
+    assert json.loads((output / "predictions.json").read_text()) == json.loads(
+        reference.with_suffix(".json").read_text())
+    assert sorted(p.name for p in output.iterdir()) == ["predictions.csv", "predictions.json"]
+
+
+def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_files, tmp_path,
+                                                        monkeypatch):
+    monkeypatch.setattr(predict, "BLOCK_FILES", 8)
+
+    def dies(writer, cells, rows):
+        raise Killed
+
+    append = resumable.RowWriter.append
+    monkeypatch.setattr(resumable.RowWriter, "append",
+                        lambda writer, cells, rows: (append(writer, cells, rows),
+                                                     dies(writer, cells, rows)))
+    with pytest.raises(Killed):
+        run(untrained_run, many_files, tmp_path / "out")
+    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    with pytest.raises(UserError, match="unfinished prediction of another job \\(it differs "
+                                        "in topk\\)"):
+        run(untrained_run, many_files, tmp_path / "out", topk=2)
+    run(untrained_run, many_files, tmp_path / "out")  # The same command finishes it.
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 40
