@@ -39,6 +39,8 @@ def targets(output: Path, formats, name: str, version: int) -> dict[str, Path]:
             paths[fmt] = base / str(version or saved_model.next_version(base))
         elif fmt == "onnx":
             paths[fmt] = output / "onnx" / f"{name}.onnx"
+        elif fmt == "onnx_int8":
+            paths[fmt] = output / "onnx" / f"{name}_int8.onnx"
         else:
             paths[fmt] = output / fmt / f"{name}_{fmt.removeprefix('tflite_')}.tflite"
     return paths

@@ -108,3 +108,29 @@ def export_onnx(runner: KerasRunner, folder: Path, name: str, batch: dict, refer
     _write(runner, path, content, description)
     copy = onnx_runtime.ONNXRunner(path.read_bytes(), runner.about)  # Checked as shipped.
     return {**_checked(runner, copy, path, batch, reference, labels), "runtime": "onnxruntime"}
+
+
+CALIBRATION_BATCH = 10
+
+
+def export_onnx_int8(runner: KerasRunner, folder: Path, name: str, calibration: dict,
+                     batch: dict, reference: dict, labels: np.ndarray) -> dict:
+    """<folder>/<name>_int8.onnx (onnx_runtime.quantize: int8 convolutions and matrix products,
+    activations calibrated on the `calibration` inputs) and its row."""
+    path = folder / f"{name}_int8.onnx"
+    description = describe_file(runner, "onnx_int8", path.name, "float32")
+    try:
+        content = onnx_runtime.convert(runner.model, description)
+    except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
+        raise ExportError(f"onnx_int8: tf2onnx could not convert {runner.source}: "
+                          f"{first_line(error)}") from None
+    # Calls of CALIBRATION_BATCH images (the percentile calibrator needs them of one size).
+    given = len(calibration[io.IMAGE])
+    count = given if given < CALIBRATION_BATCH else given // CALIBRATION_BATCH * CALIBRATION_BATCH
+    content = onnx_runtime.quantize(content, (
+        {key: values[start:start + CALIBRATION_BATCH] for key, values in calibration.items()}
+        for start in range(0, count, CALIBRATION_BATCH)))
+    _write(runner, path, content, description)
+    copy = onnx_runtime.ONNXRunner(path.read_bytes(), runner.about)  # Checked as shipped.
+    return {**_checked(runner, copy, path, batch, reference, labels), "runtime": "onnxruntime",
+            "calibration images": count}

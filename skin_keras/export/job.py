@@ -23,7 +23,8 @@ from skin_keras.model import io
 
 _log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + ("onnx",)
+FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + (
+    "onnx", "onnx_int8")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +44,8 @@ class ExportConfig:
     version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
     parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
                                 "to Keras.", low=1)
-    calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8.",
-                                     low=1)
+    calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8 "
+                                     "and onnx_int8.", low=1)
     metadata: str = option("none", "For a model with patient metadata: the CSV of --data_val's "
                            "metadata for the parity check and int8 calibration; none = every "
                            "metadata input is varied over its vocabulary instead.", path=True,
@@ -130,9 +131,17 @@ def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
                                               batch, reference, labels)
     if fmt == "onnx":
         return files.export_onnx(runner, target.parent, config.name, batch, reference, labels)
-    kind = fmt.removeprefix("tflite_")
     calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
     calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
+    if fmt == "onnx_int8":
+        feeds = {io.IMAGE: np.stack([pipeline.load_image(str(p), runner.img_size).numpy()
+                                     for p in calibration])}
+        if calibration_inputs:
+            feeds[io.METADATA] = runner.about.encoding.encode_records(
+                calibration_inputs[io.METADATA])
+        return files.export_onnx_int8(runner, target.parent, config.name, feeds, batch,
+                                      reference, labels)
+    kind = fmt.removeprefix("tflite_")
     source = Path(scratch) / "traced"  # Traced once, converted to every kind.
     if not source.exists():
         litert.traced_source(runner.model, str(source))
@@ -148,12 +157,12 @@ def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:
     costs EfficientNetV2 accuracy by design)."""
     if entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT:
         return []
-    if fmt == "tflite_int8":
-        _log.warning(f"warning: tflite_int8 agrees with the Keras model on "
+    if fmt in ("tflite_int8", "onnx_int8"):
+        _log.warning(f"warning: {fmt} agrees with the Keras model on "
                      f"{100 * entry['top1 agreement']:.1f}% of top-1 labels (accuracy "
-                     f"{entry['accuracy']:.4f} vs {keras_accuracy:.4f}): full-integer "
-                     "quantisation costs EfficientNetV2 accuracy; prefer tflite_fp16 or "
-                     "tflite_dynamic unless the phone needs integer-only.")
+                     f"{entry['accuracy']:.4f} vs {keras_accuracy:.4f}): int8 "
+                     "quantisation costs EfficientNetV2 accuracy; prefer onnx, tflite_fp16 "
+                     "or tflite_dynamic unless int8's speed or size is needed.")
         return []
     return [f"{fmt} agrees with the Keras model on only {100 * entry['top1 agreement']:.1f}% "
             "of top-1 labels"]

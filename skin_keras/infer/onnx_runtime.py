@@ -54,6 +54,47 @@ def convert(model: keras.Model, description: dict | None = None) -> bytes:
     return proto.SerializeToString()
 
 
+# Quantized to int8 (static, QDQ): the convolutions and matrix products, which hold nearly all
+# of EfficientNetV2's arithmetic. Swish, squeeze-excitation's sigmoid gates, the additions
+# and the softmax stay in float: mixed quantization, where quantizing them would cost accuracy
+# for little speed.
+QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")
+
+
+def quantize(content: bytes, calibration_feeds) -> bytes:
+    """An int8 copy of an ONNX model: ONNX Runtime's pre-processing (BatchNorm folded into the
+    convolutions), then static QDQ quantization: int8 weights per output channel, uint8
+    activations whose ranges are the 99.999th percentile of their values over
+    `calibration_feeds` (an iterable of input dicts, all of one batch size; min/max agreed less
+    with float); the metadata properties are kept."""
+    import onnx  # pylint: disable=g-import-not-at-top
+    from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
+    from onnxruntime.quantization import shape_inference  # pylint: disable=g-import-not-at-top
+
+    class Reader(quantization.CalibrationDataReader):
+        def __init__(self):
+            self.feeds = iter(calibration_feeds)
+
+        def get_next(self):
+            return next(self.feeds, None)
+
+    with tempfile.TemporaryDirectory() as folder:
+        source, prepared = Path(folder) / "float.onnx", Path(folder) / "prepared.onnx"
+        target = Path(folder) / "int8.onnx"
+        source.write_bytes(content)
+        shape_inference.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantization.quantize_static(
+            str(prepared), str(target), Reader(), quant_format=quantization.QuantFormat.QDQ,
+            per_channel=True, activation_type=quantization.QuantType.QUInt8,
+            weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
+            calibrate_method=quantization.CalibrationMethod.Percentile)
+        quantized = onnx.load(str(target))
+    original = onnx.load_from_string(content)
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(original.metadata_props)
+    return quantized.SerializeToString()
+
+
 class ONNXRunner(Runner):
     """Runs an .onnx classifier with ONNX Runtime on the CPU: images [B, H, W, 3] in [0, 255]
     (and encoded metadata [B, size] for a metadata model) in; probabilities [B, classes] (and

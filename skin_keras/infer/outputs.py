@@ -126,11 +126,12 @@ def unique_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def save_labelled_images(rows: list[dict], folder: Path) -> None:
+def save_labelled_images(rows: list[dict], folder: Path,
+                         names: Sequence[str] | None = None) -> None:
     """Copies of the readable images with "label score" drawn in the top-left corner."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = [Path(row["path"]) for row in rows]
-    for row, name in zip(rows, unique_names(paths)):
+    for row, name in zip(rows, names or unique_names(paths)):
         if row["error"]:
             continue
         image = Image.fromarray(pipeline.read_rgb(row["path"]))
@@ -143,13 +144,13 @@ def save_labelled_images(rows: list[dict], folder: Path) -> None:
         image.save(folder / f"{name}.jpg", quality=92)
 
 
-def explain_files(loaded: Runner, rows: list[dict], folder: Path,
-                  batch_size: int) -> list[Path]:
+def explain_files(loaded: Runner, rows: list[dict], folder: Path, batch_size: int,
+                  names: Sequence[str] | None = None) -> list[Path]:
     """Grad-CAM overlays of the predicted class for every readable file; returns their paths."""
     model = explainable(loaded)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [Path(row["path"]) for row in rows]
-    names = unique_names(paths)
+    names = names or unique_names(paths)
     todo = [i for i, row in enumerate(rows) if not row["error"]]
     written = []
     for start in progress(range(0, len(todo), batch_size), "explaining"):

@@ -130,6 +130,8 @@ def predict_to_folder(config: PredictConfig) -> Path:
     if done:
         _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows")
     todo = [index for index, path in enumerate(paths) if str(path) not in done]
+    # Copies and overlays are named over the whole listing, not per block.
+    names = outputs.unique_names(paths) if config.save_images or config.explain else None
     meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
     for start in range(0, len(todo), BLOCK_FILES):
         block = todo[start:start + BLOCK_FILES]
@@ -141,9 +143,10 @@ def predict_to_folder(config: PredictConfig) -> Path:
         writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
         summary.add(rows)
         if config.save_images:
-            outputs.save_labelled_images(rows, output / "images")
+            outputs.save_labelled_images(rows, output / "images", [names[i] for i in block])
         if config.explain:
-            outputs.explain_files(loaded, rows, output / "explain", config.batch_size)
+            outputs.explain_files(loaded, rows, output / "explain", config.batch_size,
+                                  [names[i] for i in block])
         meter.update(len(block))
     meter.close()
     csv_path, json_path = writer.finish()

@@ -334,3 +334,32 @@ def test_robustness_report_works_on_exported_models(exported, tiny_dataset, tmp_
             output=str(tmp_path / model_path.name), shifts=("warm", "vignette")))
         assert list(result["shifts"]) == ["clean", "warm", "vignette"]
         assert result["images"] == 15
+
+
+def test_onnx_int8_quantizes_the_convolutions_and_keeps_swish_in_float(untrained, exported,
+                                                                       tiny_dataset):
+    import onnx
+
+    output, report = exported
+    entry = report["artifacts"]["onnx_int8"]
+    path = output / "onnx" / "skin_int8.onnx"
+    assert entry["path"] == str(path) and entry["calibration images"] == 8
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node.op_type for node in graph.node for out in node.output}
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8_weights) >= 20  # The backbone's convolutions, per output channel.
+    convolutions = [node for node in graph.node if node.op_type == "Conv"]
+    assert convolutions and all(made_by.get(node.input[0]) == "DequantizeLinear"
+                                for node in convolutions)
+    # Swish and squeeze-excitation's gates compute in float: no Sigmoid output is quantized.
+    quantized = [node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"]
+    assert "Sigmoid" in made_by.values()
+    assert not any(made_by.get(name) == "Sigmoid" for name in quantized)
+    assert path.stat().st_size < 0.5 * (output / "onnx" / "skin.onnx").stat().st_size
+    properties = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(properties["class_names"]) == untrained.class_names
+    loaded = load.load(path)
+    images = np.stack([pipeline.load_image(str(p), 64).numpy()
+                       for p in sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]])
+    np.testing.assert_allclose(probabilities(loaded, images), probabilities(untrained, images),
+                               atol=0.05)

@@ -102,3 +102,15 @@ def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_file
         run(untrained_run, many_files, tmp_path / "out", topk=2)
     run(untrained_run, many_files, tmp_path / "out")  # The same command finishes it.
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 40
+
+
+def test_copies_are_named_over_the_whole_listing_not_per_block(untrained_run, many_files,
+                                                               tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "BLOCK_FILES", 1)  # Each file in a block of its own.
+    image = next(many_files.rglob("*.jpg"))
+    for folder in ("a", "b"):
+        (tmp_path / "same" / folder).mkdir(parents=True)
+        (tmp_path / "same" / folder / "1.jpg").write_bytes(image.read_bytes())
+    run(untrained_run, tmp_path / "same", tmp_path / "out", save_images=True)
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
+        "1.jpg", "1_1.jpg"]
