@@ -15,7 +15,9 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from skin_keras.infer.predict import PredictConfig, predict_to_folder
 from skin_keras.serve import app, server
@@ -94,7 +96,8 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
     from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
 
     driver, downloads = browser
-    config = server.ServeConfig(model_path=str(calibrated_run), backend="keras", port=0)
+    config = server.ServeConfig(model_path=str(calibrated_run), backend="keras", port=0,
+                                max_upload_mb=1)
     with running(config) as (base, info):
         driver.get(base + "/")
         facts = wait_for(lambda: "classes" in driver.find_element(By.ID, "model-facts").text
@@ -106,10 +109,14 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
         synthetic = sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]
         bad = tmp_path / "broken.jpg"
         bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
-        cards = upload(driver, [*synthetic, bad])
-        assert "failed" in cards[-1].get_attribute("class")
-        assert "broken.jpg: not a readable image" in cards[-1].find_element(By.CSS_SELECTOR,
-                                                                         ".error").text
+        big = tmp_path / "big.png"  # 1.9 MB of noise, over the server's 1 MB.
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (800, 800, 3), np.uint8)
+                        ).save(big)
+        cards = upload(driver, [*synthetic, bad, big])
+        for card, message in ((cards[-2], "broken.jpg: not a readable image"),
+                              (cards[-1], "larger than the server's limit of 1 MB")):
+            assert "failed" in card.get_attribute("class")
+            assert message in card.find_element(By.CSS_SELECTOR, ".error").text
         picture = cards[0].find_element(By.CSS_SELECTOR, ".picture img")
         original = picture.get_attribute("src")
         cards[0].find_element(By.CSS_SELECTOR, ".gradcam").click()
