@@ -62,7 +62,11 @@ def direction(op_path: str) -> str:
 
 
 def profile(args) -> Path:
-    keras.mixed_precision.set_global_policy(args.precision)
+    if args.precision == "onednn_bfloat16":  # TensorFlow's graph rewrite, a float32 model.
+        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16":
+                                                      True})
+    else:
+        keras.mixed_precision.set_global_policy(args.precision)
     model = build_model(ModelSpec(model=args.model, img_size=args.img_size, weights="none",
                                   freeze_layers=False), 8)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
@@ -110,7 +114,8 @@ def main():
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=12, help="op types listed")
-    parser.add_argument("--precision", default="float32", help="the Keras dtype policy")
+    parser.add_argument("--precision", default="float32", help="the Keras dtype policy, or "
+                        "onednn_bfloat16 (TensorFlow's oneDNN auto-mixed-precision rewrite)")
     args = parser.parse_args()
     times = op_times(profile(args))
     total = sum(times.values()) / args.steps
