@@ -35,7 +35,7 @@ def group(n):
         if a.name == "group": return a.i
     return 1
 depthwise = [n.name for n in convs if group(n) > 1]
-print(len(convs), "convs", len(depthwise), "depthwise")
+print(len(convs), "convs", len(depthwise), "depthwise", sum("se_" in n.name for n in convs), "se")
 class R(q.CalibrationDataReader):
     def __init__(self): self.it = iter([{"image": C[i:i+10]} for i in range(0, len(C), 10)])
     def get_next(self): return next(self.it, None)
@@ -48,6 +48,8 @@ variants = {
  "minmax_ends": dict(nodes_to_exclude=[convs[0].name] + [n.name for n in m.graph.node if n.op_type in ("MatMul", "Gemm")]),
  "percentile_nodw": dict(calibrate_method=q.CalibrationMethod.Percentile, nodes_to_exclude=depthwise),
  "minmax_pw_only": dict(nodes_to_exclude=depthwise + [convs[0].name]),
+ "percentile_nose": dict(calibrate_method=q.CalibrationMethod.Percentile, nodes_to_exclude=[n.name for n in convs if "se_" in n.name]),
+ "percentile_nose_dw": dict(calibrate_method=q.CalibrationMethod.Percentile, nodes_to_exclude=[n.name for n in convs if "se_" in n.name] + depthwise),
  "p9999": dict(calibrate_method=q.CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.99}),
  "p999": dict(calibrate_method=q.CalibrationMethod.Percentile, extra_options={"CalibPercentile": 99.9}),
  "percentile_big": dict(calibrate_method=q.CalibrationMethod.Percentile),
@@ -101,3 +103,19 @@ if "many" in sys.argv:
         Path("/tmp/q/ours4.onnx").write_bytes(qb)
         p = run("/tmp/q/ours4.onnx", T)
         print("500 calib seed", seed, "agree", (p.argmax(1) == ref.argmax(1)).mean())
+if "sedraws" in sys.argv:
+    pool = [val[i] for i in order[500:]]
+    se = [n.name for n in convs if "se_" in n.name]
+    for seed in (1, 2, 3):
+        idx = np.random.default_rng(seed).permutation(len(pool))[:100]
+        CC = load([pool[i] for i in idx])
+        for excl_name, excl in (("all", []), ("se_float", se)):
+            class R2(q.CalibrationDataReader):
+                def __init__(self): self.it = iter([{"image": CC[i:i+10]} for i in range(0, len(CC), 10)])
+                def get_next(self): return next(self.it, None)
+            q.quantize_static(pre, "/tmp/q/d.onnx", R2(), quant_format=q.QuantFormat.QDQ, per_channel=True,
+                              activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                              op_types_to_quantize=["Conv", "MatMul", "Gemm"], nodes_to_exclude=excl,
+                              calibrate_method=q.CalibrationMethod.Percentile)
+            p = run("/tmp/q/d.onnx", T)
+            print("draw", seed, excl_name, "agree", (p.argmax(1) == ref.argmax(1)).mean(), flush=True)
