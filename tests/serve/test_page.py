@@ -22,7 +22,7 @@ from PIL import Image
 from skin_keras.infer.predict import PredictConfig, predict_to_folder
 from skin_keras.serve import app, server
 
-from conftest import HAM_200PX
+from conftest import HAM_200PX, untrained_run_folder
 from serving import running
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
@@ -185,3 +185,30 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
     for page_file in app.STATIC.iterdir():
         assert "http://" not in page_file.read_text() and "https://" not in (
             page_file.read_text())
+
+
+def test_a_metadata_model_takes_age_sex_and_site_per_image(browser, metadata_data,
+                                                           tmp_path_factory):
+    from selenium.webdriver.common.by import By  # pylint: disable=g-import-not-at-top
+    from selenium.webdriver.support.ui import Select  # pylint: disable=g-import-not-at-top
+
+    run = untrained_run_folder(tmp_path_factory.mktemp("metadata_run"), metadata_data,
+                               metadata=str(metadata_data / "train_metadata.csv"))
+    driver, _ = browser
+    with running(server.ServeConfig(model_path=str(run), backend="keras", port=0)) as (base, _):
+        driver.get(base + "/")
+        wait_for(lambda: "patient metadata" in driver.find_element(By.ID, "model-facts").text,
+                 "the model")
+        [card] = upload(driver, sorted((metadata_data / "val").rglob("*.jpg"))[:1])
+        assert "metadata missing" in card.find_element(By.CSS_SELECTOR, ".flags").text
+        before = card.get_attribute("data-score")
+        card.find_element(By.CSS_SELECTOR, "[data-field='age_approx']").send_keys("45")
+        sex = Select(card.find_element(By.CSS_SELECTOR, "[data-field='sex']"))
+        assert [o.text for o in sex.options] == ["unknown", "female", "male"]
+        sex.select_by_visible_text("male")
+        Select(card.find_element(By.CSS_SELECTOR, "[data-field='anatom_site_general']")
+               ).select_by_visible_text("site 1")
+        card.find_element(By.CSS_SELECTOR, ".predict-again").click()
+        wait_for(lambda: "metadata used" in card.find_element(By.CSS_SELECTOR, ".flags").text,
+                 "the prediction with metadata")
+        assert card.get_attribute("data-score") != before
