@@ -11,14 +11,7 @@ Listens on 127.0.0.1 unless --host says otherwise (then --token or $SKIN_KERAS_T
 required). The flags are the fields of skin_keras.serve.server.ServeConfig.
 """
 
-from skin_keras.core import console
+import runpy
 
-console.quiet_tensorflow_startup()  # Before anything imports TensorFlow.
-
-from skin_keras.core import cli
-from skin_keras.serve import server
-
-main = cli.script(server.ServeConfig, server.serve)
-
-if __name__ == "__main__":
-    cli.run(main)
+if __name__ == "__main__":  # The script is the package's __main__ (python -m skin_keras.serve).
+    runpy.run_module("skin_keras.serve", run_name="__main__")

@@ -82,6 +82,9 @@ def run(main) -> None:
     """`absl.app.run(main)`, with a UserError printed as one line (exit 2, or the error's
     `exit_code`) instead of a traceback."""
     program = os.path.basename(sys.argv[0])
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if program == "__main__.py" and spec is not None:  # python -m skin_keras.<package>
+        program = f"python -m {spec.name.removesuffix('.__main__')}"
 
     def guarded_main(argv):
         if not flags.FLAGS["verbosity"].present:  # TensorFlow's INFO lines drown the report.

@@ -362,3 +362,8 @@ def test_serve_py_prints_its_address_serves_and_stops_on_ctrl_c(untrained_run, t
                                   if k != server.TOKEN_VARIABLE})
     assert refused.returncode == 2 and "Traceback" not in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("serve.py: error: --host=0.0.0.0")
+    as_module = subprocess.run([sys.executable, "-m", "skin_keras.serve",
+                                "--model_path=/no/such/model"], capture_output=True, text=True,
+                               cwd=REPO, check=False)
+    assert as_module.returncode == 2 and as_module.stderr.strip().splitlines()[-1] == (
+        "python -m skin_keras.serve: error: model path /no/such/model does not exist")
