@@ -11,13 +11,15 @@ tests/test_layout.py, fails on an import that points the other way):
     train/      the loop of phases, recipe, checkpoints, run folder, epoch log, feature cache,
                 distribution, the custom loop
     infer/      loading any artifact, one runner per backend (Keras, SavedModel, LiteRT, ONNX),
-                prediction, outputs, Grad-CAM
+                prediction (resumable, sharded), outputs, Grad-CAM
     evaluate/   metrics reports, calibration measures, shifts and robustness, out-of-distribution
-    export/     SavedModel, TFLite with its metadata, ONNX, parity
+    export/     SavedModel, TFLite with its metadata, ONNX (and int8), parity
+    serve/      the server: TF Serving's REST API and a web page (static/), request batching
     workflows/  what strings the others together: a training run (--folds, --calibrate),
                 calibration, cross-validation
 
-`prepare_isic`, `calibrate` and `ood_images` are the `python -m skin_keras.<name>` entry points.
+`prepare_isic`, `calibrate`, `ood_images` and `serve` are the `python -m skin_keras.<name>` entry
+points.
 Importing `skin_keras` or `skin_keras.model` imports no matplotlib, scikit-learn or training
 code.
 """
