@@ -13,7 +13,6 @@ logged with its traceback); with a token, every API call needs `Authorization: B
 """
 
 import hmac
-import logging
 import math
 import re
 from pathlib import Path
@@ -30,8 +29,6 @@ from skin_keras.data.patient_metadata import Record
 from skin_keras.infer import outputs
 from skin_keras.serve import tf_serving
 from skin_keras.serve.model_service import ModelService, RequestError, Upload
-
-_log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).parent / "static"
 _HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
@@ -150,7 +147,7 @@ async def _http_error(request: Request, error: HTTPException) -> Response:
 
 
 async def _fault(request: Request, error: Exception) -> Response:
-    _log.exception(f"error answering {request.method} {request.url.path}")
+    # Starlette raises the error again after this answer: uvicorn logs it with its traceback.
     return JSONResponse({"error": f"internal error ({error.__class__.__name__}); the server "
                          "log has the details"}, status_code=500)
 

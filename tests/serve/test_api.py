@@ -289,6 +289,21 @@ def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(api, tiny_data
         assert http("GET", f"{base}/v1/models/skin")[0] == 200  # Still answering.
 
 
+def test_a_fault_of_the_server_is_a_500_json_error_and_it_goes_on(untrained_run, tiny_dataset,
+                                                                   monkeypatch):
+    with running(server.ServeConfig(model_path=str(untrained_run), port=0)) as (base, _):
+        def broken(self, uploads):
+            raise RuntimeError("a bug /secret/path")
+
+        monkeypatch.setattr(ModelService, "predict", broken)
+        status, answer, _ = http("POST", f"{base}/api/predict",
+                                 val_images(tiny_dataset, 1)[0].read_bytes())
+        assert status == 500
+        assert answer == {"error": "internal error (RuntimeError); the server log has the "
+                                   "details"}  # Nothing of the bug's text or traceback.
+        assert http("GET", f"{base}/v1/models/skin")[0] == 200
+
+
 def test_a_token_is_needed_when_given_and_off_this_machine(untrained_run, monkeypatch):
     monkeypatch.delenv(server.TOKEN_VARIABLE, raising=False)
     with pytest.raises(UserError, match="--host=0.0.0.0 lets other machines in"):
