@@ -140,13 +140,14 @@ def predict_to_folder(config: PredictConfig) -> Path:
         results, errors = files.predict_files(runner, block_paths, config.batch_size,
                                               config.tta, block_inputs, show_progress=False)
         rows = prediction_rows(block_paths, results, errors, runner, config.topk, block_inputs)
-        writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
-        summary.add(rows)
+        # Copies and overlays first: a block is recorded done only when all of it is written.
         if config.save_images:
             outputs.save_labelled_images(rows, output / "images", [names[i] for i in block])
         if config.explain:
             outputs.explain_files(loaded, rows, output / "explain", config.batch_size,
                                   [names[i] for i in block])
+        writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
+        summary.add(rows)
         meter.update(len(block))
     meter.close()
     csv_path, json_path = writer.finish()
