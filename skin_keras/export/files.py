@@ -95,42 +95,41 @@ def export_tflite(runner: KerasRunner, kind: str, content: bytes, folder: Path, 
             "ops": sorted(copy.op_names())}
 
 
-def export_onnx(runner: KerasRunner, folder: Path, name: str, batch: dict, reference: dict,
-                labels: np.ndarray) -> dict:
-    """<folder>/<name>.onnx (converted with tf2onnx, described in its properties) and its row."""
-    path = folder / f"{name}.onnx"
-    description = describe_file(runner, "onnx", path.name, "float32")
-    try:
-        content = onnx_runtime.convert(runner.model, description)
-    except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
-        raise ExportError(f"onnx: tf2onnx could not convert {runner.source}: "
-                          f"{first_line(error)}") from None
-    _write(runner, path, content, description)
-    copy = onnx_runtime.ONNXRunner(path.read_bytes(), runner.about)  # Checked as shipped.
-    return {**_checked(runner, copy, path, batch, reference, labels), "runtime": "onnxruntime"}
+def float_onnx(runner: KerasRunner, scratch: Path) -> bytes:
+    """The model converted to ONNX with tf2onnx, once per export (kept in `scratch`): onnx and
+    onnx_int8 start from it."""
+    path = scratch / "model.onnx"
+    if not path.exists():
+        try:
+            path.write_bytes(onnx_runtime.convert(runner.model))
+        except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
+            raise ExportError(f"onnx: tf2onnx could not convert {runner.source}: "
+                              f"{first_line(error)}") from None
+    return path.read_bytes()
 
 
+# onnx_int8 calibrates in calls of this many images (the percentile calibrator needs calls of
+# one size).
 CALIBRATION_BATCH = 10
 
 
-def export_onnx_int8(runner: KerasRunner, folder: Path, name: str, calibration: dict,
-                     batch: dict, reference: dict, labels: np.ndarray) -> dict:
-    """<folder>/<name>_int8.onnx (onnx_runtime.quantize: int8 convolutions and matrix products,
-    activations calibrated on the `calibration` inputs) and its row."""
-    path = folder / f"{name}_int8.onnx"
-    description = describe_file(runner, "onnx_int8", path.name, "float32")
-    try:
-        content = onnx_runtime.convert(runner.model, description)
-    except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
-        raise ExportError(f"onnx_int8: tf2onnx could not convert {runner.source}: "
-                          f"{first_line(error)}") from None
-    # Calls of CALIBRATION_BATCH images (the percentile calibrator needs them of one size).
-    given = len(calibration[io.IMAGE])
-    count = given if given < CALIBRATION_BATCH else given // CALIBRATION_BATCH * CALIBRATION_BATCH
-    content = onnx_runtime.quantize(content, (
-        {key: values[start:start + CALIBRATION_BATCH] for key, values in calibration.items()}
-        for start in range(0, count, CALIBRATION_BATCH)))
-    _write(runner, path, content, description)
+def export_onnx(runner: KerasRunner, folder: Path, name: str, content: bytes, batch: dict,
+                reference: dict, labels: np.ndarray, calibration: dict | None = None) -> dict:
+    """<folder>/<name>.onnx (`content`, float_onnx's) or, with `calibration` inputs,
+    <folder>/<name>_int8.onnx (onnx_runtime.quantize: int8 convolutions and matrix products),
+    described in its properties, and its row."""
+    fmt = "onnx" if calibration is None else "onnx_int8"
+    path = folder / f"{name}{'' if calibration is None else '_int8'}.onnx"
+    entry = {"runtime": "onnxruntime"}
+    if calibration is not None:
+        given = len(calibration[io.IMAGE])
+        count = given if given < CALIBRATION_BATCH else (
+            given // CALIBRATION_BATCH * CALIBRATION_BATCH)
+        content = onnx_runtime.quantize(content, (
+            {key: values[start:start + CALIBRATION_BATCH] for key, values in calibration.items()}
+            for start in range(0, count, CALIBRATION_BATCH)))
+        entry["calibration images"] = count
+    description = describe_file(runner, fmt, path.name, "float32")
+    _write(runner, path, onnx_runtime.described(content, description), description)
     copy = onnx_runtime.ONNXRunner(path.read_bytes(), runner.about)  # Checked as shipped.
-    return {**_checked(runner, copy, path, batch, reference, labels), "runtime": "onnxruntime",
-            "calibration images": count}
+    return {**_checked(runner, copy, path, batch, reference, labels), **entry}

@@ -100,7 +100,7 @@ def export(config: ExportConfig) -> dict:
     planned = destination.targets(output, config.formats, config.name, config.version)
     report["artifacts"] = destination.prepare(output, planned, report["model"], config.overwrite)
     failures = []
-    with tempfile.TemporaryDirectory() as scratch:  # The traced model TFLite converts from.
+    with tempfile.TemporaryDirectory() as scratch:  # The traced model and float ONNX, once.
         for fmt in config.formats:
             _log.info(f"exporting {fmt} ...")
             entry = _export_one(fmt, planned[fmt], runner, config, val, paths, batch,
@@ -130,7 +130,8 @@ def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
         return saved_model.export_saved_model(runner, target.parent, int(target.name), paths,
                                               batch, reference, labels)
     if fmt == "onnx":
-        return files.export_onnx(runner, target.parent, config.name, batch, reference, labels)
+        return files.export_onnx(runner, target.parent, config.name,
+                                 files.float_onnx(runner, Path(scratch)), batch, reference, labels)
     calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
     calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
     if fmt == "onnx_int8":
@@ -139,8 +140,9 @@ def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
         if calibration_inputs:
             feeds[io.METADATA] = runner.about.encoding.encode_records(
                 calibration_inputs[io.METADATA])
-        return files.export_onnx_int8(runner, target.parent, config.name, feeds, batch,
-                                      reference, labels)
+        return files.export_onnx(runner, target.parent, config.name,
+                                 files.float_onnx(runner, Path(scratch)), batch, reference, labels,
+                                 feeds)
     kind = fmt.removeprefix("tflite_")
     source = Path(scratch) / "traced"  # Traced once, converted to every kind.
     if not source.exists():

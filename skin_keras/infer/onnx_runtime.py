@@ -46,11 +46,21 @@ def convert(model: keras.Model, description: dict | None = None) -> bytes:
     proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
                                               output_names=outputs, opset=OPSET,
                                               tensors_to_rename=renames)
-    if description is not None:
-        for key, value in ((CLASS_NAMES_KEY, description["class_names"]),
-                           (DESCRIPTION_KEY, description)):
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, json.dumps(value)
+    content = proto.SerializeToString()
+    return content if description is None else described(content, description)
+
+
+def described(content: bytes, description: dict) -> bytes:
+    """The ONNX model with the class names and `description` as its metadata properties
+    (replacing any it had)."""
+    import onnx  # pylint: disable=g-import-not-at-top
+
+    proto = onnx.load_from_string(content)
+    del proto.metadata_props[:]
+    for key, value in ((CLASS_NAMES_KEY, description["class_names"]),
+                       (DESCRIPTION_KEY, description)):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
     return proto.SerializeToString()
 
 
@@ -66,8 +76,7 @@ def quantize(content: bytes, calibration_feeds) -> bytes:
     convolutions), then static QDQ quantization: int8 weights per output channel, uint8
     activations whose ranges are the 99.999th percentile of their values over
     `calibration_feeds` (an iterable of input dicts, all of one batch size; min/max agreed less
-    with float); the metadata properties are kept."""
-    import onnx  # pylint: disable=g-import-not-at-top
+    with float). Its metadata properties are not kept: `described` sets them."""
     from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
     from onnxruntime.quantization import shape_inference  # pylint: disable=g-import-not-at-top
 
@@ -88,11 +97,7 @@ def quantize(content: bytes, calibration_feeds) -> bytes:
             per_channel=True, activation_type=quantization.QuantType.QUInt8,
             weight_type=quantization.QuantType.QInt8, op_types_to_quantize=list(QUANTIZED_OPS),
             calibrate_method=quantization.CalibrationMethod.Percentile)
-        quantized = onnx.load(str(target))
-    original = onnx.load_from_string(content)
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(original.metadata_props)
-    return quantized.SerializeToString()
+        return target.read_bytes()
 
 
 class ONNXRunner(Runner):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from skin_keras.core import progress
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.core import progress
 from skin_keras.infer import backend as backends
 from skin_keras.infer import files, load, outputs, resumable
 from skin_keras.infer.files import MAX_TTA_VIEWS
@@ -127,9 +127,14 @@ def predict_to_folder(config: PredictConfig) -> Path:
     writer = resumable.RowWriter(output, name, _job(config, loaded, len(listed)), header)
     summary = outputs.Summary(runner.class_names)
     done = writer.resume(lambda row: summary.add([row]))
+    todo = [index for index, path in enumerate(paths) if str(path) not in done]
+    if len(paths) - len(todo) != len(done):  # Rows of files no longer listed (renamed).
+        gone = sorted(done - {str(path) for path in paths})
+        raise UserError(f"{output} holds an unfinished prediction with rows for "
+                        f"{len(gone)} file(s) no longer in the sources (e.g. {gone[0]}): the files "
+                        f"changed since; remove the .{name}.partial.* files to start over")
     if done:
         _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows")
-    todo = [index for index, path in enumerate(paths) if str(path) not in done]
     # Copies and overlays are named over the whole listing, not per block.
     names = outputs.unique_names(paths) if config.save_images or config.explain else None
     meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))

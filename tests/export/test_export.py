@@ -226,7 +226,7 @@ def test_onnx_export_answers_as_keras_and_describes_itself(untrained, exported, 
     with pytest.raises(UserError, match="is not a readable ONNX model"):
         load.load(broken)
     # A model tf2onnx cannot convert: one line naming it, not tf2onnx's traceback.
-    def fails(model, description):
+    def fails(model, description=None):
         raise ValueError("unsupported op Foo\nmore detail")
 
     monkeypatch.setattr(onnx_runtime, "convert", fails)

@@ -3,15 +3,17 @@ command (never a file twice, none lost), and --shard=i/N parts that concatenate 
 process's output."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
-from conftest import CLASSES, Killed
 
 from skin_keras.core.errors import UserError
 from skin_keras.data import synthetic
 from skin_keras.infer import files, predict, resumable
 from skin_keras.infer.predict import PredictConfig
+
+from conftest import CLASSES, Killed
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +102,20 @@ def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_file
     with pytest.raises(UserError, match="unfinished prediction of another job \\(it differs "
                                         "in topk\\)"):
         run(untrained_run, many_files, tmp_path / "out", topk=2)
+    # The same count of files, one renamed: its row would stand for a file no longer there.
+    source = tmp_path / "renamed"
+    shutil.copytree(many_files, source)
+    copy = tmp_path / "copy"
+    monkeypatch.setattr(resumable.RowWriter, "append",
+                        lambda writer, cells, rows: (append(writer, cells, rows),
+                                                     dies(writer, cells, rows)))
+    with pytest.raises(Killed):
+        run(untrained_run, source, copy)
+    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    first = files.list_sources([source])[0]
+    first.rename(first.with_name("renamed_" + first.name))
+    with pytest.raises(UserError, match="rows for 1 file\\(s\\) no longer in the sources"):
+        run(untrained_run, source, copy)
     run(untrained_run, many_files, tmp_path / "out")  # The same command finishes it.
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 40
 

@@ -40,13 +40,19 @@ def wait_until(condition):
         time.sleep(0.01)
 
 
-def test_requests_waiting_run_as_one_batch_and_get_their_own_rows():
-    model = Gated()
-    batcher = Batcher(model, workers=1, max_batch=8, max_waiting=4)
-    answers = {}
+def busy_batcher(max_batch: int, max_waiting: int):
+    """A gated model, its one-worker batcher and the thread of a first request that is
+    running (the gate closed), so that the next requests queue; answers land in `answers`."""
+    model, answers = Gated(), {}
+    batcher = Batcher(model, workers=1, max_batch=max_batch, max_waiting=max_waiting)
     first = threading.Thread(target=ask, args=(batcher, [0.0], answers, 0))
     first.start()
-    wait_until(model.entered.is_set)  # Running: the next requests queue.
+    wait_until(model.entered.is_set)
+    return model, batcher, first, answers
+
+
+def test_requests_waiting_run_as_one_batch_and_get_their_own_rows():
+    model, batcher, first, answers = busy_batcher(max_batch=8, max_waiting=4)
     requests = [[1.0], [2.0, 3.0], [4.0], [5.0]]
     threads = [threading.Thread(target=ask, args=(batcher, values, answers, index + 1))
                for index, values in enumerate(requests)]
@@ -64,12 +70,7 @@ def test_requests_waiting_run_as_one_batch_and_get_their_own_rows():
 
 
 def test_a_batch_holds_at_most_max_batch_images_and_metadata_is_filled_in():
-    model = Gated()
-    batcher = Batcher(model, workers=1, max_batch=2, max_waiting=10)
-    answers = {}
-    first = threading.Thread(target=ask, args=(batcher, [0.0], answers, 0))
-    first.start()
-    wait_until(model.entered.is_set)
+    model, batcher, first, answers = busy_batcher(max_batch=2, max_waiting=10)
     threads = [threading.Thread(target=ask, args=(batcher, [float(i)], answers, i,
                                                   ["record"] if i == 2 else None))
                for i in range(1, 4)]

@@ -118,9 +118,9 @@ async function predict(item) {
   } catch (error) {
     item.row = null;
     item.error = error.message;
-    item.csv = [safeCell(item.file.name), "", "", ...state.info.class_names.map(() => ""),
-      ...(state.info.csv_header.includes("metadata") ? [""] : []),
-      ...(state.info.unknown ? ["", ""] : []), safeCell(error.message)];
+    // predictions.csv's error row, its columns from the header the server sent.
+    item.csv = state.info.csv_header.map((column) => column === "path" ? safeCell(item.file.name)
+      : column === "error" ? safeCell(error.message) : "");
   }
   showCard(item);
   showTable();
