@@ -17,6 +17,13 @@ def peak_rss_mb() -> float:
 
 def measure_train(args) -> dict:
     """Full fine-tune steps (every layer trains) on one random batch, after the first step."""
+    from skin_keras.train import precision  # pylint: disable=g-import-not-at-top
+
+    with precision.compute_precision(args.precision):  # What train.py --precision=P runs.
+        return _measure_train(args)
+
+
+def _measure_train(args) -> dict:
     import keras  # pylint: disable=g-import-not-at-top
     import numpy as np  # pylint: disable=g-import-not-at-top
 
@@ -24,13 +31,6 @@ def measure_train(args) -> dict:
     from skin_keras.model.builder import build_model  # pylint: disable=g-import-not-at-top
     from skin_keras.model.spec import ModelSpec  # pylint: disable=g-import-not-at-top
 
-    if args.precision == "onednn_bfloat16":  # TensorFlow's graph rewrite, a float32 model.
-        import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-        tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16":
-                                                      True})
-    else:
-        keras.mixed_precision.set_global_policy(args.precision)
     model = build_model(ModelSpec(model=args.model, img_size=args.img_size, weights="none",
                                   freeze_layers=False, batch_norm=args.batch_norm), args.classes)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
@@ -100,8 +100,7 @@ def main():
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--precision", default="float32", help="train: the Keras dtype policy, "
-                        "or onednn_bfloat16 (TensorFlow's oneDNN auto-mixed-precision rewrite)")
+    parser.add_argument("--precision", default="float32", help="train: as train.py's --precision")
     parser.add_argument("--jit_compile", default="auto", help="train: auto, on or off (XLA)")
     parser.add_argument("--batch_norm", default="fused", help="train: fused or keras")
     args = parser.parse_args()
@@ -112,9 +111,9 @@ def main():
 
     from importlib import metadata  # pylint: disable=g-import-not-at-top
 
-    from skin_keras.train import distribute  # pylint: disable=g-import-not-at-top
+    from skin_keras.train import precision  # pylint: disable=g-import-not-at-top
 
-    flags = distribute.cpu_flags() or set()
+    flags = precision.cpu_flags() or set()
     print(json.dumps({**result, "peak_rss_mb": peak_rss_mb(),
                       "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
                                    "python": sys.version.split()[0],

@@ -7,14 +7,18 @@ r"""Speed benchmarks of skin_keras, optionally side by side with the PyTorch/tor
 Run by hand (not in CI), on an otherwise idle machine. Prints one table and writes
 benchmarks/results.json (with the CPU's relevant flags, library versions and thread settings). Each measurement runs in its own process (its peak memory is its own):
 
-  train img/s         full fine-tune steps (every layer trains), random batch, median of --steps
+  train img/s         full fine-tune steps (every layer trains), random batch, median of --steps;
+                      in float32 and in each side's bfloat16 mode (ours: --precision=
+                      onednn_bfloat16; the peer: torch.autocast), and each side's best of the two
   frozen recipe s     `train.py` with the seed's frozen-backbone recipe for --epochs epochs, end to
                       end (process start to run folder), on real JPEGs; skin_keras cold (empty
                       feature cache) and warm (second run, other head hyper-parameters would do);
                       and cold for --long_epochs (the seed's 50): the peer's figure for that one
                       is projected, its --epochs run plus the median epoch times the difference
   predict img/s       prediction on a folder of real JPEGs, decode included, median of --repeats,
-                      per backend (tflite, onnx, keras) and with auto, the one predict.py picks
+                      per backend (tflite, onnx, keras) and with auto, the one predict.py picks;
+                      the int8 files export.py writes (onnx_int8, tflite_int8); the peer in
+                      float32 and in bfloat16 (autocast)
   pipeline img/s      the training input pipeline alone at full resolution
 
 The data: ../shared/datasets/ham10000_600px (600x450 JPEGs, ISIC layout) split by lesion with the
@@ -90,6 +94,20 @@ def make_model(workdir: Path, model: str, classes: list[str], img_size: int) -> 
         (folder / "class_indices.json").write_text(
             json.dumps({str(i): name for i, name in enumerate(classes)}))
     return folder
+
+
+def export_int8(workdir: Path, model_dir: Path, data: Path) -> dict[str, Path]:
+    """export.py's two int8 files of the random-weight model (speed only: its agreement means
+    nothing), calibrated on the val images: {"onnx_int8": ..., "tflite_int8": ...}."""
+    output = workdir / f"{model_dir.name}_int8"
+    files = {"onnx_int8": output / "onnx" / "skin_int8.onnx",
+             "tflite_int8": output / "tflite_int8" / "skin_int8.tflite"}
+    if not all(path.exists() for path in files.values()):
+        subprocess.run([sys.executable, str(REPO / "export.py"), f"--model_path={model_dir}",
+                        "--formats=onnx_int8,tflite_int8", f"--data_val={data / 'val'}",
+                        f"--output={output}", "--overwrite", "--parity_images=16"],
+                       check=True, capture_output=True)
+    return files
 
 
 def frozen_command(args, data: Path, workdir: Path, lr: float, epochs: int) -> list[str]:
@@ -179,10 +197,14 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
     ours = [sys.executable, str(REPO / "benchmarks" / "measure_keras.py")]
     peer = [args.peer_python, str(REPO / "benchmarks" / "measure_torch.py")]
 
-    if "train" in only:
-        record("skin_keras", "train", run_json(ours + ["train", f"--steps={args.steps}"] + common))
-        if args.peer:
-            record("peer", "train", run_json(peer + ["train", f"--steps={args.steps}"] + common))
+    if "train" in only:  # Each side in float32 and in its bfloat16 mode, taking turns.
+        for name, our_precision, peer_precision in (("train", "float32", "float32"),
+                                                    ("train_bf16", "onednn_bfloat16", "bf16")):
+            record("skin_keras", name, run_json(ours + ["train", f"--steps={args.steps}",
+                                                        f"--precision={our_precision}"] + common))
+            if args.peer:
+                record("peer", name, run_json(peer + ["train", f"--steps={args.steps}",
+                                                      f"--precision={peer_precision}"] + common))
     if "frozen" in only:
         runs = [("frozen_cold", 0.01, args.epochs), ("frozen_warm", 0.02, args.epochs)]
         runs += [("frozen_cold_long", 0.01, args.long_epochs)] if args.long_epochs else []
@@ -213,9 +235,15 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
             record("skin_keras", f"predict_{backend}", run_json(
                 ours + ["predict", f"--model_path={model}", f"--data={data / 'train'},{data / 'val'}",
                         f"--backend={backend}", f"--repeats={args.repeats}"] + common))
+        for kind, path in export_int8(workdir, model, data).items():  # The exported files.
+            record("skin_keras", f"predict_{kind}", run_json(
+                ours + ["predict", f"--model_path={path}", f"--data={data / 'train'},{data / 'val'}",
+                        f"--repeats={args.repeats}"] + common))
         if args.peer:
-            record("peer", "predict", run_json(peer + ["predict", f"--data={data / 'train'},{data / 'val'}",
-                                                       f"--repeats={args.repeats}"] + common))
+            for name, peer_precision in (("predict", "float32"), ("predict_bf16", "bf16")):
+                record("peer", name, run_json(peer + [
+                    "predict", f"--data={data / 'train'},{data / 'val'}",
+                    f"--repeats={args.repeats}", f"--precision={peer_precision}"] + common))
     if "pipeline" in only:
         record("skin_keras", "pipeline", run_json(
             ours + ["pipeline", f"--data={data / 'train'}", f"--repeats={args.repeats}"]
@@ -238,7 +266,12 @@ def print_table(results: dict) -> None:
         rows.append((name, fmt(our), fmt(their), ratio))
 
     get = lambda side, name, key: side.get(name, {}).get(key)  # noqa: E731
-    add("train img/s (full fine-tune)", get(ours, "train", "img_s"), get(peer, "train", "img_s"))
+    add("train img/s (full fine-tune), float32", get(ours, "train", "img_s"),
+        get(peer, "train", "img_s"))
+    add("train img/s, bfloat16 (ours onednn_bfloat16, peer autocast)",
+        get(ours, "train_bf16", "img_s"), get(peer, "train_bf16", "img_s"))
+    add("train img/s, each side's best precision", _best(ours, ("train", "train_bf16")),
+        _best(peer, ("train", "train_bf16")))
     add("frozen recipe s, cold cache", get(ours, "frozen_cold", "seconds"),
         get(peer, "frozen", "seconds"), higher_is_better=False)
     add("frozen recipe s, warm cache", get(ours, "frozen_warm", "seconds"),
@@ -254,6 +287,14 @@ def print_table(results: dict) -> None:
         get(peer, "predict", "img_s"))
     add(f"predict img/s (auto: {get(ours, 'predict_auto', 'backend')})",
         get(ours, "predict_auto", "img_s"), get(peer, "predict", "img_s"))
+    add("predict img/s (ONNX int8 file, export.py onnx_int8)",
+        get(ours, "predict_onnx_int8", "img_s"), get(peer, "predict", "img_s"))
+    add("predict img/s (LiteRT int8 file, export.py tflite_int8)",
+        get(ours, "predict_tflite_int8", "img_s"), get(peer, "predict", "img_s"))
+    add("predict img/s, float: our best backend vs the peer's best precision",
+        _best(ours, FLOAT_BACKENDS), _best(peer, ("predict", "predict_bf16")))
+    add("predict img/s, int8: our best int8 file vs the peer's best precision",
+        _best(ours, INT8_FILES), _best(peer, ("predict", "predict_bf16")))
     add("input pipeline img/s", get(ours, "pipeline", "img_s"), get(peer, "pipeline", "img_s"))
     for name in ("train", "frozen_cold", "predict_tflite", "pipeline"):
         peer_name = {"frozen_cold": "frozen", "predict_tflite": "predict"}.get(name, name)
@@ -264,6 +305,14 @@ def print_table(results: dict) -> None:
     for name, our, their, ratio in rows:
         print(f"{name:{width}}  {our:>10}  {their:>10}  {ratio:>7}")
     # With --rounds, each round's own ratio (the two sides measured minutes apart).
+    for label, our_names, peer_names in (
+            ("train, best vs best", ("train", "train_bf16"), ("train", "train_bf16")),
+            ("predict float, best vs best", FLOAT_BACKENDS, ("predict", "predict_bf16")),
+            ("predict int8, best vs best", INT8_FILES, ("predict", "predict_bf16"))):
+        our_best, their_best = _best_by_round(ours, our_names), _best_by_round(peer, peer_names)
+        if our_best and their_best:
+            print(f"{label} ratio by round: "
+                  f"{', '.join(f'{o / t:.2f}x' for o, t in zip(our_best, their_best))}")
     for name, peer_name, key, higher in (("train", "train", "img_s", True),
                                          ("frozen_cold", "frozen", "seconds", False),
                                          ("frozen_warm", "frozen", "seconds", False),
@@ -277,6 +326,24 @@ def print_table(results: dict) -> None:
             ratios = [(o[key] / t[key] if higher else t[key] / o[key])
                       for o, t in zip(our_rounds, their_rounds)]
             print(f"{name} ratio by round: {', '.join(f'{r:.2f}x' for r in ratios)}")
+
+
+FLOAT_BACKENDS = ("predict_tflite", "predict_onnx", "predict_keras")
+INT8_FILES = ("predict_onnx_int8", "predict_tflite_int8")
+
+
+def _best(side: dict, names: tuple) -> float | None:
+    """The highest median img/s among `names` measured on one side."""
+    values = [side[name]["img_s"] for name in names if name in side]
+    return max(values) if values else None
+
+
+def _best_by_round(side: dict, names: tuple) -> list[float]:
+    """Per round, the highest img/s among `names` (empty without --rounds > 1)."""
+    rounds = [side[name].get("rounds") for name in names if name in side]
+    if not rounds or not all(rounds):
+        return []
+    return [max(run[i]["img_s"] for run in rounds) for i in range(len(rounds[0]))]
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from skin_keras.model.spec import MONITORS, ModelSpec, UnknownOptions, check_cov
 OPTIMIZERS = ("SGD", "Adam", "AdamW")
 CLASS_WEIGHTS = ("none", "balanced", "sqrt")
 SAMPLINGS = ("natural", "balanced")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+PRECISIONS = ("auto", "float32", "onednn_bfloat16", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("auto", "one_device", "mirrored", "multi_worker", "tpu")
 JIT_COMPILES = ("auto", "on", "off")
 MAX_EPOCHS = 100000
@@ -85,9 +85,12 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                              "every clinic as likely) with the same probability.")
     patience: int = option(0, "Stop when --monitor has not improved for this many epochs (0: "
                            "never stop early).", low=0, high=MAX_EPOCHS)
-    precision: str = option("float32", "Compute dtype: float32, or mixed precision (float16 on "
-                            "GPUs, bfloat16 on TPUs and recent CPUs); weights and the softmax "
-                            "output stay float32.", choices=PRECISIONS)
+    precision: str = option("float32", "Compute dtype: float32; onednn_bfloat16 (TensorFlow's "
+                            "oneDNN bfloat16 rewrite, CPUs with avx512_bf16/AMX); mixed_bfloat16 "
+                            "or mixed_float16 (Keras' policies, GPUs and TPUs); auto: "
+                            "onednn_bfloat16 where the CPU has bfloat16 and there is no GPU, else "
+                            "float32. Weights and the softmax output stay float32.",
+                            choices=PRECISIONS)
     jit_compile: str = option("auto", "XLA compilation of the training step: auto (Keras' "
                               "choice: on with a GPU or TPU, off on CPU-only machines), on or "
                               "off.", choices=JIT_COMPILES)

@@ -36,37 +36,6 @@ def _accelerators() -> list[str]:
     return [device.name for device in tf.config.list_logical_devices("GPU")]
 
 
-# CPU instructions that run bfloat16 natively (Linux /proc/cpuinfo names).
-BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(path: str = "/proc/cpuinfo") -> set[str] | None:
-    """The CPU's feature flags; None where they cannot be read (not Linux)."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as file:
-            for line in file:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def precision_note(precision: str) -> str | None:
-    """What to know about --precision on this machine: a mixed precision that its CPU can only
-    emulate (no GPU or TPU to run it) is slower than float32; None when there is nothing to say."""
-    if precision == "float32" or _accelerators() or tf.config.list_logical_devices("TPU"):
-        return None
-    if precision == "mixed_float16":
-        return ("--precision=mixed_float16 without a GPU: CPUs emulate float16, so this runs "
-                "slower than float32")
-    flags = cpu_flags()
-    if flags is None or flags & set(BF16_CPU_FLAGS):
-        return None
-    return (f"--precision={precision}: this CPU has no bfloat16 instructions "
-            f"({' or '.join(BF16_CPU_FLAGS)}), so it is emulated and usually slower than float32")
-
-
 def _tf_config() -> dict:
     try:
         config = json.loads(os.environ.get("TF_CONFIG") or "{}")

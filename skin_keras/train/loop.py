@@ -18,7 +18,8 @@ import keras
 from skin_keras.core import plots
 from skin_keras.core.errors import UserError
 from skin_keras.model.metrics import matrix_title
-from skin_keras.train import custom_loop, distribute, inputs, phases, resume, run_folder
+from skin_keras.train import (custom_loop, distribute, inputs, phases, precision, resume,
+                              run_folder)
 from skin_keras.train import session as sessions
 from skin_keras.train.checkpoints import RunRecorder
 from skin_keras.train.config import TrainConfig
@@ -63,12 +64,9 @@ def train_and_evaluate(config: TrainConfig, verbose: int | str = "auto",
     """
     if verbose == "auto":  # Keras' live bar in a terminal; one line per epoch in a log file.
         verbose = 1 if sys.stdout.isatty() else 2
-    previous_policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy(config.precision)
-    try:
+    # The dtype policy and graph rewrites are global: left as they were for whatever runs next.
+    with precision.restored():
         return _train(config, verbose, run_dir)
-    finally:  # The dtype policy is global: leave it as it was for whatever runs next.
-        keras.mixed_precision.set_global_policy(previous_policy)
 
 
 def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
@@ -80,7 +78,10 @@ def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     data = inputs.read_run_data(config, point.class_names if point else None)
     if point and point.completed_epochs:
         inputs.check_vocabulary(point.run_dir / run_folder.PARAMS_FILE, data)
-    session = sessions.build(config, data, strategy)
+    mode = precision.choose(config, data.train.num_classes, resume.recorded_precision(point),
+                            custom_loop.needs_custom_loop(strategy))
+    precision.apply(mode)
+    session = sessions.build(config, data, strategy, mode)
     plan = phases.plan(session)
 
     # --- Run folder: new, or the resumed run's at its last completed epoch ---

@@ -69,6 +69,14 @@ def check_resumable(config: TrainConfig) -> ResumePoint:
     return ResumePoint(run_dir, class_names, completed)
 
 
+def recorded_precision(point: ResumePoint | None) -> str | None:
+    """The mode a resumed run trained in (what --precision=auto chose for it); None for a new
+    run or one recorded before the mode was."""
+    if point is None:
+        return None
+    return run_folder.read_params(point.run_dir).get("model", {}).get("precision")
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())

@@ -75,7 +75,7 @@ def write_class_indices(run_dir: Path, class_names) -> None:
 
 
 def write_run_files(run_dir: Path, config: TrainConfig, data, model: keras.Model,
-                    weights: dict[int, float] | None) -> None:
+                    weights: dict[int, float] | None, precision: str = "float32") -> None:
     """class_indices.json, flags.cfg and train_params.json of a new run (`data`: its
     inputs.RunData)."""
     train, val = data.train, data.val
@@ -103,6 +103,7 @@ def write_run_files(run_dir: Path, config: TrainConfig, data, model: keras.Model
             "train parameters": parts.count_params(model.trainable_weights),
             "preprocessing": preprocessing,
             "metadata": data.metadata,
+            "precision": precision,  # The mode it trains in (what --precision=auto chose).
             # Counting takes seconds for the large models: once per architecture and size.
             "flops": cache.memoized("flops", f"{model.name}/{parts.image_size(model)}/"
                                     f"{model.outputs[0].shape}/{preprocessing}/"

@@ -30,6 +30,7 @@ class Session:
     config: TrainConfig
     data: RunData
     strategy: object
+    precision: str  # The mode it trains in (--precision=auto decided: precision.choose).
     model: keras.Model  # Fixed size: what the checkpoints save.
     train_model: keras.Model  # The same layers at any size (progressive stages), else `model`.
     head: keras.Model | None  # The head alone, trained on cached features; None without.
@@ -67,7 +68,7 @@ class Session:
         if self._cached is None:
             config, data = self.config, self.data
             cache = feature_cache.FeatureCache(config.feature_cache, self.model,
-                                               config.precision)
+                                               self.precision)
             _log.info(f"frozen backbone: the head trains on cached features ({cache.folder})")
             train, train_ok = cache.features(data.train.paths, config.cache_views,
                                              "train features")
@@ -83,7 +84,7 @@ class Session:
         return self._cached
 
 
-def build(config: TrainConfig, data: RunData, strategy) -> Session:
+def build(config: TrainConfig, data: RunData, strategy, mode: str = "float32") -> Session:
     """The models of a run, compiled with its optimizer (variables of the models, the optimizer
     and the metric live on every replica of `strategy`)."""
     distribute.check_batch_size(strategy, config.batch_size)
@@ -100,7 +101,7 @@ def build(config: TrainConfig, data: RunData, strategy) -> Session:
         # With a frozen backbone, the head can train on cached backbone features instead.
         head = parts.head_model(model) if config.feature_cache_blocker is None else None
         metric = ConfusionMatrixMetric(data.train.num_classes)
-    session = Session(config, data, strategy, model, train_model, head,
+    session = Session(config, data, strategy, mode, model, train_model, head,
                       keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing),
                       metric, ModelInfo.of(model, data.train.class_names), steps_per_epoch,
                       class_weights(data.train.class_counts(), config.class_weight))
@@ -120,6 +121,6 @@ def open_folder(session: Session, run_dir: Path | None) -> None:
     else:
         run_dir = run_folder.new_run_dir(config.save_ret)
     run_folder.write_run_files(run_dir, config, session.data, session.model,
-                               session.class_weights)
+                               session.class_weights, session.precision)
     session.run_dir = run_dir
     session.log = EpochLog(session.data.train.class_names, config.monitor)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from skin_keras.core.errors import UserError
-from skin_keras.train import distribute, loop
+from skin_keras.train import distribute, loop, precision
 from skin_keras.train.config import TrainConfig
 from skin_keras.workflows import calibrate, cross_validation
 
@@ -19,7 +19,7 @@ def run(config: TrainConfig, verbose: int | str = "auto") -> Path:
     if config.fold_by and not config.folds and not config.resume:
         raise UserError(f"--fold_by={config.fold_by} needs --folds (the number of "
                         f"{config.fold_by} values in the training images)")
-    note = distribute.precision_note(config.precision)
+    note = precision.precision_note(precision.resolve(config.precision))
     if note:
         _log.info(f"note: {note}")
     # A worker of a cluster other than the chief writes its run folder into a scratch folder.

@@ -355,6 +355,10 @@ def test_onnx_int8_quantizes_the_convolutions_and_keeps_swish_in_float(untrained
     quantized = [node.input[0] for node in graph.node if node.op_type == "QuantizeLinear"]
     assert "Sigmoid" in made_by.values()
     assert not any(made_by.get(name) == "Sigmoid" for name in quantized)
+    # The classifier too: its logits are not rounded to 8 bits.
+    dense = [node for node in graph.node if node.op_type in ("MatMul", "Gemm")]
+    assert dense and not any(made_by.get(name) == "DequantizeLinear"
+                             for node in dense for name in node.input)
     assert path.stat().st_size < 0.5 * (output / "onnx" / "skin.onnx").stat().st_size
     properties = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert json.loads(properties["class_names"]) == untrained.class_names

@@ -264,21 +264,6 @@ def test_batch_must_split_evenly_over_replicas():
         distribute.check_batch_size(distribute.make_strategy("mirrored"), 7)
 
 
-def test_a_mixed_precision_the_cpu_can_only_emulate_is_said(tmp_path, monkeypatch):
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx512f avx512_vnni\n")
-    assert distribute.cpu_flags(str(cpuinfo)) == {"fpu", "sse2", "avx512f", "avx512_vnni"}
-    assert distribute.cpu_flags(str(tmp_path / "absent")) is None
-    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx512f"})
-    assert "no bfloat16 instructions" in distribute.precision_note("mixed_bfloat16")
-    assert "emulate float16" in distribute.precision_note("mixed_float16")
-    assert distribute.precision_note("float32") is None
-    monkeypatch.setattr(distribute, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
-    assert distribute.precision_note("mixed_bfloat16") is None  # This machine's CPU.
-    monkeypatch.setattr(distribute, "cpu_flags", lambda: None)  # Unknown: nothing to say.
-    assert distribute.precision_note("mixed_bfloat16") is None
-
-
 def test_replicas_validate_and_save_one_set_of_batchnorm_statistics():
     strategy = distribute.make_strategy("mirrored")
     x = np.random.RandomState(0).rand(32, 4).astype("float32") * np.arange(32)[:, None]
