@@ -108,27 +108,17 @@ def float_onnx(runner: KerasRunner, scratch: Path) -> bytes:
     return path.read_bytes()
 
 
-# onnx_int8 calibrates in calls of this many images (the percentile calibrator needs calls of
-# one size).
-CALIBRATION_BATCH = 10
-
-
 def export_onnx(runner: KerasRunner, folder: Path, name: str, content: bytes, batch: dict,
                 reference: dict, labels: np.ndarray, calibration: dict | None = None) -> dict:
     """<folder>/<name>.onnx (`content`, float_onnx's) or, with `calibration` inputs,
-    <folder>/<name>_int8.onnx (onnx_runtime.quantize: int8 convolutions and matrix products),
+    <folder>/<name>_int8.onnx (onnx_runtime.quantize: int8 convolutions),
     described in its properties, and its row."""
     fmt = "onnx" if calibration is None else "onnx_int8"
     path = folder / f"{name}{'' if calibration is None else '_int8'}.onnx"
     entry = {"runtime": "onnxruntime"}
     if calibration is not None:
-        given = len(calibration[io.IMAGE])
-        count = given if given < CALIBRATION_BATCH else (
-            given // CALIBRATION_BATCH * CALIBRATION_BATCH)
-        content = onnx_runtime.quantize(content, (
-            {key: values[start:start + CALIBRATION_BATCH] for key, values in calibration.items()}
-            for start in range(0, count, CALIBRATION_BATCH)))
-        entry["calibration images"] = count
+        content = onnx_runtime.quantize(content, calibration)
+        entry["calibration images"] = onnx_runtime.calibrated_count(len(calibration[io.IMAGE]))
     description = describe_file(runner, fmt, path.name, "float32")
     _write(runner, path, onnx_runtime.described(content, description), description)
     copy = onnx_runtime.ONNXRunner(path.read_bytes(), runner.about)  # Checked as shipped.

@@ -5,23 +5,30 @@ with ONNX Runtime) kept in <cache>/tflite and <cache>/onnx, keyed by the .keras 
 EfficientNetV2-S 16% faster than LiteRT, docs/benchmarks.md), else TFLite when its copy is
 cached or the job has at least AUTO_TFLITE_MIN_IMAGES images (converting pays for itself), else
 Keras; it never converts to ONNX (tf2onnx peaks at 6.9 GB for S) and never fails on a
-conversion. Exported models run as they are.
+conversion. `--backend=onnx_int8` quantizes the ONNX copy (onnx_runtime.quantize) calibrated on
+CALIBRATION_IMAGES of the validation folder of the run that trained the model, once, kept in
+<cache>/onnx_int8; it agrees less with float than the other backends (docs/benchmarks.md).
+Exported models run as they are.
 """
 
 import dataclasses
 import logging
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from skin_keras.core import atomic, cache
 from skin_keras.core.errors import UserError, first_line
+from skin_keras.data import folders, pipeline
 from skin_keras.infer import litert, onnx_runtime
 from skin_keras.infer.runner import KerasRunner, Runner
+from skin_keras.model import io
+from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "keras", "tflite", "onnx")
+BACKENDS = ("auto", "keras", "tflite", "onnx", "onnx_int8")
 # "auto" converts a .keras model to TFLite for a job of at least this many images (views
 # included); a conversion done once is reused by every later job.
 AUTO_TFLITE_MIN_IMAGES = 500
@@ -35,10 +42,43 @@ class _Converter:
     runner: type
 
 
+# As export.py's --calibration_images, drawn the same way (seed 1, in file order).
+CALIBRATION_IMAGES = 100
+
+
+def _run_calibration(runner: KerasRunner) -> dict[str, np.ndarray]:
+    """Inputs of CALIBRATION_IMAGES validation images of the run that trained the runner's
+    model (a metadata model's records as missing)."""
+    run_dir = runner.source.parent.parent  # <run>/weights/<file>.keras
+    if not (run_dir / run_folder.PARAMS_FILE).is_file():
+        raise UserError(f"--backend=onnx_int8 calibrates on the validation images of the run "
+                        f"that trained {runner.source}, which is not in a run folder: export it "
+                        f"with export.py --formats=onnx_int8 --data_val=FOLDER instead")
+    data_val = run_folder.read_params(run_dir)["train parameters"].get("data_val", "")
+    try:
+        val = folders.scan_image_folder(data_val)
+    except UserError as error:
+        raise UserError(f"--backend=onnx_int8 calibrates on the run's validation images: "
+                        f"{error}") from None
+    chosen = sorted(np.random.default_rng(1).permutation(len(val.paths))[:CALIBRATION_IMAGES])
+    chosen = chosen[:onnx_runtime.calibrated_count(len(chosen))]  # What quantize would use.
+    images = np.stack([pipeline.load_image(str(val.paths[i]), runner.img_size).numpy()
+                       for i in chosen])
+    feeds = {io.IMAGE: images}
+    if io.METADATA in runner.inputs:
+        feeds[io.METADATA] = np.repeat(runner.about.encoding.missing_vector()[None],
+                                       len(images), axis=0)
+    _log.info(f"int8: calibrating on {len(images)} images of {data_val}")
+    return feeds
+
+
 _CONVERTERS = {
-    "tflite": _Converter("TFLite", ".tflite", lambda model: litert.convert(model, "fp32"),
+    "tflite": _Converter("TFLite", ".tflite", lambda runner: litert.convert(runner.model, "fp32"),
                          litert.TFLiteRunner),
-    "onnx": _Converter("ONNX", ".onnx", onnx_runtime.convert, onnx_runtime.ONNXRunner),
+    "onnx": _Converter("ONNX", ".onnx", lambda runner: onnx_runtime.convert(runner.model),
+                       onnx_runtime.ONNXRunner),
+    "onnx_int8": _Converter("int8 ONNX", ".onnx", lambda runner: onnx_runtime.quantize(
+        onnx_runtime.convert(runner.model), _run_calibration(runner)), onnx_runtime.ONNXRunner),
 }
 
 
@@ -56,7 +96,7 @@ def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = Tr
             return None
         _log.info(f"converting {runner.source} to {converter.name} (once; cached in "
                   f"{path.parent})")
-        content = converter.convert(runner.model)
+        content = converter.convert(runner)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
@@ -76,6 +116,10 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
         if suffix and runner.source.suffix != suffix:
             raise UserError(f"--backend={backend} needs a run folder, .keras or {suffix} file, "
                             f"not {runner.source}")
+        if backend == "onnx_int8" and not (isinstance(runner, onnx_runtime.ONNXRunner) and (
+                runner.description() or {}).get("format") == "onnx_int8"):
+            raise UserError(f"--backend=onnx_int8: {runner.source} is not an int8 ONNX file "
+                            "(export.py --formats=onnx_int8 writes one)")
         return runner
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return runner
@@ -88,7 +132,7 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
             copy = None
         if copy is not None:
             return copy
-    chosen = "onnx" if backend == "onnx" else "tflite"
+    chosen = backend if backend in ("onnx", "onnx_int8") else "tflite"
     try:
         copy = cached_copy(runner, chosen, convert_if_missing=(
             backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES), digest=digest)

@@ -73,21 +73,33 @@ def described(content: bytes, description: dict) -> bytes:
 QUANTIZED_OPS = ("Conv",)
 
 
-def quantize(content: bytes, calibration_feeds) -> bytes:
+# Calibration runs in calls of this many inputs (the percentile calibrator needs calls of one
+# size); a remainder is left out.
+CALIBRATION_BATCH = 10
+
+
+def calibrated_count(given: int) -> int:
+    """How many of `given` calibration inputs `quantize` uses."""
+    return given if given < CALIBRATION_BATCH else given // CALIBRATION_BATCH * CALIBRATION_BATCH
+
+
+def quantize(content: bytes, calibration: dict[str, np.ndarray]) -> bytes:
     """An int8 copy of an ONNX model: ONNX Runtime's pre-processing (BatchNorm folded into the
     convolutions), then static QDQ quantization: int8 weights per output channel, uint8
-    activations whose ranges are the 99.999th percentile of their values over
-    `calibration_feeds` (an iterable of input dicts, all of one batch size; min/max agreed less
-    with float). Its metadata properties are not kept: `described` sets them."""
+    activations whose ranges are the 99.999th percentile of their values over `calibration`
+    (the model's inputs by name, in calls of CALIBRATION_BATCH; min/max agreed less with
+    float). Its metadata properties are not kept: `described` sets them."""
     from onnxruntime import quantization  # pylint: disable=g-import-not-at-top
     from onnxruntime.quantization import shape_inference  # pylint: disable=g-import-not-at-top
 
-    class Reader(quantization.CalibrationDataReader):
-        def __init__(self):
-            self.feeds = iter(calibration_feeds)
+    count = calibrated_count(len(next(iter(calibration.values()))))
+    feeds = iter([{name: values[start:start + CALIBRATION_BATCH]
+                   for name, values in calibration.items()}
+                  for start in range(0, count, CALIBRATION_BATCH)])
 
+    class Reader(quantization.CalibrationDataReader):
         def get_next(self):
-            return next(self.feeds, None)
+            return next(feeds, None)
 
     with tempfile.TemporaryDirectory() as folder:
         source, prepared = Path(folder) / "float.onnx", Path(folder) / "prepared.onnx"
