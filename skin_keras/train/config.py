@@ -89,7 +89,7 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                             "oneDNN bfloat16 rewrite, CPUs with avx512_bf16/AMX); mixed_bfloat16 "
                             "or mixed_float16 (Keras' policies, GPUs and TPUs); auto: "
                             "onednn_bfloat16 where the CPU has bfloat16 and there is no GPU, else "
-                            "float32. Weights and the softmax output stay float32.",
+                            "float32. Weights stay float32 in every mode.",
                             choices=PRECISIONS)
     jit_compile: str = option("auto", "XLA compilation of the training step: auto (Keras' "
                               "choice: on with a GPU or TPU, off on CPU-only machines), on or "

@@ -13,8 +13,9 @@
   before the run (bfloat16 pays for large images and models, not for B0 at 64 px; see
   docs/benchmarks.md); float32 elsewhere. A resumed run keeps what it chose.
 
-Weights, optimizer state and the softmax output stay float32 in every mode, so a run folder's
-model is the same kind of file whatever trained it. `apply` sets a mode (inside `restored`,
+Weights and optimizer state stay float32 in every mode (and the softmax under Keras' policies;
+the rewrite may run it in bfloat16 during training), so a run folder's model is the same kind
+of file whatever trained it. `apply` sets a mode (inside `restored`,
 which puts back what was there before); `compute_precision` is both for a block.
 """
 
