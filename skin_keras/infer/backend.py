@@ -5,9 +5,10 @@ with ONNX Runtime) kept in <cache>/tflite and <cache>/onnx, keyed by the .keras 
 EfficientNetV2-S 16% faster than LiteRT, docs/benchmarks.md), else TFLite when its copy is
 cached or the job has at least AUTO_TFLITE_MIN_IMAGES images (converting pays for itself), else
 Keras; it never converts to ONNX (tf2onnx peaks at 6.9 GB for S) and never fails on a
-conversion. `--backend=onnx_int8` quantizes the ONNX copy (onnx_runtime.quantize) calibrated on
+conversion. `--backend=onnx_int8` quantizes the ONNX copy (onnx_runtime.quantize), and
+`tflite_int8` converts to LiteRT's full integer (export.py's kinds), calibrated on
 CALIBRATION_IMAGES of the validation folder of the run that trained the model, once, kept in
-<cache>/onnx_int8; it agrees less with float than the other backends (docs/benchmarks.md).
+<cache>/onnx_int8 and tflite_int8; they agree less with float (docs/benchmarks.md).
 Exported models run as they are.
 """
 
@@ -28,7 +29,7 @@ from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "keras", "tflite", "onnx", "onnx_int8")
+BACKENDS = ("auto", "keras", "tflite", "onnx", "onnx_int8", "tflite_int8")
 # "auto" converts a .keras model to TFLite for a job of at least this many images (views
 # included); a conversion done once is reused by every later job.
 AUTO_TFLITE_MIN_IMAGES = 500
@@ -46,30 +47,36 @@ class _Converter:
 CALIBRATION_IMAGES = 100
 
 
-def _run_calibration(runner: KerasRunner) -> dict[str, np.ndarray]:
-    """Inputs of CALIBRATION_IMAGES validation images of the run that trained the runner's
-    model (a metadata model's records as missing)."""
+def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: count
+                       ) -> list[str]:
+    """Up to CALIBRATION_IMAGES validation images of the run that trained the runner's model
+    (`usable(count)` of them: how many the quantizer takes)."""
     run_dir = runner.source.parent.parent  # <run>/weights/<file>.keras
     if not (run_dir / run_folder.PARAMS_FILE).is_file():
-        raise UserError(f"--backend=onnx_int8 calibrates on the validation images of the run "
+        raise UserError(f"--backend={backend} calibrates on the validation images of the run "
                         f"that trained {runner.source}, which is not in a run folder: export it "
-                        f"with export.py --formats=onnx_int8 --data_val=FOLDER instead")
+                        f"with export.py --formats={backend} --data_val=FOLDER instead")
     data_val = run_folder.read_params(run_dir)["train parameters"].get("data_val", "")
     try:
         val = folders.scan_image_folder(data_val)
     except UserError as error:
-        raise UserError(f"--backend=onnx_int8 calibrates on the run's validation images: "
+        raise UserError(f"--backend={backend} calibrates on the run's validation images: "
                         f"{error}") from None
     chosen = sorted(np.random.default_rng(1).permutation(len(val.paths))[:CALIBRATION_IMAGES])
-    chosen = chosen[:onnx_runtime.calibrated_count(len(chosen))]  # What quantize would use.
-    images = np.stack([pipeline.load_image(str(val.paths[i]), runner.img_size).numpy()
-                       for i in chosen])
-    feeds = {io.IMAGE: images}
+    chosen = chosen[:usable(len(chosen))]
+    _log.info(f"int8: calibrating on {len(chosen)} images of {data_val}")
+    return [str(val.paths[i]) for i in chosen]
+
+
+def _onnx_int8(runner: KerasRunner) -> bytes:
+    """The ONNX copy quantized (onnx_runtime.quantize), a metadata model's records missing."""
+    paths = _calibration_paths(runner, "onnx_int8", onnx_runtime.calibrated_count)
+    feeds = {io.IMAGE: np.stack([pipeline.load_image(path, runner.img_size).numpy()
+                                 for path in paths])}
     if io.METADATA in runner.inputs:
         feeds[io.METADATA] = np.repeat(runner.about.encoding.missing_vector()[None],
-                                       len(images), axis=0)
-    _log.info(f"int8: calibrating on {len(images)} images of {data_val}")
-    return feeds
+                                       len(paths), axis=0)
+    return onnx_runtime.quantize(onnx_runtime.convert(runner.model), feeds)
 
 
 _CONVERTERS = {
@@ -77,9 +84,20 @@ _CONVERTERS = {
                          litert.TFLiteRunner),
     "onnx": _Converter("ONNX", ".onnx", lambda runner: onnx_runtime.convert(runner.model),
                        onnx_runtime.ONNXRunner),
-    "onnx_int8": _Converter("int8 ONNX", ".onnx", lambda runner: onnx_runtime.quantize(
-        onnx_runtime.convert(runner.model), _run_calibration(runner)), onnx_runtime.ONNXRunner),
+    "onnx_int8": _Converter("int8 ONNX", ".onnx", _onnx_int8, onnx_runtime.ONNXRunner),
+    "tflite_int8": _Converter("int8 TFLite", ".tflite", lambda runner: litert.convert(
+        runner.model, "int8", _calibration_paths(runner, "tflite_int8")),
+                              litert.TFLiteRunner),
 }
+
+
+def _int8(runner: Runner, backend: str) -> bool:
+    """Whether an exported file is the int8 kind `backend` names."""
+    if backend == "onnx_int8":
+        return isinstance(runner, onnx_runtime.ONNXRunner) and (
+            runner.description() or {}).get("format") == "onnx_int8"
+    return isinstance(runner, litert.TFLiteRunner) and (
+        runner.input_details[io.IMAGE]["dtype"] == np.uint8)  # Full integer.
 
 
 def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = True,
@@ -116,10 +134,9 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
         if suffix and runner.source.suffix != suffix:
             raise UserError(f"--backend={backend} needs a run folder, .keras or {suffix} file, "
                             f"not {runner.source}")
-        if backend == "onnx_int8" and not (isinstance(runner, onnx_runtime.ONNXRunner) and (
-                runner.description() or {}).get("format") == "onnx_int8"):
-            raise UserError(f"--backend=onnx_int8: {runner.source} is not an int8 ONNX file "
-                            "(export.py --formats=onnx_int8 writes one)")
+        if backend.endswith("_int8") and not _int8(runner, backend):
+            raise UserError(f"--backend={backend}: {runner.source} is not an int8 file of "
+                            f"that kind (export.py --formats={backend} writes one)")
         return runner
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return runner
@@ -132,10 +149,12 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
             copy = None
         if copy is not None:
             return copy
-    chosen = backend if backend in ("onnx", "onnx_int8") else "tflite"
+    chosen = "tflite" if backend == "auto" else backend
     try:
         copy = cached_copy(runner, chosen, convert_if_missing=(
             backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES), digest=digest)
+    except UserError:  # Said as it is (no calibration images).
+        raise
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
         name = _CONVERTERS[chosen].name
         if backend != "auto":

@@ -41,10 +41,10 @@ class ModelRunConfig:
         "(cached in the same place, onnx/) run by ONNX Runtime. auto, on a CPU-only machine: "
         "the ONNX copy when one is cached (auto never converts to ONNX: it peaks at 6.9 GB "
         "for S), else tflite when its copy is cached or the job has at least "
-        f"{backends.AUTO_TFLITE_MIN_IMAGES} images (views included), else keras. onnx_int8: "
-        "the ONNX copy quantized to int8, calibrated on "
-        f"{backends.CALIBRATION_IMAGES} images of the run's --data_val (cached in onnx_int8/); "
-        "faster, agrees less with float (docs/benchmarks.md).", 
+        f"{backends.AUTO_TFLITE_MIN_IMAGES} images (views included), else keras. onnx_int8, "
+        "tflite_int8: the ONNX copy quantized to int8, LiteRT's full integer, calibrated on "
+        f"{backends.CALIBRATION_IMAGES} images of the run's --data_val (cached in onnx_int8/, "
+        "tflite_int8/); faster, agree less with float (docs/benchmarks.md).", 
         choices=backends.BACKENDS)
     metadata: str = option("none", "For a model trained with --metadata: a CSV with an image "
                            "column (file name without extension) and age_approx, sex, "

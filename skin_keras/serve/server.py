@@ -31,8 +31,8 @@ class ServeConfig:
     model_path: str = option(None, "Run folder (weights/best.keras), a .keras file, an "
                              "exported SavedModel folder, a .tflite or an .onnx file.",
                              required=True)
-    backend: str = option("auto", "As predict.py's --backend: keras, tflite, onnx, onnx_int8 "
-                          "or auto (a cached ONNX or TFLite copy of a .keras model when there is one, "
+    backend: str = option("auto", "As predict.py's --backend: keras, tflite, onnx, onnx_int8, "
+                          "tflite_int8 or auto (a cached ONNX or TFLite copy of a .keras model when there is one, "
                           "else Keras).", choices=backends.BACKENDS)
     host: str = option("127.0.0.1", "Address to listen on. Anything but this machine's "
                        "loopback needs --token.")

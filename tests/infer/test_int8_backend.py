@@ -9,7 +9,7 @@ import pytest
 
 from skin_keras.core import cache
 from skin_keras.core.errors import UserError
-from skin_keras.infer import backend, load, onnx_runtime
+from skin_keras.infer import backend, litert, load, onnx_runtime
 
 from conftest import probabilities
 
@@ -33,11 +33,27 @@ def test_onnx_int8_backend_calibrates_on_the_runs_validation_images(untrained, u
     float_copy = backend.cached_copy(untrained, "onnx")
     float_file = cache.cache_root() / "onnx" / f"{cache.file_sha1(untrained.source)}.onnx"
     assert float_copy is not None
-    with pytest.raises(UserError, match="not an int8 ONNX file"):
+    with pytest.raises(UserError, match="not an int8 file"):
         backend.select(load.load(float_file), "onnx_int8", images=10)
     alone = tmp_path / "alone.keras"
     shutil.copy(untrained_run / "weights" / "best.keras", alone)
     with open(alone, "ab") as file:  # Other content, so no cached copy (a zip reads the same).
         file.write(b"\0")
-    with pytest.raises(UserError, match="not in a run folder"):
+    with pytest.raises(UserError, match="^--backend=onnx_int8 calibrates .* not in a run folder"):
         backend.select(load.load(alone), "onnx_int8", images=10)
+
+
+def test_tflite_int8_backend_is_litert_full_integer(untrained):
+    int8 = backend.select(untrained, "tflite_int8", images=10)
+    assert isinstance(int8, litert.TFLiteRunner)
+    assert int8.input_details["image"]["dtype"] == np.uint8  # Full integer.
+    images = np.random.default_rng(0).uniform(0, 255, (6, 64, 64, 3)).astype(np.float32)
+    np.testing.assert_allclose(probabilities(int8, images), probabilities(untrained, images),
+                               atol=0.1)
+    float_copy = backend.cached_copy(untrained, "tflite")
+    float_file = cache.cache_root() / "tflite" / f"{cache.file_sha1(untrained.source)}.tflite"
+    assert float_copy is not None
+    with pytest.raises(UserError, match="not an int8 file"):
+        backend.select(load.load(float_file), "tflite_int8", images=10)
+    cached = cache.cache_root() / "tflite_int8" / f"{cache.file_sha1(untrained.source)}.tflite"
+    assert backend.select(load.load(cached), "tflite_int8", images=10) is not None
