@@ -2,7 +2,8 @@
 
 - float32.
 - mixed_float16, mixed_bfloat16: Keras' dtype policies; every layer computes in half precision
-  and casts its own inputs (the way on GPUs and TPUs).
+  and casts its own inputs (the way on GPUs and TPUs). On a CPU, mixed_bfloat16 takes the swish
+  below too.
 - onednn_bfloat16: a float32 model whose training graph TensorFlow's oneDNN rewrite
   (`auto_mixed_precision_onednn_bfloat16`) runs in bfloat16, casts placed once for the whole
   graph; for CPUs with bfloat16 instructions (avx512_bf16, AMX). Swish's gradient is computed
@@ -164,7 +165,9 @@ def apply(mode: str) -> None:
     onednn = mode == ONEDNN_BFLOAT16
     keras.mixed_precision.set_global_policy("float32" if onednn else mode)
     tf.config.optimizer.set_experimental_options({_REWRITE: onednn})
-    keras_tf_nn.silu = silu_from_output if onednn else _TENSORFLOW_SILU
+    # Keras' mixed_bfloat16 on a CPU has the same slow bfloat16 Sigmoid (measured there only).
+    cpu_bf16 = onednn or (mode == "mixed_bfloat16" and not _accelerated())
+    keras_tf_nn.silu = silu_from_output if cpu_bf16 else _TENSORFLOW_SILU
 
 
 _TENSORFLOW_SILU = keras_tf_nn.silu
