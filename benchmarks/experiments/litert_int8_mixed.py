@@ -10,7 +10,6 @@ import numpy as np
 import tensorflow as tf
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from skin_keras.data import folders, pipeline
-from skin_keras.export import parity
 from skin_keras.infer import litert, load
 from skin_keras.model import io
 
@@ -18,8 +17,8 @@ run, val_dir = sys.argv[1], sys.argv[2]
 keras_runner = load.load(run)
 model, size = keras_runner.model, keras_runner.img_size
 val = folders.scan_image_folder(val_dir)
-test = [val.paths[i] for i in parity.sample_images(val, 400)]
-calib = [val.paths[i] for i in parity.sample_images(val, 100, 1)]
+test = [val.paths[i] for i in folders.sample_indices(val, 400)]
+calib = [val.paths[i] for i in folders.sample_indices(val, 100, 1)]
 X = np.stack([pipeline.load_image(str(p), size).numpy() for p in test])
 ref = np.concatenate([keras_runner({io.IMAGE: X[i:i + 50]})[io.PROBABILITIES] for i in range(0, 400, 50)])
 

@@ -297,6 +297,13 @@ def describe_class_mismatch(expected: tuple[str, ...], found: tuple[str, ...], r
     return f"classes in {root} differ from the model's classes: {'; '.join(parts)}"
 
 
+def sample_indices(folder: ImageFolder, count: int, seed: int = 0) -> list[int]:
+    """Up to `count` indices of the folder's images drawn uniformly at random (so classes in
+    about their shares), in file order, fixed for a seed."""
+    order = np.random.default_rng(seed).permutation(len(folder.paths))
+    return sorted(order[:count].tolist())
+
+
 def describe(folder: ImageFolder, title: str) -> str:
     """A short human summary: images per class, skipped and bad files (bad ones by name)."""
     counts = folder.class_counts()

@@ -17,7 +17,7 @@ from skin_keras.core.options import check_options, option
 from skin_keras.data import decode_check, folders, pipeline
 from skin_keras.export import destination, files, parity, saved_model
 from skin_keras.export.files import ExportError
-from skin_keras.infer import litert, load
+from skin_keras.infer import backend, litert, load, onnx_runtime
 from skin_keras.infer.runner import keras_model
 from skin_keras.model import io
 
@@ -44,8 +44,8 @@ class ExportConfig:
     version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
     parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
                                 "to Keras.", low=1)
-    calibration_images: int = option(100, "Images of --data_val that calibrate tflite_int8 "
-                                     "and onnx_int8.", low=1)
+    calibration_images: int = option(backend.CALIBRATION_IMAGES, "Images of --data_val that "
+                                     "calibrate tflite_int8 and onnx_int8.", low=1)
     metadata: str = option("none", "For a model with patient metadata: the CSV of --data_val's "
                            "metadata for the parity check and int8 calibration; none = every "
                            "metadata input is varied over its vocabulary instead.", path=True,
@@ -77,7 +77,7 @@ def export(config: ExportConfig) -> dict:
     if not val.paths:
         raise UserError(f"--data_val={config.data_val} holds no readable images to check the "
                         "exports on")
-    chosen = parity.sample_images(val, config.parity_images)
+    chosen = folders.sample_indices(val, config.parity_images)
     paths = [val.paths[i] for i in chosen]
     labels = val.labels[chosen]
     batch = {io.IMAGE: np.stack([pipeline.load_image(tf.constant(p), runner.img_size).numpy()
@@ -132,14 +132,12 @@ def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
     if fmt == "onnx":
         return files.export_onnx(runner, target.parent, config.name,
                                  files.float_onnx(runner, Path(scratch)), batch, reference, labels)
-    calibration = [val.paths[i] for i in parity.sample_images(val, config.calibration_images, 1)]
+    calibration = [val.paths[i] for i in folders.sample_indices(
+        val, config.calibration_images, backend.CALIBRATION_SEED)]
     calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
     if fmt == "onnx_int8":
-        feeds = {io.IMAGE: np.stack([pipeline.load_image(str(p), runner.img_size).numpy()
-                                     for p in calibration])}
-        if calibration_inputs:
-            feeds[io.METADATA] = runner.about.encoding.encode_records(
-                calibration_inputs[io.METADATA])
+        feeds = onnx_runtime.calibration_feeds(runner, calibration,
+                                               calibration_inputs.get(io.METADATA))
         return files.export_onnx(runner, target.parent, config.name,
                                  files.float_onnx(runner, Path(scratch)), batch, reference, labels,
                                  feeds)

@@ -6,19 +6,12 @@ import time
 
 import numpy as np
 
-from skin_keras.data import folders, patient_metadata
+from skin_keras.data import patient_metadata
 from skin_keras.infer.runner import Runner
 from skin_keras.model import io
 
 # Float and weight-only TFLite files must agree with Keras on at least this share of top-1 labels.
 MIN_TOP1_AGREEMENT = 0.99
-
-
-def sample_images(folder: folders.ImageFolder, count: int, seed: int = 0) -> list[int]:
-    """Up to `count` indices drawn uniformly at random (so classes in about their shares), fixed
-    for a seed."""
-    order = np.random.default_rng(seed).permutation(len(folder.paths))
-    return sorted(order[:count].tolist())
 
 
 def parity_records(runner: Runner, paths: list, metadata: str) -> dict:
@@ -30,12 +23,7 @@ def parity_records(runner: Runner, paths: list, metadata: str) -> dict:
     if metadata.lower() != "none":
         records, _, _ = patient_metadata.for_prediction(metadata, paths)
         return {io.METADATA: records}
-    sexes = ("", *runner.about.encoding.sexes)
-    sites = ("", *runner.about.encoding.sites)
-    return {io.METADATA: [
-        patient_metadata.Record(None if i % 7 == 6 else float(5 + 10 * (i % 9)),
-                                sexes[i % len(sexes)], sites[(i // 2) % len(sites)])
-        for i in range(len(paths))]}
+    return {io.METADATA: runner.about.encoding.varied_records(len(paths))}
 
 
 def timed(run, count: int) -> tuple[object, float]:

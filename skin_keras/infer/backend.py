@@ -21,7 +21,7 @@ import tensorflow as tf
 
 from skin_keras.core import atomic, cache
 from skin_keras.core.errors import UserError, first_line
-from skin_keras.data import folders, pipeline
+from skin_keras.data import folders
 from skin_keras.infer import litert, onnx_runtime
 from skin_keras.infer.runner import KerasRunner, Runner
 from skin_keras.model import io
@@ -43,8 +43,8 @@ class _Converter:
     runner: type
 
 
-# As export.py's --calibration_images, drawn the same way (seed 1, in file order).
-CALIBRATION_IMAGES = 100
+# As export.py's --calibration_images, drawn the same way.
+CALIBRATION_IMAGES, CALIBRATION_SEED = 100, 1
 
 
 def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: count
@@ -62,21 +62,17 @@ def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: c
     except UserError as error:
         raise UserError(f"--backend={backend} calibrates on the run's validation images: "
                         f"{error}") from None
-    chosen = sorted(np.random.default_rng(1).permutation(len(val.paths))[:CALIBRATION_IMAGES])
+    chosen = folders.sample_indices(val, CALIBRATION_IMAGES, CALIBRATION_SEED)
     chosen = chosen[:usable(len(chosen))]
     _log.info(f"int8: calibrating on {len(chosen)} images of {data_val}")
     return [str(val.paths[i]) for i in chosen]
 
 
 def _onnx_int8(runner: KerasRunner) -> bytes:
-    """The ONNX copy quantized (onnx_runtime.quantize), a metadata model's records missing."""
+    """The ONNX copy quantized (onnx_runtime.quantize)."""
     paths = _calibration_paths(runner, "onnx_int8", onnx_runtime.calibrated_count)
-    feeds = {io.IMAGE: np.stack([pipeline.load_image(path, runner.img_size).numpy()
-                                 for path in paths])}
-    if io.METADATA in runner.inputs:
-        feeds[io.METADATA] = np.repeat(runner.about.encoding.missing_vector()[None],
-                                       len(paths), axis=0)
-    return onnx_runtime.quantize(onnx_runtime.convert(runner.model), feeds)
+    return onnx_runtime.quantize(onnx_runtime.convert(runner.model),
+                                 onnx_runtime.calibration_feeds(runner, paths))
 
 
 _CONVERTERS = {

@@ -178,9 +178,9 @@ def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
     if kind == "int8":
         size = parts.image_size(model)
         encoding = parts.metadata_encoding_of(model)
-        if encoding is not None and calibration_metadata is None:
-            calibration_metadata = np.repeat(encoding.missing_vector()[None],
-                                             len(calibration_paths), axis=0)
+        if encoding is not None and calibration_metadata is None:  # Every value occurs.
+            calibration_metadata = encoding.encode_records(
+                encoding.varied_records(len(calibration_paths)))
 
         def representative_images():
             for index, path in enumerate(calibration_paths):

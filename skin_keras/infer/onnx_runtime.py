@@ -22,6 +22,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from skin_keras.data import pipeline
 from skin_keras.infer import litert
 from skin_keras.infer.runner import About, Runner, check_image_classifier
 from skin_keras.model import io
@@ -81,6 +82,19 @@ CALIBRATION_BATCH = 10
 def calibrated_count(given: int) -> int:
     """How many of `given` calibration inputs `quantize` uses."""
     return given if given < CALIBRATION_BATCH else given // CALIBRATION_BATCH * CALIBRATION_BATCH
+
+
+def calibration_feeds(runner: Runner, paths: list[str], records: list | None = None
+                      ) -> dict[str, np.ndarray]:
+    """`quantize`'s inputs for the images `paths`: pixels, and for a metadata model `records`
+    encoded (else records varied over the model's vocabulary)."""
+    feeds = {io.IMAGE: np.stack([pipeline.load_image(str(path), runner.img_size).numpy()
+                                 for path in paths])}
+    if io.METADATA in runner.inputs:
+        encoding = runner.about.encoding
+        feeds[io.METADATA] = encoding.encode_records(
+            records if records is not None else encoding.varied_records(len(paths)))
+    return feeds
 
 
 def quantize(content: bytes, calibration: dict[str, np.ndarray]) -> bytes:

@@ -87,9 +87,10 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
                            "never stop early).", low=0, high=MAX_EPOCHS)
     precision: str = option("float32", "Compute dtype: float32; onednn_bfloat16 (TensorFlow's "
                             "oneDNN bfloat16 rewrite, CPUs with avx512_bf16/AMX); mixed_bfloat16 "
-                            "or mixed_float16 (Keras' policies, GPUs and TPUs); auto: "
-                            "onednn_bfloat16 where the CPU has bfloat16 and there is no GPU, else "
-                            "float32. Weights stay float32 in every mode.",
+                            "or mixed_float16 (Keras' policies, GPUs and TPUs); auto: on such a CPU "
+                            "without GPU, whichever of float32 and onednn_bfloat16 a few timed "
+                            "training steps of this model find faster, else float32. Weights "
+                            "stay float32 in every mode.",
                             choices=PRECISIONS)
     jit_compile: str = option("auto", "XLA compilation of the training step: auto (Keras' "
                               "choice: on with a GPU or TPU, off on CPU-only machines), on or "

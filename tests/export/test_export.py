@@ -243,7 +243,7 @@ def test_report_figures_can_be_recomputed(untrained, exported, tiny_dataset):
     assert json.loads((output / "report.json").read_text()) == report
     loaded = untrained
     val = folders.scan_image_folder(tiny_dataset / "val")
-    chosen = parity.sample_images(val, report["parity images"])
+    chosen = folders.sample_indices(val, report["parity images"])
     images = np.stack([pipeline.load_image(val.paths[i], loaded.img_size).numpy()
                        for i in chosen])
     reference = probabilities(loaded.model, images)

@@ -92,6 +92,13 @@ class PatientMetadata(keras.layers.Layer):
         return ((vectors[:, 1] == 0) | (vectors[:, sex_missing] == 0)
                 | (vectors[:, site_missing] == 0)) if len(records) else np.zeros(0, bool)
 
+    def varied_records(self, count: int) -> list[Record]:
+        """`count` records in which every age band, every vocabulary value and "missing" of
+        each input occur (for checking and calibrating exports without a metadata CSV)."""
+        sexes, sites = ("", *self.sexes), ("", *self.sites)
+        return [Record(None if i % 7 == 6 else float(5 + 10 * (i % 9)), sexes[i % len(sexes)],
+                       sites[(i // 2) % len(sites)]) for i in range(count)]
+
     def missing_vector(self) -> np.ndarray:
         """`encode` of a record with nothing known (tested equal), as a NumPy constant that
         graphs can hold."""
