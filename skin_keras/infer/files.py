@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 
 from skin_keras.core.errors import UserError
 from skin_keras.core.progress import progress
@@ -79,30 +80,36 @@ def metadata_known(runner: Runner, records: Sequence) -> np.ndarray:
 
 
 def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: int = 1,
-                  inputs: dict | None = None, show_progress: bool = True
+                  inputs: dict | None = None, show_progress: bool = True,
+                  place: tuple[Sequence[int], int] | None = None
                   ) -> tuple[dict[str, np.ndarray], list[str | None]]:
     """Every named output of the runner for every file ([N, ...], NaN rows for files that
     failed; averaged over `tta` flipped/rotated views) and an error (or None) per file.
-    `inputs` are the runner's other named inputs, one value per path (`other_inputs`)."""
+    `inputs` are the runner's other named inputs, one value per path (`other_inputs`).
+    `place`: the files' positions in a longer listing and its length, for a part of it (a
+    --shard, a block, a resumed job), so that its batches are the whole listing's
+    (`listing_batches`)."""
     if batch_size < 1:
         raise UserError(f"--batch_size={batch_size} must be at least 1")
     if not 1 <= tta <= MAX_TTA_VIEWS:
         raise UserError(f"--tta={tta}: choose 1 to {MAX_TTA_VIEWS} views")
+    positions, listed = place or (range(len(paths)), len(paths))
     errors = file_errors(paths)
     good = [i for i, error in enumerate(errors) if error is None]
     results = {name: None for name in runner.outputs}
     decoded = np.zeros(len(paths), bool)
     if good:
         dataset = pipeline.indexed_images([paths[i] for i in good], runner.img_size, batch_size)
-        total = -(-len(good) // batch_size)
-        for indices, images in (progress(dataset, "predicting", total=total) if show_progress
-                                else dataset):
-            rows = np.asarray(good)[indices.numpy()]
+        batches = listing_batches(dataset, [positions[i] for i in good], batch_size, listed)
+        total = len({positions[i] // batch_size for i in good})
+        for indices, slots, images in (progress(batches, "predicting", total=total)
+                                       if show_progress else batches):
+            rows = np.asarray(good)[indices]
             others = {name: [values[r] for r in rows] for name, values in (inputs or {}).items()}
-            views = [runner({io.IMAGE: view.numpy(), **others})
-                     for view in pipeline.dihedral_views(images, tta)]
+            views = [runner(_in_slots({io.IMAGE: view.numpy(), **others}, slots, len(images)))
+                     for view in pipeline.dihedral_views(tf.constant(images), tta)]
             for name in runner.outputs:
-                mean = np.mean([view[name] for view in views], axis=0)
+                mean = np.mean([view[name][slots] for view in views], axis=0)
                 if results[name] is None:
                     results[name] = np.full((len(paths), *mean.shape[1:]), np.nan, np.float32)
                 results[name][rows] = mean
@@ -115,3 +122,46 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
         elif not all(np.isfinite(values[i]).all() for values in results.values()):
             errors[i] = MODEL_NAN  # A NaN score would pass as "not unknown".
     return results, errors
+
+
+def listing_batches(dataset, positions: Sequence[int], batch_size: int, listed: int):
+    """(indices, slots, images) per batch of the listing: the decoded files of `dataset` (as
+    `pipeline.indexed_images` gives them) regrouped so that the file at position p of a
+    listing of `listed` files sits in row p % batch_size of batch p // batch_size, each batch
+    with all of its rows (black where a file failed or belongs to another part; the last
+    batch of the listing as long as it is). Backends choose their kernels by batch size and
+    rows, so the same image in another batch size or row can differ in its last bits: this
+    way a file's scores are the same bits whether it runs in one job, a --shard or a resumed
+    job."""
+    pending: list[tuple[int, np.ndarray]] = []
+
+    def batch():
+        group = positions[pending[0][0]] // batch_size
+        rows = min(batch_size, listed - group * batch_size)
+        indices = np.array([index for index, _ in pending])
+        slots = np.array([positions[index] % batch_size for index in indices])
+        images = np.zeros((rows, *pending[0][1].shape), pending[0][1].dtype)
+        images[slots] = [image for _, image in pending]
+        return indices, slots, images
+
+    for indices, images in dataset:
+        for index, image in zip(indices.numpy(), images.numpy()):
+            if pending and positions[index] // batch_size != positions[pending[0][0]] // batch_size:
+                yield batch()
+                pending = []
+            pending.append((index, image))
+    if pending:
+        yield batch()
+
+
+def _in_slots(batch: dict, slots: np.ndarray, rows: int) -> dict:
+    """A runner's batch of `rows` rows: the images as given (already in their slots), the
+    other inputs placed in `slots` (the first file's value in the others)."""
+    placed = {io.IMAGE: batch[io.IMAGE]}
+    for name, values in batch.items():
+        if name != io.IMAGE:
+            column = [values[0]] * rows
+            for slot, value in zip(slots, values):
+                column[slot] = value
+            placed[name] = column
+    return placed

@@ -145,8 +145,9 @@ def predict_to_folder(config: PredictConfig) -> Path:
         block = todo[start:start + BLOCK_FILES]
         block_paths = [paths[i] for i in block]
         block_inputs = {key: [values[i] for i in block] for key, values in inputs.items()}
-        results, errors = files.predict_files(runner, block_paths, config.batch_size,
-                                              config.tta, block_inputs, show_progress=False)
+        results, errors = files.predict_files(  # Batches of the whole listing, not the part.
+            runner, block_paths, config.batch_size, config.tta, block_inputs,
+            show_progress=False, place=([rows_of_shard.start + i for i in block], len(listed)))
         rows = prediction_rows(block_paths, results, errors, runner, config.topk, block_inputs)
         # Copies and overlays first: a block is recorded done only when all of it is written.
         if config.save_images:
