@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
 from skin_keras.core.errors import UserError
 from skin_keras.core.progress import progress
@@ -106,8 +105,8 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
                                        if show_progress else batches):
             rows = np.asarray(good)[indices]
             others = {name: [values[r] for r in rows] for name, values in (inputs or {}).items()}
-            views = [runner(_in_slots({io.IMAGE: view.numpy(), **others}, slots, len(images)))
-                     for view in pipeline.dihedral_views(tf.constant(images), tta)]
+            views = [runner(_in_slots({io.IMAGE: np.asarray(view), **others}, slots, len(images)))
+                     for view in pipeline.dihedral_views(images, tta)]
             for name in runner.outputs:
                 mean = np.mean([view[name][slots] for view in views], axis=0)
                 if results[name] is None:
@@ -145,7 +144,13 @@ def listing_batches(dataset, positions: Sequence[int], batch_size: int, listed: 
         return indices, slots, images
 
     for indices, images in dataset:
-        for index, image in zip(indices.numpy(), images.numpy()):
+        indices, images = indices.numpy(), images.numpy()
+        first = positions[indices[0]]
+        if not pending and first % batch_size == 0 and len(indices) == min(
+                batch_size, listed - first) and positions[indices[-1]] == first + len(indices) - 1:
+            yield indices, np.arange(len(indices)), images  # Already one whole batch.
+            continue
+        for index, image in zip(indices, images):
             if pending and positions[index] // batch_size != positions[pending[0][0]] // batch_size:
                 yield batch()
                 pending = []

@@ -130,3 +130,23 @@ def test_copies_are_named_over_the_whole_listing_not_per_block(untrained_run, ma
     run(untrained_run, tmp_path / "same", tmp_path / "out", save_images=True)
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == [
         "1.jpg", "1_1.jpg"]
+
+
+def test_batches_are_the_whole_listings_whatever_part_runs():
+    """Files at positions 5..13 of a listing of 14 (file 8 failed), read in batches of 3 and
+    regrouped in 4s: each sits in row p % 4 of batch p // 4, holes black, the listing's last
+    batch 2 rows long."""
+    import numpy as np  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
+    positions = [5, 6, 7, 9, 10, 11, 12, 13]  # Of the decoded files, in order.
+    images = np.array(positions, np.float32)[:, None, None, None] * np.ones((1, 2, 2, 3))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(positions), dtype=np.int64), images.astype(np.float32))).batch(3)
+    batches = list(files.listing_batches(dataset, positions, 4, 14))
+    assert [len(images) for _, _, images in batches] == [4, 4, 2]
+    assert [slots.tolist() for _, slots, _ in batches] == [[1, 2, 3], [1, 2, 3], [0, 1]]
+    for indices, slots, images in batches:
+        assert images[slots, 0, 0, 0].tolist() == [positions[i] for i in indices]
+        holes = np.setdiff1d(np.arange(len(images)), slots)
+        assert not images[holes].any()  # Black where no file of this part is.
