@@ -9,6 +9,9 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from skin_keras.core import tensorflow_env  # noqa: E402  pylint: disable=g-import-not-at-top
+
+tensorflow_env.set_defaults()  # As the scripts run TensorFlow (oneDNN on every CPU).
 
 
 def peak_rss_mb() -> float:

@@ -9,7 +9,8 @@ benchmarks/results.json (with the CPU's relevant flags, library versions and thr
 
   train img/s         full fine-tune steps (every layer trains), random batch, median of --steps;
                       in float32 and in each side's bfloat16 mode (ours: --precision=
-                      onednn_bfloat16; the peer: torch.autocast), and each side's best of the two
+                      onednn_bfloat16; the peer: torch.autocast), and each side's best of the two;
+                      bfloat16 only where the CPU has bfloat16 instructions (or --bf16=always)
   frozen recipe s     `train.py` with the seed's frozen-backbone recipe for --epochs epochs, end to
                       end (process start to run folder), on real JPEGs; skin_keras cold (empty
                       feature cache) and warm (second run, other head hyper-parameters would do);
@@ -18,8 +19,7 @@ benchmarks/results.json (with the CPU's relevant flags, library versions and thr
   predict img/s       prediction on a folder of real JPEGs, decode included, median of --repeats,
                       per backend (tflite, onnx, keras) and with auto, the one predict.py picks;
                       the int8 files export.py writes (onnx_int8, tflite_int8); the peer in
-                      float32 and in bfloat16 (autocast; only where the CPU has bfloat16
-                      instructions, unless --peer_bf16=always)
+                      float32 and in bfloat16 (autocast)
   pipeline img/s      the training input pipeline alone at full resolution
 
 The data: ../shared/datasets/ham10000_600px (600x450 JPEGs, ISIC layout) split by lesion with the
@@ -146,10 +146,10 @@ def main():
                         help="repeat every measurement this many times, the two sides taking "
                              "turns, and report medians (this VM's speed drifts by 10-20%% "
                              "from minute to minute)")
-    parser.add_argument("--peer_bf16", choices=["auto", "always"], default="auto",
-                        help="auto: measure the peer in bfloat16 only where the CPU has bfloat16 "
-                             "instructions (elsewhere autocast is emulated: 11x slower than its "
-                             "float32 in training, tens of minutes a prediction round)")
+    parser.add_argument("--bf16", choices=["auto", "always"], default="auto",
+                        help="auto: measure each side's bfloat16 mode only where the CPU has "
+                             "bfloat16 instructions (elsewhere both are emulated: about 10x slower "
+                             "than float32 in training, tens of minutes a prediction round)")
     args = parser.parse_args()
     if not DATASET.exists():
         raise SystemExit(f"{DATASET} is absent: the benchmark needs the real 600 px images")
@@ -172,16 +172,16 @@ def main():
         results[side].setdefault(name, []).append(value)
         print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
 
-    def peer_bf16() -> bool:  # Our first measurement says what the CPU has.
+    def bf16() -> bool:  # Our first measurement says what the CPU has.
         flags = results["machine"].get("skin_keras cpu", {}).get("flags")
         native = flags is None or bool(set(flags) & {"avx512_bf16", "amx_bf16"})
-        if not native and args.peer_bf16 == "auto":
-            print("peer       bf16: not measured, this CPU has no avx512_bf16 or amx_bf16 "
-                  "(--peer_bf16=always measures it)", flush=True)
-        return native or args.peer_bf16 == "always"
+        if not native and args.bf16 == "auto":
+            print("bfloat16: not measured, this CPU has no avx512_bf16 or amx_bf16 "
+                  "(--bf16=always measures it)", flush=True)
+        return native or args.bf16 == "always"
 
     for _ in range(args.rounds):
-        measure(args, only, data, workdir, classes, record, peer_bf16)
+        measure(args, only, data, workdir, classes, record, bf16)
     for side in ("skin_keras", "peer"):
         results[side] = {name: median_of(runs) for name, runs in results[side].items()}
     out = REPO / "benchmarks" / "results.json"
@@ -204,9 +204,9 @@ def median_of(runs: list[dict]) -> dict:
 
 
 def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str], record,
-            peer_bf16):
+            bf16):
     """One round of the selected measurements; `record(side, name, result)` keeps each;
-    `peer_bf16()` says whether to measure the peer's bfloat16 mode."""
+    `bf16()` says whether to measure the bfloat16 modes."""
     common = [f"--model={args.model}", f"--img_size={args.img_size}",
               f"--batch_size={args.batch_size}", f"--classes={len(classes)}"]
     ours = [sys.executable, str(REPO / "benchmarks" / "measure_keras.py")]
@@ -215,9 +215,11 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
     if "train" in only:  # Each side in float32 and in its bfloat16 mode, taking turns.
         for name, our_precision, peer_precision in (("train", "float32", "float32"),
                                                     ("train_bf16", "onednn_bfloat16", "bf16")):
+            if peer_precision == "bf16" and not bf16():
+                continue
             record("skin_keras", name, run_json(ours + ["train", f"--steps={args.steps}",
                                                         f"--precision={our_precision}"] + common))
-            if args.peer and (peer_precision == "float32" or peer_bf16()):
+            if args.peer:
                 record("peer", name, run_json(peer + ["train", f"--steps={args.steps}",
                                                       f"--precision={peer_precision}"] + common))
     if "frozen" in only:
@@ -256,7 +258,7 @@ def measure(args, only: set[str], data: Path, workdir: Path, classes: list[str],
                         f"--repeats={args.repeats}"] + common))
         if args.peer:
             for name, peer_precision in (("predict", "float32"), ("predict_bf16", "bf16")):
-                if peer_precision == "bf16" and not peer_bf16():
+                if peer_precision == "bf16" and not bf16():
                     continue
                 record("peer", name, run_json(peer + [
                     "predict", f"--data={data / 'train'},{data / 'val'}",

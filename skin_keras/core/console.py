@@ -14,6 +14,8 @@ import os
 import sys
 import warnings
 
+from skin_keras.core import tensorflow_env
+
 VERBOSE = "--verbose" in sys.argv
 
 
@@ -39,8 +41,9 @@ def quiet_tensorflow_startup() -> None:
     """Imports TensorFlow and Keras without their start-up noise (CUDA probing on machines
     without a GPU: "failed call to cuInit", "Could not find cuda drivers"; oneDNN and
     CPU-instruction notes) and hides the deprecation warnings and tf.function retracing notes
-    of their internals. The entry points that run TensorFlow call it before importing anything
-    else."""
+    of their internals; sets `tensorflow_env`'s defaults first. The entry points that run
+    TensorFlow call it before importing anything else."""
+    tensorflow_env.set_defaults()
     if VERBOSE or "tensorflow" in sys.modules:
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -60,7 +60,13 @@ def _accelerated() -> bool:
 
 
 def _onednn_enabled() -> bool:
-    return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() not in ("0", "false", "False")
+    """Whether TensorFlow runs its oneDNN kernels in this process (it decides at import, from
+    TF_ENABLE_ONEDNN_OPTS and the CPU; core.tensorflow_env turns them on for the scripts)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # pylint: disable=g-import-not-at-top
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):  # Not in this TensorFlow: what the variable says.
+        return os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip() not in ("0", "false", "False")
 
 
 def bfloat16_cpu() -> bool:
@@ -79,7 +85,7 @@ def resolve(precision: str) -> str:
                             "--precision=mixed_bfloat16 (or mixed_float16) on a GPU or TPU")
         if not _onednn_enabled():
             raise UserError("--precision=onednn_bfloat16 needs TensorFlow's oneDNN operations, "
-                            "which TF_ENABLE_ONEDNN_OPTS=0 switches off")
+                            "which are off in this process (TF_ENABLE_ONEDNN_OPTS=0)")
     return precision
 
 

@@ -61,11 +61,11 @@ def test_auto_times_both_modes_only_on_a_cpu_that_has_bfloat16(monkeypatch):
     assert precision.choose(_config("auto", img_size=96), 3) == "float32"
     assert len(timed) == 4  # Nothing timed where bfloat16 cannot run natively.
     monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx512_bf16"})
-    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setattr(precision, "_onednn_enabled", lambda: False)  # TF_ENABLE_ONEDNN_OPTS=0
     assert precision.choose(_config("auto", img_size=96), 3) == "float32"
     with pytest.raises(UserError, match="TF_ENABLE_ONEDNN_OPTS=0"):
         precision.choose(_config("onednn_bfloat16"), 3)
-    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS")
+    monkeypatch.setattr(precision, "_onednn_enabled", lambda: True)
     monkeypatch.setattr(precision, "_accelerated", lambda: True)  # A GPU: the rewrite is CPU's.
     assert precision.choose(_config("auto", img_size=96), 3) == "float32"
     with pytest.raises(UserError, match="mixed_bfloat16"):
