@@ -172,10 +172,13 @@ def main():
         results[side].setdefault(name, []).append(value)
         print(f"{side:10} {name:16} {json.dumps(value)}", flush=True)
 
+    said = []
+
     def bf16() -> bool:  # Our first measurement says what the CPU has.
         flags = results["machine"].get("skin_keras cpu", {}).get("flags")
         native = flags is None or bool(set(flags) & {"avx512_bf16", "amx_bf16"})
-        if not native and args.bf16 == "auto":
+        if not native and args.bf16 == "auto" and not said:
+            said.append(True)
             print("bfloat16: not measured, this CPU has no avx512_bf16 or amx_bf16 "
                   "(--bf16=always measures it)", flush=True)
         return native or args.bf16 == "always"

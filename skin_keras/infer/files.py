@@ -104,8 +104,9 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
         for indices, slots, images in (progress(batches, "predicting", total=total)
                                        if show_progress else batches):
             rows = np.asarray(good)[indices]
-            others = {name: [values[r] for r in rows] for name, values in (inputs or {}).items()}
-            views = [runner(_in_slots({io.IMAGE: np.asarray(view), **others}, slots, len(images)))
+            others = {name: _in_slots([values[r] for r in rows], slots, len(images))
+                      for name, values in (inputs or {}).items()}
+            views = [runner({io.IMAGE: np.asarray(view), **others})
                      for view in pipeline.dihedral_views(images, tta)]
             for name in runner.outputs:
                 mean = np.mean([view[name][slots] for view in views], axis=0)
@@ -159,14 +160,10 @@ def listing_batches(dataset, positions: Sequence[int], batch_size: int, listed: 
         yield batch()
 
 
-def _in_slots(batch: dict, slots: np.ndarray, rows: int) -> dict:
-    """A runner's batch of `rows` rows: the images as given (already in their slots), the
-    other inputs placed in `slots` (the first file's value in the others)."""
-    placed = {io.IMAGE: batch[io.IMAGE]}
-    for name, values in batch.items():
-        if name != io.IMAGE:
-            column = [values[0]] * rows
-            for slot, value in zip(slots, values):
-                column[slot] = value
-            placed[name] = column
-    return placed
+def _in_slots(values: list, slots: np.ndarray, rows: int) -> list:
+    """Another input's values for a batch of `rows` rows, each file's in its slot (the first
+    file's value in the rows of no file)."""
+    column = [values[0]] * rows
+    for slot, value in zip(slots, values):
+        column[slot] = value
+    return column

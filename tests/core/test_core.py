@@ -90,9 +90,10 @@ def test_the_scripts_run_tensorflow_with_onednn_on_unless_the_user_says_otherwis
     """TensorFlow leaves oneDNN off on CPUs without AVX512_VNNI/BF16 or AMX (1.2-1.4x slower
     training there): the scripts' start-up turns it on; TF_ENABLE_ONEDNN_OPTS=0 still wins."""
     code = ("from skin_keras.core import console; console.quiet_tensorflow_startup()\n"
-            "from skin_keras.train import precision; print(precision._onednn_enabled())")
+            "import os; from skin_keras.train import precision\n"
+            "print(os.environ['TF_ENABLE_ONEDNN_OPTS'], precision._onednn_enabled())")
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     answers = [subprocess.run([sys.executable, "-c", code], env=env | extra, capture_output=True,
-                              text=True, check=True).stdout.split()[-1]
+                              text=True, check=True).stdout.split()[-2:]
                for extra in ({}, {"TF_ENABLE_ONEDNN_OPTS": "0"})]
-    assert answers == ["True", "False"]
+    assert answers == [["1", "True"], ["0", "False"]]

@@ -150,3 +150,5 @@ def test_batches_are_the_whole_listings_whatever_part_runs():
         assert images[slots, 0, 0, 0].tolist() == [positions[i] for i in indices]
         holes = np.setdiff1d(np.arange(len(images)), slots)
         assert not images[holes].any()  # Black where no file of this part is.
+    # A metadata model's other input follows its file into its row.
+    assert files._in_slots(["a", "b", "c"], np.array([1, 2, 3]), 4) == ["a", "a", "b", "c"]
