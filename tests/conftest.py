@@ -16,6 +16,8 @@ from pathlib import Path
 
 # Converted TFLite models are cached here, never in the home folder (subprocesses inherit it).
 os.environ["SKIN_KERAS_CACHE"] = tempfile.mkdtemp(prefix="skin_keras_cache_")
+# And Keras' (EfficientNet-Lite's converted ImageNet weights): set before Keras is imported.
+os.environ["KERAS_HOME"] = os.path.join(os.environ["SKIN_KERAS_CACHE"], "keras")
 
 from skin_keras.core import console  # noqa: E402  pylint: disable=g-import-not-at-top
 

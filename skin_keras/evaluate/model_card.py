@@ -39,7 +39,7 @@ def _front_matter(name: str, metrics: dict) -> list[str]:
                ("ece", "Expected calibration error",
                 metrics.get("calibration", {}).get("expected calibration error"))]
     lines = ["---", "library_name: keras", "pipeline_tag: image-classification",
-             "tags: [dermoscopy, skin-lesion, isic-2019, efficientnetv2]", "model-index:",
+             "tags: [dermoscopy, skin-lesion, isic-2019, efficientnet]", "model-index:",
              f"- name: {json.dumps(name)}", "  results:", "  - task:",
              "      type: image-classification", "    dataset:",
              f"      name: {json.dumps(Path(str(metrics.get('data', ''))).name)}",

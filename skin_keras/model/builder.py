@@ -1,6 +1,7 @@
-"""EfficientNetV2 classifiers: a Keras application backbone and a small head.
+"""EfficientNet classifiers: a backbone (backbones/: EfficientNetV2 or EfficientNet-Lite) and a
+small head.
 
-    {"image": [0, 255]} -> [colour constancy] -> EfficientNetV2 backbone (its own rescaling)
+    {"image": [0, 255]} -> [colour constancy] -> backbone (its own rescaling)
                         -> global average pooling -> dropout -> Dense(num_classes, softmax)
                         -> {"probabilities"}
 
@@ -15,14 +16,12 @@ sizes (progressive resizing: parts.any_size_twin).
 """
 
 import logging
-import os
 import re
-import warnings
 
 import keras
 
-from skin_keras.core.errors import UserError, first_line
-from skin_keras.model import fused_batch_norm, io
+from skin_keras.core.errors import UserError
+from skin_keras.model import backbones, fused_batch_norm, io
 from skin_keras.model.layers import ColorConstancy, PatientMetadata
 from skin_keras.model.spec import BACKBONES, ModelSpec
 
@@ -39,44 +38,9 @@ METADATA_DROPOUT = 0.3
 
 
 def build_backbone(model_name: str, weights: str) -> keras.Model:
-    """The EfficientNetV2 feature extractor (no top), for images of any size.
-
-    Args:
-      model_name: One of BACKBONES (s, m, l, b0..b3).
-      weights: "imagenet" (Keras downloads and caches the file), "none" (random initialisation),
-        or a path to a backbone weights file: a `.weights.h5` saved by Keras 3, or the
-        `efficientnetv2-*_notop.h5` file Keras downloads, copied from a machine with internet.
-    """
-    if model_name not in BACKBONES:
-        raise UserError(f"unknown model {model_name!r}; choose one of {', '.join(BACKBONES)}")
-    constructor = getattr(keras.applications, BACKBONES[model_name][0])
-    if weights.lower() in ("imagenet", "none"):
-        keras_weights = None if weights.lower() == "none" else "imagenet"
-    else:
-        if not os.path.isfile(weights):
-            raise UserError(f"--weights={weights}: no such file (use imagenet, none or a path to a "
-                            "backbone weights file)")
-        keras_weights = None
-    try:
-        backbone = constructor(include_top=False, weights=keras_weights,
-                               input_shape=(None, None, 3), include_preprocessing=True)
-    except Exception as error:  # Keras raises a bare Exception when the download fails.
-        if "URL fetch failure" not in str(error):
-            raise
-        cache = os.path.join(os.environ.get("KERAS_HOME", os.path.expanduser("~/.keras")), "models")
-        raise UserError(
-            f"could not download the ImageNet weights of EfficientNetV2-{model_name.upper()} (no "
-            f"internet?): copy efficientnetv2-{model_name}_notop.h5 into {cache}/ or pass "
-            "--weights=PATH_TO_FILE, or --weights=none to train from scratch") from error
-    if keras_weights is None and weights.lower() != "none":
-        try:
-            with warnings.catch_warnings():  # A mismatch raises below; spare the user its echo.
-                warnings.simplefilter("ignore")
-                backbone.load_weights(weights)
-        except (ValueError, OSError, KeyError) as error:
-            raise UserError(f"--weights={weights} does not fit "
-                            f"EfficientNetV2-{model_name.upper()}: {first_line(error)}") from error
-    return backbone
+    """The feature extractor of --model=`model_name` (no top), for images of any size, with
+    --weights=`weights`: imagenet, none, or a path to a weights file (backbones/)."""
+    return backbones.build(model_name, weights)
 
 
 def build_model(spec: ModelSpec, num_classes: int,
@@ -114,7 +78,7 @@ def build_model(spec: ModelSpec, num_classes: int,
     preprocessing = [] if spec.color_constancy == "none" else [
         ColorConstancy(spec.color_constancy, spec.cc_power, name="color_constancy")]
     return connect(inputs(spec.img_size, metadata), preprocessing, backbone,
-                   layers.__getitem__, spec.backbone_training, f"efficientnetv2_{spec.model}")
+                   layers.__getitem__, spec.backbone_training, BACKBONES[spec.model].model_name)
 
 
 def _metadata_layers(encoding: PatientMetadata) -> dict:
@@ -182,7 +146,7 @@ def head(pooled, named_inputs: dict, layer):
 
 
 def _block_number(layer_name: str) -> int | None:
-    """EfficientNetV2 layers are named block<stage><letter>_...; None for stem and top."""
+    """Backbone layers are named block<stage><letter>_...; None for stem and top."""
     match = re.match(r"block(\d+)[a-z]_", layer_name)
     return int(match.group(1)) if match else None
 

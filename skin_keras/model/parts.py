@@ -26,7 +26,7 @@ def ensemble_members(model: keras.Model) -> list[keras.Model]:
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
-    """The EfficientNetV2 backbone nested in a model built by `builder.build_model`."""
+    """The backbone nested in a model built by `builder.build_model`."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             return layer

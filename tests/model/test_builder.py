@@ -98,7 +98,8 @@ def test_imagenet_download_failure_explains_how_to_work_offline(monkeypatch):
         raise Exception("URL fetch failure on https://example/efficientnetv2-b0_notop.h5")
 
     monkeypatch.setattr(efficientnet_v2.file_utils, "get_file", offline)
-    with pytest.raises(UserError, match="copy efficientnetv2-b0_notop.h5 into .*models/"):
+    with pytest.raises(UserError, match="copy efficientnetv2-b0_notop.h5 into .*models/ or pass "
+                       "--weights=PATH_TO_FILE; --model=lite0 is pretrained and works offline"):
         builder.build_backbone("b0", weights="imagenet")
 
 
