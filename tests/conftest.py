@@ -39,7 +39,7 @@ tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceCon
 
 from PIL import Image  # noqa: E402  pylint: disable=g-import-not-at-top
 
-from skin_keras.data import synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
+from skin_keras.data import pipeline, synthetic  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model import io as named_io  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model import record  # noqa: E402  pylint: disable=g-import-not-at-top
 from skin_keras.model.builder import build_model  # noqa: E402  pylint: disable=g-import-not-at-top
@@ -170,6 +170,39 @@ def embedded_metadata(content: bytes):
     buffer = bytes(model.buffers[entry.buffer].data)
     assert buffer[4:8] == b"M001"  # The schema's file identifier.
     return fb.ModelMetadataT.InitFromPackedBuf(buffer, 0), model
+
+
+def as_pngs_at_size(jpegs, size: int, folder: Path) -> list[Path]:
+    """The images resized as the models read them, saved as PNG: predict.py and MediaPipe then
+    read the same pixels."""
+    pngs = []
+    for jpeg in jpegs:
+        pixels = pipeline.load_image(str(jpeg), size).numpy()
+        pngs.append(folder / f"{Path(jpeg).stem}.png")
+        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
+    return pngs
+
+
+def mediapipe_answers(tflite: Path, pngs, class_names) -> list[tuple[str, dict]]:
+    """MediaPipe Tasks' ImageClassifier on `tflite`: (top label, {class: score}) per image, from
+    the head whose labels are the classes (a calibrated model's second is its unknown score)."""
+    import mediapipe  # pylint: disable=g-import-not-at-top
+    from mediapipe.tasks import python as tasks  # pylint: disable=g-import-not-at-top
+    from mediapipe.tasks.python import vision  # pylint: disable=g-import-not-at-top
+
+    classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
+        base_options=tasks.BaseOptions(model_asset_path=str(tflite))))
+    answers = []
+    try:
+        for file in pngs:
+            heads = classifier.classify(mediapipe.Image.create_from_file(str(file))).classifications
+            head, = [head for head in heads
+                     if {c.category_name for c in head.categories} == set(class_names)]
+            answers.append((head.categories[0].category_name,
+                            {c.category_name: c.score for c in head.categories}))
+    finally:
+        classifier.close()
+    return answers
 
 
 @pytest.fixture(scope="session")

@@ -77,6 +77,10 @@ class ModelSpec:
         ".pth checkpoint) for machines offline.", path=True, keywords=("imagenet", "none"))
     freeze_layers: bool = option(True, "Freeze the backbone (inference mode) and train only the "
                                  "head, as the seed does.")
+    train_batch_norm: bool = option(
+        False, "With --nofreeze_layers and pretrained weights: the backbone's BatchNormalization "
+        "learns the training images' statistics (training mode, as PyTorch fine-tuning does) "
+        "instead of keeping ImageNet's (inference mode, the Keras transfer-learning recipe).")
     dropout: float = option(0.2, "Dropout rate before the last layer.", low=0.0, high=0.99)
     color_constancy: str = option(
         "none", "Colour constancy as the model's first layer (so prediction and exports apply it "
@@ -96,8 +100,11 @@ class ModelSpec:
     @property
     def backbone_training(self) -> bool | None:
         """False (inference mode) for a frozen or pretrained backbone; None (follow fit(), so
-        BatchNormalization learns its statistics) for one trained from scratch."""
-        return False if (self.freeze_layers or self.pretrained) else None
+        BatchNormalization learns its statistics) for one trained from scratch, or a pretrained
+        one with --train_batch_norm."""
+        if self.freeze_layers or (self.pretrained and not self.train_batch_norm):
+            return False
+        return None
 
 
 def check_coverage(coverage: float) -> None:

@@ -169,6 +169,9 @@ class TrainConfig(UnknownOptions, Augmentation, ModelSpec):
         if self.finetune_epochs and not self.freeze_layers:
             raise UserError("--finetune_epochs follows frozen-head epochs: it needs "
                             "--freeze_layers (use --nofreeze_layers alone to train everything)")
+        if self.train_batch_norm and self.freeze_layers:
+            raise UserError("--train_batch_norm lets a training backbone's BatchNormalization "
+                            "learn: it needs --nofreeze_layers")
         if self.balance_by and self.sampling != "balanced":
             raise UserError(f"--balance_by={self.balance_by} balances within classes: it needs "
                             "--sampling=balanced")

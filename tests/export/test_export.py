@@ -22,7 +22,13 @@ from skin_keras.infer import backend, litert, load, onnx_runtime, predict
 from skin_keras.infer.files import predict_files
 from skin_keras.infer.predict import PredictConfig
 
-from conftest import REPO, embedded_metadata, probabilities
+from conftest import (
+    REPO,
+    as_pngs_at_size,
+    embedded_metadata,
+    mediapipe_answers,
+    probabilities,
+)
 
 
 @pytest.fixture(scope="module")
@@ -146,34 +152,21 @@ MEDIAPIPE_SAME_SIZE_BOUND = 1e-5
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
 def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
         exported, ham_200px, kind, tmp_path):
-    import mediapipe
-    from mediapipe.tasks import python as tasks
-    from mediapipe.tasks.python import vision
-
     output, _ = exported
     path = output / f"tflite_{kind}" / f"skin_{kind}.tflite"
     loaded = load.load(path)
     # Real images at the model's size, as PNG: both sides then read the same pixels.
-    pngs = []
-    for jpeg in sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:24]:
-        pixels = pipeline.load_image(str(jpeg), loaded.img_size).numpy()
-        pngs.append(tmp_path / f"{jpeg.stem}.png")
-        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
+    pngs = as_pngs_at_size(sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:24],
+                           loaded.img_size, tmp_path)
     rows = json.loads(predict.predict_to_folder(PredictConfig(
         model_path=str(path), source=tuple(map(str, pngs)),
         output=str(tmp_path / "predicted"))).read_text())
-    classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
-        base_options=tasks.BaseOptions(model_asset_path=str(path))))
-    try:
-        for file, row in zip(pngs, rows):
-            head, = classifier.classify(mediapipe.Image.create_from_file(str(file))).classifications
-            scores = {c.category_name: c.score for c in head.categories}
-            assert set(scores) == set(loaded.class_names)  # Its labels, from the file.
-            assert head.categories[0].category_name == row["label"], file.name
-            for name, probability in row["probabilities"].items():
-                assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
-    finally:
-        classifier.close()
+    # Its labels come from the file (mediapipe_answers finds the head by them).
+    answers = mediapipe_answers(path, pngs, loaded.class_names)
+    for file, row, (label, scores) in zip(pngs, rows, answers):
+        assert label == row["label"], file.name
+        for name, probability in row["probabilities"].items():
+            assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
 
 
 @pytest.mark.slow

@@ -151,3 +151,19 @@ def test_the_fused_batchnorm_is_a_choice_of_the_spec():
     plain.set_weights(fused.get_weights())
     np.testing.assert_allclose(probabilities(fused, images), probabilities(plain, images),
                                atol=1e-6)
+
+
+@pytest.mark.parametrize("train_batch_norm", [False, True])
+def test_a_pretrained_backbone_learns_batchnorm_statistics_only_when_asked(tmp_path,
+                                                                           train_batch_norm):
+    path = tmp_path / "backbone.weights.h5"
+    parts.backbone_of(tiny_model()).save_weights(path)  # Stands in for ImageNet's weights.
+    model = tiny_model(weights=str(path), train_batch_norm=train_batch_norm)
+    model.compile(optimizer="sgd", loss="categorical_crossentropy")
+    norm = next(layer for layer in parts.backbone_of(model).layers
+                if isinstance(layer, keras.layers.BatchNormalization))
+    before = norm.moving_mean.numpy().copy()
+    images = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype("float32")
+    model.train_on_batch({"image": images}, np.eye(3)[[0, 1, 2, 0]])
+    assert norm.trainable is train_batch_norm
+    assert np.array_equal(before, norm.moving_mean.numpy()) is not train_batch_norm

@@ -49,6 +49,7 @@ from conftest import REPO, tiny_config
     (dict(progressive_stages=2, min_img_size=16), "--min_img_size=16: at least 32"),
     (dict(progressive_stages=2, min_dropout=0.5, dropout=0.2), "--min_dropout=0.5 is out of"),
     (dict(finetune_epochs=2, freeze_layers=False), "--finetune_epochs follows frozen-head"),
+    (dict(train_batch_norm=True, freeze_layers=True), "--train_batch_norm lets a training"),
     (dict(unfreeze_blocks=8), "--unfreeze_blocks=8 is out of range"),
     (dict(crop_scale=0.0), "--crop_scale=0.0 is out of range"),
     (dict(randaugment_magnitude=2.0), "--randaugment_magnitude=2.0 is out of range"),

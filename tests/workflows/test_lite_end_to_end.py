@@ -10,9 +10,7 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from skin_keras.data import pipeline
 from skin_keras.export import job
 from skin_keras.infer import load, predict
 from skin_keras.infer.predict import PredictConfig
@@ -20,7 +18,7 @@ from skin_keras.model import parts
 from skin_keras.model.backbones import efficientnet_lite
 from skin_keras.workflows import training
 
-from conftest import tiny_config
+from conftest import as_pngs_at_size, mediapipe_answers, tiny_config
 
 MEDIAPIPE_SAME_SIZE_BOUND = 1e-5  # As test_export's: same pixels, same file.
 
@@ -55,10 +53,6 @@ def test_a_lite_run_starts_from_imagenet_and_fine_tunes_its_top_stages(lite_run)
 
 @pytest.mark.slow
 def test_lite_grad_cam_and_every_export_answer_as_keras(lite_run, tiny_dataset, tmp_path):
-    import mediapipe
-    from mediapipe.tasks import python as tasks
-    from mediapipe.tasks.python import vision
-
     files = sorted((tiny_dataset / "val").rglob("*.jpg"))[:6]
     out = tmp_path / "explained"
     predict.predict_to_folder(PredictConfig(model_path=str(lite_run),
@@ -75,26 +69,13 @@ def test_lite_grad_cam_and_every_export_answer_as_keras(lite_run, tiny_dataset, 
 
     # The int8 .tflite in MediaPipe's ImageClassifier: the labels and scores predict.py gives.
     path = tmp_path / "skin" / "tflite_int8" / "skin_int8.tflite"
-    size = load.load(path).img_size
-    pngs = []
-    for jpeg in files:
-        pngs.append(tmp_path / f"{jpeg.stem}.png")
-        pixels = pipeline.load_image(str(jpeg), size).numpy()
-        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
+    loaded = load.load(path)
+    pngs = as_pngs_at_size(files, loaded.img_size, tmp_path)
     rows = json.loads(predict.predict_to_folder(PredictConfig(
         model_path=str(path), source=tuple(map(str, pngs)),
         output=str(tmp_path / "predicted"))).read_text())
-    classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
-        base_options=tasks.BaseOptions(model_asset_path=str(path))))
-    try:
-        for file, row in zip(pngs, rows):
-            heads = classifier.classify(mediapipe.Image.create_from_file(str(file))).classifications
-            # A calibrated model's second head is its unknown score.
-            head, = [head for head in heads if {c.category_name for c in head.categories} == set(
-                row["probabilities"])]
-            scores = {c.category_name: c.score for c in head.categories}
-            assert head.categories[0].category_name == row["label"], file.name
-            for name, probability in row["probabilities"].items():
-                assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
-    finally:
-        classifier.close()
+    answers = mediapipe_answers(path, pngs, loaded.class_names)
+    for file, row, (label, scores) in zip(pngs, rows, answers):
+        assert label == row["label"], file.name
+        for name, probability in row["probabilities"].items():
+            assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
