@@ -302,7 +302,7 @@ def ham_200px() -> Path:
 # together instead of one waiting for a long file started last. Only the order changes.
 LONGEST_FIRST = ("test_distribute.py", "test_cross_validation.py", "test_calibrate.py",
                  "test_resume.py", "test_metadata_models.py", "test_train.py", "test_export.py",
-                 "test_predict.py")
+                 "test_lite_end_to_end.py", "test_predict.py")
 
 
 def pytest_collection_modifyitems(items):

@@ -35,9 +35,11 @@ def test_stage_plan_grows_size_and_regularisation_linearly(tmp_path):
 
 
 @pytest.mark.slow
-def test_progressive_run_trains_one_model_at_growing_sizes(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("backbone", ["b0", "lite0"])
+def test_progressive_run_trains_one_model_at_growing_sizes(tmp_path, tiny_dataset, backbone):
     config = tiny_config(tmp_path, tiny_dataset, epochs=3, progressive_stages=3, img_size=64,
-                         min_img_size=32, dropout=0.3, min_dropout=0.1, freeze_layers=True)
+                         min_img_size=32, dropout=0.3, min_dropout=0.1, freeze_layers=True,
+                         model=backbone)
     run = loop.train_and_evaluate(config, verbose=0)
     log = json.loads((run / "log.json").read_text())
     assert [entry["stage"]["img_size"] for entry in log.values()] == [32, 48, 64]
