@@ -68,6 +68,8 @@ def export(config: ExportConfig) -> dict:
     destination.check_output_folder(output)
     runner = load.load(config.model_path)
     keras_model(runner, "Export")  # Exports are made from the Keras model: say so at once.
+    if "onnx_int8" in config.formats:
+        onnx_runtime.check_quantizable(runner.model, "--formats=onnx_int8")
 
     # --- Images for parity and calibration, and the Keras model's answers ---
     val = decode_check.set_aside_undecodable(folders.scan_image_folder(
@@ -154,14 +156,14 @@ def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
 
 def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:
     """The failure an artifact's agreement is (int8 only warns: full-integer quantisation
-    costs EfficientNetV2 accuracy by design)."""
+    costs accuracy by design)."""
     if entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT:
         return []
     if fmt in ("tflite_int8", "onnx_int8"):
         _log.warning(f"warning: {fmt} agrees with the Keras model on "
                      f"{100 * entry['top1 agreement']:.1f}% of top-1 labels (accuracy "
                      f"{entry['accuracy']:.4f} vs {keras_accuracy:.4f}): int8 "
-                     "quantisation costs EfficientNetV2 accuracy; prefer onnx, tflite_fp16 "
+                     "quantisation costs accuracy; prefer onnx, tflite_fp16 "
                      "or tflite_dynamic unless int8's speed or size is needed.")
         return []
     return [f"{fmt} agrees with the Keras model on only {100 * entry['top1 agreement']:.1f}% "

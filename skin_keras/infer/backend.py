@@ -70,6 +70,7 @@ def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: c
 
 def _onnx_int8(runner: KerasRunner) -> bytes:
     """The ONNX copy quantized (onnx_runtime.quantize)."""
+    onnx_runtime.check_quantizable(runner.model, "--backend=onnx_int8")
     paths = _calibration_paths(runner, "onnx_int8", onnx_runtime.calibrated_count)
     return onnx_runtime.quantize(onnx_runtime.convert(runner.model),
                                  onnx_runtime.calibration_feeds(runner, paths))

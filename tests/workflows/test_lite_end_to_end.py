@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from skin_keras.export import job
-from skin_keras.infer import load, predict
+from skin_keras.core.errors import UserError
+from skin_keras.infer import backend, load, predict
 from skin_keras.infer.predict import PredictConfig
 from skin_keras.model import parts
 from skin_keras.model.backbones import efficientnet_lite
@@ -63,7 +64,13 @@ def test_lite_grad_cam_and_every_export_answer_as_keras(lite_run, tiny_dataset, 
     report = job.export(job.ExportConfig(
         model_path=str(lite_run), output=str(tmp_path / "skin"),
         data_val=str(tiny_dataset / "val"), parity_images=12, calibration_images=8,
-        formats=("saved_model", "tflite_fp32", "tflite_int8", "onnx", "onnx_int8")))
+        formats=("saved_model", "tflite_fp32", "tflite_int8", "onnx")))
+    # The int8 ONNX copy broke a fine-tuned Lite0 (docs/results.md): refused, not answered.
+    with pytest.raises(UserError, match="int8 ONNX copy of an EfficientNet-Lite model"):
+        job.export(job.ExportConfig(model_path=str(lite_run), output=str(tmp_path / "int8"),
+                                    data_val=str(tiny_dataset / "val"), formats=("onnx_int8",)))
+    with pytest.raises(UserError, match="--backend=onnx_int8: the int8 ONNX copy"):
+        backend.select(load.load(lite_run), "onnx_int8", 1)
     for kind in ("saved_model", "tflite_fp32", "onnx"):
         assert report["artifacts"][kind]["top1 agreement"] == 1.0, kind
 
