@@ -8,6 +8,7 @@ HAM10000 images read ../shared/datasets and skip with a reason where it is absen
 import contextlib
 import csv
 import io
+import json
 import logging
 import os
 import shutil
@@ -172,37 +173,46 @@ def embedded_metadata(content: bytes):
     return fb.ModelMetadataT.InitFromPackedBuf(buffer, 0), model
 
 
-def as_pngs_at_size(jpegs, size: int, folder: Path) -> list[Path]:
-    """The images resized as the models read them, saved as PNG: predict.py and MediaPipe then
-    read the same pixels."""
-    pngs = []
-    for jpeg in jpegs:
-        pixels = pipeline.load_image(str(jpeg), size).numpy()
-        pngs.append(folder / f"{Path(jpeg).stem}.png")
-        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
-    return pngs
+# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results.md,
+# "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly;
+# from the full image its resize (bilinear without antialiasing) moves probabilities by median
+# 0.024, max 0.50.
+MEDIAPIPE_SAME_SIZE_BOUND = 1e-5
 
 
-def mediapipe_answers(tflite: Path, pngs, class_names) -> list[tuple[str, dict]]:
-    """MediaPipe Tasks' ImageClassifier on `tflite`: (top label, {class: score}) per image, from
-    the head whose labels are the classes (a calibrated model's second is its unknown score)."""
+def assert_mediapipe_answers_as_predict(tflite: Path, jpegs, folder: Path) -> None:
+    """MediaPipe Tasks' ImageClassifier on `tflite` gives predict.py's labels and probabilities
+    for `jpegs` resized as the model reads them and saved as PNG (both read the same pixels).
+    The labels come from the file: the head compared is the one named by the classes (a
+    calibrated model's second is its unknown score)."""
     import mediapipe  # pylint: disable=g-import-not-at-top
     from mediapipe.tasks import python as tasks  # pylint: disable=g-import-not-at-top
     from mediapipe.tasks.python import vision  # pylint: disable=g-import-not-at-top
 
+    from skin_keras.infer import load, predict  # pylint: disable=g-import-not-at-top
+
+    loaded = load.load(tflite)
+    pngs = []
+    for jpeg in jpegs:
+        pixels = pipeline.load_image(str(jpeg), loaded.img_size).numpy()
+        pngs.append(folder / f"{Path(jpeg).stem}.png")
+        Image.fromarray(np.round(pixels).astype(np.uint8)).save(pngs[-1])
+    rows = json.loads(predict.predict_to_folder(predict.PredictConfig(
+        model_path=str(tflite), source=tuple(map(str, pngs)),
+        output=str(folder / "predicted"))).read_text())
     classifier = vision.ImageClassifier.create_from_options(vision.ImageClassifierOptions(
         base_options=tasks.BaseOptions(model_asset_path=str(tflite))))
-    answers = []
     try:
-        for file in pngs:
+        for file, row in zip(pngs, rows):
             heads = classifier.classify(mediapipe.Image.create_from_file(str(file))).classifications
             head, = [head for head in heads
-                     if {c.category_name for c in head.categories} == set(class_names)]
-            answers.append((head.categories[0].category_name,
-                            {c.category_name: c.score for c in head.categories}))
+                     if {c.category_name for c in head.categories} == set(loaded.class_names)]
+            assert head.categories[0].category_name == row["label"], file.name
+            scores = {c.category_name: c.score for c in head.categories}
+            for name, probability in row["probabilities"].items():
+                assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
     finally:
         classifier.close()
-    return answers
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,7 @@ from skin_keras.infer import backend, litert, load, onnx_runtime, predict
 from skin_keras.infer.files import predict_files
 from skin_keras.infer.predict import PredictConfig
 
-from conftest import (
-    REPO,
-    as_pngs_at_size,
-    embedded_metadata,
-    mediapipe_answers,
-    probabilities,
-)
+from conftest import REPO, assert_mediapipe_answers_as_predict, embedded_metadata, probabilities
 
 
 @pytest.fixture(scope="module")
@@ -141,32 +135,15 @@ def test_tflite_files_describe_themselves_in_the_tflite_metadata_schema(exported
     assert load.load(alone).class_names == expected
 
 
-# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results.md,
-# "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly;
-# from the full image its resize (bilinear without antialiasing) moves probabilities by median
-# 0.024, max 0.50.
-MEDIAPIPE_SAME_SIZE_BOUND = 1e-5
-
-
+# (conftest's bound: at the model's size MediaPipe's answers equal ours; docs/results.md.)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
 def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
         exported, ham_200px, kind, tmp_path):
     output, _ = exported
-    path = output / f"tflite_{kind}" / f"skin_{kind}.tflite"
-    loaded = load.load(path)
-    # Real images at the model's size, as PNG: both sides then read the same pixels.
-    pngs = as_pngs_at_size(sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:24],
-                           loaded.img_size, tmp_path)
-    rows = json.loads(predict.predict_to_folder(PredictConfig(
-        model_path=str(path), source=tuple(map(str, pngs)),
-        output=str(tmp_path / "predicted"))).read_text())
-    # Its labels come from the file (mediapipe_answers finds the head by them).
-    answers = mediapipe_answers(path, pngs, loaded.class_names)
-    for file, row, (label, scores) in zip(pngs, rows, answers):
-        assert label == row["label"], file.name
-        for name, probability in row["probabilities"].items():
-            assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
+    assert_mediapipe_answers_as_predict(
+        output / f"tflite_{kind}" / f"skin_{kind}.tflite",
+        sorted((ham_200px / "ISIC_2019_Training_Input").glob("*.jpg"))[:24], tmp_path)
 
 
 @pytest.mark.slow

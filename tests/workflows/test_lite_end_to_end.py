@@ -19,9 +19,7 @@ from skin_keras.model import parts
 from skin_keras.model.backbones import efficientnet_lite
 from skin_keras.workflows import training
 
-from conftest import as_pngs_at_size, mediapipe_answers, tiny_config
-
-MEDIAPIPE_SAME_SIZE_BOUND = 1e-5  # As test_export's: same pixels, same file.
+from conftest import assert_mediapipe_answers_as_predict, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -75,14 +73,5 @@ def test_lite_grad_cam_and_every_export_answer_as_keras(lite_run, tiny_dataset, 
         assert report["artifacts"][kind]["top1 agreement"] == 1.0, kind
 
     # The int8 .tflite in MediaPipe's ImageClassifier: the labels and scores predict.py gives.
-    path = tmp_path / "skin" / "tflite_int8" / "skin_int8.tflite"
-    loaded = load.load(path)
-    pngs = as_pngs_at_size(files, loaded.img_size, tmp_path)
-    rows = json.loads(predict.predict_to_folder(PredictConfig(
-        model_path=str(path), source=tuple(map(str, pngs)),
-        output=str(tmp_path / "predicted"))).read_text())
-    answers = mediapipe_answers(path, pngs, loaded.class_names)
-    for file, row, (label, scores) in zip(pngs, rows, answers):
-        assert label == row["label"], file.name
-        for name, probability in row["probabilities"].items():
-            assert abs(scores[name] - probability) <= MEDIAPIPE_SAME_SIZE_BOUND
+    assert_mediapipe_answers_as_predict(tmp_path / "skin" / "tflite_int8" / "skin_int8.tflite",
+                                        files, tmp_path)
