@@ -173,7 +173,7 @@ def embedded_metadata(content: bytes):
     return fb.ModelMetadataT.InitFromPackedBuf(buffer, 0), model
 
 
-# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results.md,
+# Measured on 400 HAM10000 200x150 JPEGs with a 64 px B0 trained on them (docs/results_from_scratch.md,
 # "MediaPipe against predict.py"): at the model's size MediaPipe's answers equal ours exactly;
 # from the full image its resize (bilinear without antialiasing) moves probabilities by median
 # 0.024, max 0.50.

@@ -6,7 +6,7 @@ The trainable weights are averaged; BatchNorm statistics of averaged weights are
 average of the statistics, so they are re-estimated on training images (model/adapt_bn.py),
 as SWA prescribes, drawn as training drew them: with balanced sampling, images of every class
 as often (re-estimating a baseline's statistics on the natural mix of its validation images,
-three quarters nevi, cost it 0.14 balanced accuracy there, docs/results.md). best.keras stays the best epoch on validation; which of the two travels
+three quarters nevi, cost it 0.14 balanced accuracy there, docs/results_from_scratch.md). best.keras stays the best epoch on validation; which of the two travels
 better to another clinic is for evaluate.py to say. A resumed run averages the epochs it trains.
 """
 

@@ -135,7 +135,7 @@ def test_tflite_files_describe_themselves_in_the_tflite_metadata_schema(exported
     assert load.load(alone).class_names == expected
 
 
-# (conftest's bound: at the model's size MediaPipe's answers equal ours; docs/results.md.)
+# (conftest's bound: at the model's size MediaPipe's answers equal ours; docs/results_from_scratch.md.)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
 def test_mediapipe_image_classifier_answers_as_predict_on_real_images(
