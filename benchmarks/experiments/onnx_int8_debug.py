@@ -1,5 +1,5 @@
-"""Where onnx_int8 disagrees with float (docs/benchmarks.md, "int8: where the disagreement comes
-from"), kept as run on 2026-12-06. Same model, images and calibration draws as
+"""Where onnx_int8 disagrees with float (docs/benchmarks.md, "int8"),
+kept as run on 2026-12-06. Same model, images and calibration draws as
 onnx_int8_variants.py (whose set-up it runs; /tmp/int8_export from export.py first).
 
     python benchmarks/experiments/onnx_int8_debug.py sqnr     # per-tensor SQNR -> /tmp/q/err.json

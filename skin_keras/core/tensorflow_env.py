@@ -3,7 +3,7 @@
 oneDNN: TensorFlow runs its oneDNN kernels (convolutions, BatchNorm, the bfloat16 rewrite) only
 on CPUs with AVX512_VNNI, AVX512_BF16 or AMX unless TF_ENABLE_ONEDNN_OPTS says otherwise; on an
 AVX2 CPU without them it falls back to Eigen's, and EfficientNetV2 trains 1.21-1.36x slower
-(docs/benchmarks.md, "On a CPU without bfloat16 instructions"). The scripts turn it on
+(docs/benchmarks.md, "Training speed"). The scripts turn it on
 everywhere; TF_ENABLE_ONEDNN_OPTS=0 in the environment still turns it off.
 """
 
