@@ -32,8 +32,17 @@ def describe_audit(audit: dict) -> str:
         described = audit["groups"]
         lines.append(f"groups: {', '.join(described['columns'])} from {described['file']} "
                      f"({described['images without a row']} images without a row)")
-    for key in ("missing on disk", "not in csv", "no label", "several labels", "unk"):
-        if audit[key]:
+        for column, count in described.get("no value", {}).items():
+            if count:
+                lines.append(f"groups: {count} images have no {column} value (a blank cell "
+                             "or no row): no group of their own")
+        for column, merged in described.get("spellings merged", {}).items():
+            lines.append(f"groups: {column} values differing only in case or space are one "
+                         "group: " + "; ".join(f"{', '.join(map(repr, others))} as {kept!r}"
+                                               for kept, others in merged.items()))
+    for key in ("missing on disk", "not in csv", "no label", "several labels", "unk",
+                "no value for --holdout_group"):
+        if audit.get(key):
             shown = ", ".join(audit[key][:10]) + (" ..." if len(audit[key]) > 10 else "")
             lines.append(f"left out, {key}: {len(audit[key])} ({shown})")
     if audit.get("metadata missing"):

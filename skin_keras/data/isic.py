@@ -177,9 +177,15 @@ def prepare(config: PrepareConfig) -> dict:
     records, audit, patient_rows = _read_and_audit(config)
     values, columns = _group_values(config, [record.image for record in records], patient_rows,
                                     audit)
-    test = groups.held_out([r.image for r in records], [r.group for r in records], values,
-                           config.holdout_group) if config.holdout_group else np.zeros(
-                               len(records), bool)
+    test = np.zeros(len(records), bool)
+    if config.holdout_group:
+        test, unknown = groups.held_out([r.image for r in records], [r.group for r in records],
+                                        values, config.holdout_group)
+        # No value in a held-out column: it may be of the held-out group, so it goes nowhere.
+        audit["no value for --holdout_group"] = sorted(
+            record.image for record, left_out in zip(records, unknown) if left_out)
+        records = [record for record, left_out in zip(records, unknown) if not left_out]
+        test = test[~unknown]
     groups.check_training_classes([r.code for r in records], test, names, config.holdout_group)
     split_rows = _split(records, config, names, audit, test)
     for record, row in zip(records, split_rows):  # The --groups columns travel with the split.
@@ -260,10 +266,16 @@ def _group_values(config: PrepareConfig, images: list[str], patient_rows: dict, 
     if not config.groups:
         return values, ()
     table, columns = groups.read_groups(config.groups)
-    values.update({column: {image: row[column] for image, row in table.items()}
-                   for column in columns})
     audit["groups"] = {"file": str(config.groups), "columns": list(columns),
-                       "images without a row": sum(image not in table for image in images)}
+                       "images without a row": sum(image not in table for image in images),
+                       "no value": {}, "spellings merged": {}}
+    for column in columns:  # One spelling per group; "" (no value) is never a group.
+        values[column], merged = groups.unify(
+            {image: table[image][column] for image in images if image in table})
+        audit["groups"]["no value"][column] = sum(not values[column].get(image)
+                                                  for image in images)
+        if merged:
+            audit["groups"]["spellings merged"][column] = merged
     return values, columns
 
 

@@ -130,10 +130,17 @@ def group_folds(train: folders.ImageFolder, lesions: np.ndarray, column: str, fo
         if lost:
             raise UserError(f"--fold_by={column}: without {name} no training image of "
                             f"{', '.join(lost)} is left")
+    lacking = [f"fold {fold + 1} ({name}) has no validation image of " + ", ".join(
+        train.class_names[c] for c in range(train.num_classes)
+        if not np.any((fold_of == fold) & (train.labels == c)))
+        for fold, name in enumerate(names)
+        if len(set(train.labels[fold_of == fold])) < train.num_classes]
     return fold_of, f"leave one {column} out: " + ", ".join(
         f"fold {i + 1} = {name}" for i, name in enumerate(names)) + (
         f" ({moved} image(s) of lesions seen at two {column}s go with the lesion)"
-        if moved else "")
+        if moved else "") + "".join(
+        f"; {line}: its balanced accuracy and best epoch are over the classes it has"
+        for line in lacking)
 
 
 def _link_tree(root: Path, train: folders.ImageFolder, chosen: np.ndarray) -> None:

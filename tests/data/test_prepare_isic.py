@@ -390,3 +390,33 @@ def test_bad_groups_are_one_line_and_write_nothing(download, tmp_path, groups, h
         isic.prepare(config_for(download, tmp_path / "out", groups=str(tmp_path / "groups.csv"),
                                 holdout_group=holdout))
     assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
+
+
+def test_group_values_are_compared_as_values_and_a_blank_is_no_group(download, tmp_path):
+    # Reliability 2026-12-07 S4, S7: a held-out clinic spelled in other cases or with spaces, or
+    # left blank, must never reach train or val.
+    images = [row["image"] for row in csv.DictReader(open(download / "gt.csv"))]
+    spellings = ["Clinic A", "CLINIC A", " clinic  a ", "clinic a", "Ｃｌｉｎｉｃ A"]
+    center = {image: spellings[i % 5] if i % 3 == 0 else "b" for i, image in enumerate(images)}
+    blank = [image for i, image in enumerate(images) if i % 3 == 1][:4]
+    center.update({image: "" for image in blank})
+    (tmp_path / "groups.csv").write_text(
+        "image,center\n" + "".join(f"{image},{center[image]}\n" for image in images))
+    audit = isic.prepare(config_for(download, tmp_path / "out", groups=str(tmp_path / "groups.csv"),
+                                    holdout_group=("center=CLINIC a",)))
+    rows = read_split(tmp_path / "out")
+    placed = {row["image"]: row for row in rows}
+    clinic_a = {image for image, value in center.items() if value.strip() and value != "b"}
+    assert clinic_a and all(placed[image]["split"] == "test" for image in clinic_a
+                            if image in placed)
+    kept = {row["center"] for row in rows if row["image"] in clinic_a}
+    assert len(kept) == 1 and kept <= {spelling.strip() for spelling in spellings}
+    # Blank: could be clinic A, so never train or val (test with its lesion, else nowhere).
+    assert all(placed[image]["split"] == "test" for image in blank if image in placed)
+    left_out = audit["no value for --holdout_group"]
+    assert left_out and set(left_out) == set(blank) - set(placed) - set(audit["not in csv"])
+    assert all(row["center"] for row in rows if row["split"] != "test")
+    report = audit_report.describe_audit(audit)
+    assert "4 images have no center value" in report
+    assert "values differing only in case or space are one group" in report
+    assert f"left out, no value for --holdout_group: {len(left_out)}" in report

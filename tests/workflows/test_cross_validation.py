@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import types
 from pathlib import Path
 
 import keras
@@ -222,3 +223,20 @@ def test_leave_one_clinic_out_trains_one_member_per_clinic_on_real_images(ham_20
     assert [p.name for p in sorted(run.glob("fold_*/weights/best.keras"))] == ["best.keras"] * 3
     with open(run / cross_validation.OOF_FILE, newline="") as file:
         assert len(list(csv.DictReader(file))) == len(folds) == 27
+
+
+def test_a_clinic_without_some_classes_is_named_and_case_variants_are_one_clinic(tmp_path):
+    # Reliability 2026-12-07 C8 and S4: the third clinic has no Melanoma to validate on.
+    rows = [("a1", 0, "North"), ("a2", 1, "north "), ("b1", 0, "South"), ("b2", 1, "south"),
+            ("c1", 0, "west"), ("c2", 0, "WEST")]
+    with open(tmp_path / "split.csv", "w", newline="") as file:
+        csv.writer(file).writerows([["image", "center"], *[(i, c) for i, _, c in rows]])
+    train = types.SimpleNamespace(
+        root=str(tmp_path / "train"), paths=[f"{tmp_path}/train/x/{i}.jpg" for i, _, _ in rows],
+        labels=np.array([label for _, label, _ in rows]), class_names=["Nevus", "Melanoma"],
+        num_classes=2)
+    fold_of, grouping = cross_validation.group_folds(train, np.array([i for i, _, _ in rows]),
+                                                     "center", 3)
+    assert list(fold_of) == [0, 0, 1, 1, 2, 2]
+    assert "has no validation image of Melanoma" in grouping and grouping.count("no valid") == 1
+    assert "fold 3 (WEST) has no validation image" in grouping
