@@ -36,3 +36,18 @@ def file_sha1(path: str | Path) -> str:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, or of a folder's (every file's relative path and
+    content, in sorted order): a model artifact's fingerprint (model_card.md records it)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file_path in files:
+        if path.is_dir():
+            digest.update(file_path.relative_to(path).as_posix().encode() + b"\0")
+        with open(file_path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()

@@ -3,17 +3,30 @@ Face model-card layout (YAML front matter with `model-index` results, then secti
 
 Every number is read from a file the pipeline wrote (metrics.json, robustness.json beside it;
 the run's train_params.json; split.csv and audit.json beside the data folders), and each section
-names its file: nothing is typed by hand. evaluate.py writes it beside metrics.json; export.py
-copies the newest one of the run next to the artifacts.
+names its file: nothing is typed by hand. evaluate.py writes it beside metrics.json. A card
+describes exactly one model file: its front matter records the file and its SHA-256, and
+export.py ships only a card of the exact file it exports (`describes`).
 """
 
 import json
+import re
 from pathlib import Path
 
 from skin_keras.core import atomic
+from skin_keras.core.cache import content_sha256
 from skin_keras.data.csv_table import read_csv
 
 FILE = "model_card.md"
+_SHA_LINE = re.compile(r"^model_sha256: ([0-9a-f]{64})$", re.MULTILINE)
+
+
+def describes(card: Path, model: Path) -> bool:
+    """Whether `card` (a model_card.md) was written for exactly the file `model` is now."""
+    try:
+        found = _SHA_LINE.search(card.read_text().split("\n---\n", 1)[0])
+    except (OSError, UnicodeDecodeError):
+        return False
+    return found is not None and found.group(1) == content_sha256(model)
 
 
 def _read(path: Path) -> dict | None:
@@ -31,7 +44,7 @@ def _span(pair) -> str:
     return "-" if not pair else f"{pair[0]:.4f} – {pair[1]:.4f}"
 
 
-def _front_matter(name: str, metrics: dict) -> list[str]:
+def _front_matter(name: str, metrics: dict, sha256: str) -> list[str]:
     figures = [("balanced_accuracy", "Balanced accuracy", metrics.get("balanced accuracy")),
                ("accuracy", "Accuracy", metrics.get("accuracy")),
                ("roc_auc", "Mean ROC AUC (one class against the rest)",
@@ -39,7 +52,9 @@ def _front_matter(name: str, metrics: dict) -> list[str]:
                ("ece", "Expected calibration error",
                 metrics.get("calibration", {}).get("expected calibration error"))]
     lines = ["---", "library_name: keras", "pipeline_tag: image-classification",
-             "tags: [dermoscopy, skin-lesion, isic-2019, efficientnet]", "model-index:",
+             "tags: [dermoscopy, skin-lesion, isic-2019, efficientnet]",
+             f"model_file: {json.dumps(str(metrics.get('model')))}", f"model_sha256: {sha256}",
+             "model-index:",
              f"- name: {json.dumps(name)}", "  results:", "  - task:",
              "      type: image-classification", "    dataset:",
              f"      name: {json.dumps(Path(str(metrics.get('data', ''))).name)}",
@@ -162,8 +177,10 @@ def write(folder: Path, metrics: dict, class_names, params_path: Path | None) ->
     and the run's train_params.json (`params_path`, when known)."""
     params = _read(params_path) if params_path is not None else None
     name = Path(str(metrics.get("model", "model"))).parent.parent.name or "model"
-    lines = [*_front_matter(name, metrics), f"# Model card: {name}", "",
-             "## Model", "", f"`{metrics.get('model')}`: classes {', '.join(class_names)}"
+    sha256 = content_sha256(metrics["model"])
+    lines = [*_front_matter(name, metrics, sha256), f"# Model card: {name}", "",
+             "## Model", "", f"`{metrics.get('model')}` (SHA-256 {sha256[:16]}…): classes "
+             f"{', '.join(class_names)}"
              + (f"; trained with {(params or {}).get('train parameters', {}).get('model')} at "
                 f"{(params or {}).get('train parameters', {}).get('img_size')} px "
                 "(from `train_params.json`)." if params else "."), "",

@@ -86,15 +86,19 @@ def prepare(output: Path, planned: dict[str, Path], model: str, overwrite: bool)
 
 
 def ship_model_card(source: Path, output: Path) -> Path | None:
-    """Copies the newest model_card.md that evaluate.py wrote in the model's run folder next
-    to the artifacts; None (said) when the model was never evaluated there."""
+    """Copies the newest model_card.md of the model's run folder that describes exactly
+    `source` (the file as it is now: `model_card.describes`) next to the artifacts; None,
+    said, when there is none (and a card left in `output` by an earlier export goes)."""
     run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
     cards = sorted(run_dir.glob(f"*/{model_card.FILE}"), key=lambda p: p.stat().st_mtime_ns)
-    if not cards:
-        _log.info(f"no {model_card.FILE} in {run_dir} to ship: run evaluate.py on the model "
-                  "first (it writes one)")
-        return None
     target = output / model_card.FILE
-    atomic.write_text_atomic(target, cards[-1].read_text())
-    _log.info(f"{model_card.FILE}: copied from {cards[-1]}")
+    mine = [card for card in cards if model_card.describes(card, source)]
+    if not mine:
+        target.unlink(missing_ok=True)
+        _log.info(f"no {model_card.FILE} shipped: none in {run_dir} describes {source} as it "
+                  f"is now ({len(cards)} of other models or versions); run evaluate.py "
+                  f"--model_path={source} first (it writes one)")
+        return None
+    atomic.write_text_atomic(target, mine[-1].read_text())
+    _log.info(f"{model_card.FILE}: copied from {mine[-1]}")
     return target

@@ -95,16 +95,30 @@ def test_an_output_under_a_file_is_refused_before_any_work(untrained_run, tiny_d
                                     data_val=str(tiny_dataset / "val")))
 
 
-def test_export_ships_the_newest_model_card_of_the_run(tmp_path):
+def test_export_ships_only_a_card_of_the_exact_model_it_exports(tmp_path):
+    # Reliability 2026-12-07 S3: the newest card was another weights file's (averaged.keras).
+    from skin_keras.evaluate import model_card  # pylint: disable=g-import-not-at-top
     from skin_keras.export import destination  # pylint: disable=g-import-not-at-top
 
-    run = tmp_path / "run"
+    run, out = tmp_path / "run", tmp_path / "o"
     (run / "weights").mkdir(parents=True)
-    assert destination.ship_model_card(run / "weights" / "best.keras", tmp_path / "o") is None
-    for name, text in (("eval_val", "old"), ("eval_test", "new")):
-        (run / name).mkdir()
-        (run / name / "model_card.md").write_text(text)
-    os.utime(run / "eval_val" / "model_card.md", ns=(0, 0))
-    (tmp_path / "o").mkdir()
-    shipped = destination.ship_model_card(run / "weights" / "best.keras", tmp_path / "o")
-    assert shipped.read_text() == "new"
+    out.mkdir()
+    best, averaged = run / "weights" / "best.keras", run / "weights" / "averaged.keras"
+    best.write_bytes(b"best v1")
+    averaged.write_bytes(b"averaged")
+    assert destination.ship_model_card(best, out) is None
+    metrics = {"images": 3, "data": "val", "tta views": 1, "balanced accuracy": 0.5,
+               "accuracy": 0.5, "calibration": {"expected calibration error": 0.1,
+                                                "brier score": 0.2,
+                                                "negative log-likelihood": 0.3}}
+    for folder, model, figure in (("eval_val", best, 0.3), ("eval_test", averaged, 0.53)):
+        (run / folder).mkdir()
+        model_card.write(run / folder, {**metrics, "model": str(model), "balanced accuracy":
+                                        figure}, [], None)
+    os.utime(run / "eval_val" / model_card.FILE, ns=(0, 0))  # The averaged card is newer.
+    shipped = destination.ship_model_card(best, out)
+    assert shipped.read_text() == (run / "eval_val" / model_card.FILE).read_text()
+    assert "value: 0.3" in shipped.read_text()
+    best.write_bytes(b"best v2")  # Calibrated or trained again since: no card describes it.
+    assert destination.ship_model_card(best, out) is None
+    assert not (out / model_card.FILE).exists()  # The earlier export's card goes too.
