@@ -86,7 +86,7 @@ def rows(csv_path: Path) -> list[list[str]]:
 def killed_at_half(command: list[str], output: Path, count: int) -> int:
     """Starts `command`, SIGKILLs it when half the rows are recorded; returns the rows then."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = output / ".predictions.partial.json"
+    state = output / ".predictions.job.json"
     recorded = 0
     while recorded < count // 2:
         if process.poll() is not None:

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "skin_keras"
 # The order of the data's path (skin_keras/__init__.py): each may import from those before it.
 LAYERS = ("core", "data", "model", "train", "infer", "evaluate", "export", "serve",
           "workflows")
-ENTRY_POINTS = ("prepare_isic", "calibrate", "ood_images")  # python -m skin_keras.<name>
+ENTRY_POINTS = ("prepare_isic", "calibrate", "ood_images", "merge_predictions")  # python -m skin_keras.<name>
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 350, 80
 # A function longer than this says why in a comment starting with "# Long:".
 EXPLAINED_FUNCTION_LINES = 60

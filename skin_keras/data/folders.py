@@ -114,17 +114,21 @@ def inspect_images(paths: list[str], max_workers: int = 8) -> list[tuple]:
         return list(pool.map(inspect_image, paths, chunksize=64))
 
 
-def walk_files(folder: str | Path, dataset_root: str | Path | None = None) -> list[str]:
+def walk_files(folder: str | Path, dataset_root: str | Path | None = None,
+               skip: str | Path | None = None) -> list[str]:
     """Every non-hidden file below `folder`, sorted. Links to folders are followed, but a real
     folder is entered once and never a link back to `folder` or above it (a loop); with
-    `dataset_root`, never a link into another part of that dataset (another class)."""
+    `dataset_root`, never a link into another part of that dataset (another class); never the
+    folder `skip` (predict.py's output inside its source)."""
     top = os.path.realpath(folder)
     root = os.path.realpath(dataset_root) if dataset_root is not None else None
+    skipped = os.path.realpath(skip) if skip is not None else None
     files, seen = [], set()
 
     def enter(dirpath, name):
         target = os.path.realpath(os.path.join(dirpath, name))
-        if name.startswith(".") or target in seen or is_within(top, target):
+        if name.startswith(".") or target in seen or is_within(top, target) or \
+                target == skipped:
             return False
         return root is None or not is_within(target, root) or is_within(target, top)
 

@@ -23,18 +23,18 @@ MAX_TTA_VIEWS = 8  # The symmetries of a square: pipeline.dihedral_views.
 MODEL_NAN = "the model produced NaN for this image (the model is broken, not the image)"
 
 
-def list_sources(sources: Sequence[str | Path]) -> list[Path]:
+def list_sources(sources: Sequence[str | Path], output: str | Path | None = None) -> list[Path]:
     """Every file named in `sources` (files, or folders searched recursively), in order, each
     real file once (links to it, or a folder given twice, add no row; link loops are not
     followed). Hidden files are left out; other non-image files are kept, so they get an error
-    row."""
+    row. The `output` folder is never searched: its copies are not sources."""
     files = []
     for source in sources:
         source = Path(source)
         if source.is_file():
             files.append(str(source))
         elif source.is_dir():
-            files.extend(folders.walk_files(source))
+            files.extend(folders.walk_files(source, skip=output))
         else:
             raise UserError(f"source {source} does not exist")
     keep, _ = folders.first_of_each_file(files)

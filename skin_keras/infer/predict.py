@@ -11,7 +11,7 @@ from skin_keras.core import progress
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
 from skin_keras.infer import backend as backends
-from skin_keras.infer import files, load, outputs, resumable
+from skin_keras.infer import files, load, outputs, resumable, shards
 from skin_keras.infer.files import MAX_TTA_VIEWS
 from skin_keras.infer.runner import Runner, explainable
 from skin_keras.model import io
@@ -68,7 +68,9 @@ class PredictConfig(ModelRunConfig):
     shard: str = option("", "i/N: predict only the i-th of N contiguous parts of the sorted file "
                         "list (0-based), into predictions-<i>-of-<N>.csv; the N parts' rows "
                         "concatenate to one process's (a Slurm array, a Kubernetes Indexed "
-                        "Job).")
+                        "Job; python -m skin_keras.merge_predictions joins them).")
+    overwrite: bool = option(False, "Replace the predictions of another job (other model, "
+                             "sources or settings) in --output.")
 
 
 def prediction_rows(paths, results: dict, errors: list[str | None], runner: Runner,
@@ -117,27 +119,35 @@ def predict_to_folder(config: PredictConfig) -> Path:
         explainable(loaded)  # Say so before predicting, not after.
     if not 0 <= config.topk <= len(loaded.class_names):
         raise UserError(f"--topk={config.topk} is out of range [0, {len(loaded.class_names)}]")
-    listed = files.list_sources(config.source)
+    listed = files.list_sources(config.source, output)
     if not listed:
         raise UserError(f"no files found in {', '.join(map(str, config.source))}")
-    rows_of_shard, name = resumable.shard_of(len(listed), config.shard)
+    rows_of_shard, name = shards.shard_of(len(listed), config.shard)
     paths = listed[rows_of_shard]
     inputs = files.other_inputs(loaded, config.metadata, paths)
     runner = backends.select(loaded, config.backend, len(paths) * config.tta)
     output.mkdir(parents=True, exist_ok=True)
     header = outputs.csv_header(runner.class_names, config.topk, io.METADATA in inputs,
                                 runner.unknown is not None)
-    writer = resumable.RowWriter(output, name, _job(config, loaded, len(listed)), header)
+    writer = resumable.RowWriter(output, name, _job(config, loaded, listed), header,
+                                 {str(path): resumable.identity(path) for path in paths},
+                                 config.overwrite)
     summary = outputs.Summary(runner.class_names)
     done = writer.resume(lambda row: summary.add([row]))
+    if writer.finished:
+        _log.info(f"nothing to do: {output} holds this job's {name}.csv, and no file changed "
+                  "since")
+        return output / f"{name}.json"
     todo = [index for index, path in enumerate(paths) if str(path) not in done]
     if len(paths) - len(todo) != len(done):  # Rows of files no longer listed (renamed).
         gone = sorted(done - {str(path) for path in paths})
         raise UserError(f"{output} holds an unfinished prediction with rows for "
                         f"{len(gone)} file(s) no longer in the sources (e.g. {gone[0]}): the files "
                         f"changed since; remove the .{name}.partial.* files to start over")
-    if done:
-        _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows")
+    if done or writer.stale:
+        _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows"
+                  + (f" ({writer.stale} more changed since: predicted again)"
+                     if writer.stale else ""))
     # Copies and overlays are named over the whole listing, not per block.
     names = outputs.unique_names(paths) if config.save_images or config.explain else None
     meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
@@ -166,13 +176,15 @@ def predict_to_folder(config: PredictConfig) -> Path:
     return json_path
 
 
-def _job(config: PredictConfig, loaded: Runner, listed: int) -> dict:
-    """What makes a job the same job when it is run again (resumable.RowWriter)."""
+def _job(config: PredictConfig, loaded: Runner, listed: list[Path]) -> dict:
+    """What makes a job the same job when it is run again (resumable.RowWriter), and the parts
+    of a sharded job parts of one (shards.merge): the listing they were cut from."""
     source = Path(loaded.source)
     status = source.stat()
     return {"model": str(source.resolve()), "model size": status.st_size,
             "model modified": status.st_mtime_ns, "sources": [str(Path(s).resolve())
                                                              for s in config.source],
-            "files listed": listed, "shard": config.shard, "backend": config.backend,
+            "files listed": len(listed), "listing": resumable.fingerprint(map(str, listed)),
+            "shard": config.shard, "backend": config.backend,
             "tta": config.tta, "topk": config.topk, "metadata": config.metadata,
             "save_images": config.save_images, "explain": config.explain}

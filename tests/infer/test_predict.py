@@ -211,6 +211,10 @@ def test_predict_script_end_to_end(untrained_run, mixed_source, tmp_path):
     (bad_only / "x.jpg").write_bytes(b"junk")
     command[3] = f"--source={bad_only}"
     result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr  # Another job's output.
+    assert "holds a finished prediction of another job" in result.stderr.strip().splitlines()[-1]
+    command[4] = f"--output={tmp_path / 'bad_out'}"
+    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "predict.py: error: none of the 1 files could be read as an image")

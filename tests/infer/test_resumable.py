@@ -4,16 +4,18 @@ process's output."""
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from skin_keras.core.errors import UserError
 from skin_keras.data import synthetic
-from skin_keras.infer import files, predict, resumable
+from skin_keras.infer import files, predict, resumable, shards
 from skin_keras.infer.predict import PredictConfig
 
-from conftest import CLASSES, Killed
+from conftest import CLASSES, REPO, Killed
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +47,18 @@ def test_shards_concatenate_to_the_one_process_output(untrained_run, many_files,
         one.read_text())
     with pytest.raises(UserError, match="--shard=3/3: needs N >= 1 and 0 <= i < N"):
         run(untrained_run, many_files, tmp_path / "bad", shard="3/3")
+    merged = shards.merge(tmp_path / "sharded")
+    assert merged.read_text() == (one.parent / "predictions.csv").read_text()
+    assert json.loads(merged.with_suffix(".json").read_text()) == json.loads(one.read_text())
+    script = [sys.executable, "-m", "skin_keras.merge_predictions"]
+    done = subprocess.run(script + [f"--output={tmp_path / 'sharded'}"], capture_output=True,
+                          text=True, check=False, cwd=REPO)
+    assert done.returncode == 0 and "wrote" in done.stdout, done.stderr[-2000:]
+    empty = subprocess.run(script + [f"--output={tmp_path}"], capture_output=True, text=True,
+                           check=False, cwd=REPO)
+    assert empty.returncode == 2 and empty.stderr.strip().splitlines() == [
+        f"merge_predictions.py: error: {tmp_path} holds no part of a sharded "
+        "prediction (predict.py --shard=i/N writes .predictions-<i>-of-<N>.job.json)"]
 
 
 def test_a_killed_job_continues_where_it_stopped(untrained_run, many_files, tmp_path,
@@ -82,7 +96,10 @@ def test_a_killed_job_continues_where_it_stopped(untrained_run, many_files, tmp_
     assert (output / "predictions.csv").read_text() == reference.read_text()
     assert json.loads((output / "predictions.json").read_text()) == json.loads(
         reference.with_suffix(".json").read_text())
-    assert sorted(p.name for p in output.iterdir()) == ["predictions.csv", "predictions.json"]
+    assert sorted(p.name for p in output.iterdir() if not p.name.startswith(".")) == [
+        "predictions.csv", "predictions.json"]
+    assert sorted(p.name for p in output.iterdir() if p.name.startswith(".")) == [
+        ".predictions.job.json", ".predictions.lock"]  # The record of the job, the lock.
 
 
 def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_files, tmp_path,
@@ -114,7 +131,7 @@ def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_file
     monkeypatch.setattr(resumable.RowWriter, "append", append)
     first = files.list_sources([source])[0]
     first.rename(first.with_name("renamed_" + first.name))
-    with pytest.raises(UserError, match="rows for 1 file\\(s\\) no longer in the sources"):
+    with pytest.raises(UserError, match="another job \\(it differs in listing\\)"):
         run(untrained_run, source, copy)
     run(untrained_run, many_files, tmp_path / "out")  # The same command finishes it.
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())) == 40
@@ -152,3 +169,95 @@ def test_batches_are_the_whole_listings_whatever_part_runs():
         assert not images[holes].any()  # Black where no file of this part is.
     # A metadata model's other input follows its file into its row.
     assert files._in_slots(["a", "b", "c"], np.array([1, 2, 3]), 4) == ["a", "a", "b", "c"]
+
+
+def counting(monkeypatch) -> list[str]:
+    """The paths files.predict_files is asked for, from now on."""
+    predicted, predict_files = [], files.predict_files
+
+    def recorded(runner, paths, *args, **kwargs):
+        predicted.extend(map(str, paths))
+        return predict_files(runner, paths, *args, **kwargs)
+
+    monkeypatch.setattr(files, "predict_files", recorded)
+    return predicted
+
+
+def test_an_output_belongs_to_one_job(untrained_run, many_files, tmp_path, monkeypatch):
+    # Reliability 2026-12-07 S1, D1, S6, C4.
+    output = tmp_path / "out"
+    output.mkdir()
+    held = resumable.lock(output, "predictions")  # Another process writing here.
+    with pytest.raises(UserError, match="another process is writing predictions in"):
+        run(untrained_run, many_files, output)
+    held.close()
+    first = run(untrained_run, many_files, output)
+    before = first.read_text()
+    with pytest.raises(UserError, match="holds a finished prediction of another job \\(it "
+                                        "differs in topk\\).*--overwrite"):
+        run(untrained_run, many_files, output, topk=2)
+    assert first.read_text() == before  # Nothing overwritten.
+    predicted = counting(monkeypatch)
+    run(untrained_run, many_files, output)  # The same job, no file changed: nothing to do.
+    assert predicted == [] and first.read_text() == before
+    run(untrained_run, many_files, output, topk=2, overwrite=True)
+    assert len(predicted) == 40 and "top" in json.loads(first.read_text())[0]
+    # Killed after publishing, before the record said so: finished, not "incomplete".
+    record = resumable.record_path(output, "predictions")
+    state = json.loads(record.read_text())
+    record.write_text(json.dumps({**state, "finished": False, "csv bytes": (
+        output / "predictions.csv").stat().st_size}))
+    predicted.clear()
+    run(untrained_run, many_files, output, topk=2)
+    assert predicted == [] and json.loads(record.read_text())["finished"]
+    # An output inside the source is not a source: copies are not predicted next time.
+    source = tmp_path / "source"
+    shutil.copytree(many_files, source)
+    for _ in range(2):
+        rows = json.loads(run(untrained_run, source, source / "out", save_images=True,
+                              overwrite=True).read_text())
+        assert len(rows) == 40 and not any("/out/" in row["path"] for row in rows)
+
+
+def test_a_file_changed_since_its_row_is_predicted_again(untrained_run, many_files, tmp_path,
+                                                         monkeypatch):
+    # Reliability 2026-12-07 S2: the row of a file replaced between a kill and the rerun.
+    monkeypatch.setattr(predict, "BLOCK_FILES", 8)
+    source = tmp_path / "source"
+    shutil.copytree(many_files, source)
+    listed = files.list_sources([source])
+    append = resumable.RowWriter.append
+
+    def dies_after_the_first_block(writer, cells, rows):
+        append(writer, cells, rows)
+        raise Killed
+
+    monkeypatch.setattr(resumable.RowWriter, "append", dies_after_the_first_block)
+    with pytest.raises(Killed):
+        run(untrained_run, source, tmp_path / "out")
+    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    shutil.copyfile(listed[-1], listed[2])  # A file of the first block is replaced.
+    predicted = counting(monkeypatch)
+    rows = json.loads(run(untrained_run, source, tmp_path / "out").read_text())
+    assert predicted[0] == str(listed[2]) and len(predicted) == 40 - 7
+    fresh = json.loads(run(untrained_run, source, tmp_path / "fresh").read_text())
+    assert sorted(rows, key=lambda row: row["path"]) == fresh
+    listed[5].write_bytes(listed[-1].read_bytes())  # After the end: the job is done again.
+    predicted.clear()
+    run(untrained_run, source, tmp_path / "out")
+    assert len(predicted) == 40
+
+
+def test_parts_cut_from_different_listings_are_not_merged(untrained_run, many_files, tmp_path):
+    # Reliability 2026-12-07 S8: a file added between two parts of a sharded job.
+    source = tmp_path / "source"
+    shutil.copytree(many_files, source)
+    output = tmp_path / "out"
+    run(untrained_run, source, output, shard="0/2")
+    with pytest.raises(UserError, match="part\\(s\\) 1 of 2 have not finished"):
+        shards.merge(output)
+    shutil.copyfile(next(source.rglob("*.jpg")), source / "AAA_new.jpg")
+    run(untrained_run, source, output, shard="1/2")
+    with pytest.raises(UserError, match="cut from different listings \\(40 and 41 files\\)"):
+        shards.merge(output)
+    assert not (output / "predictions.csv").exists()
