@@ -3,8 +3,8 @@
 While a batch runs, new requests queue; the next batch takes every request waiting, up to
 `max_batch` images, so that under load the model runs in batches (as TF Serving's batching does)
 and a request alone waits for nobody: no timeout is added to gather more. `workers` batches run
-at once (1 for a runner that is not thread-safe); beyond `max_waiting` queued requests the next
-one is told the server is busy (503).
+at once (1 for a runner that is not thread-safe). How many may wait is decided before a request
+gets here (admission.py).
 """
 
 import collections
@@ -14,10 +14,6 @@ import threading
 import numpy as np
 
 from skin_keras.data.patient_metadata import MISSING
-
-
-class Busy(Exception):
-    """Too many requests wait already."""
 
 
 @dataclasses.dataclass
@@ -33,8 +29,8 @@ class Batcher:
     """`batcher(images, records)` -> `run(images, records)`'s outputs for these images, run in
     a batch with whatever else was waiting."""
 
-    def __init__(self, run, workers: int = 1, max_batch: int = 8, max_waiting: int = 64):
-        self._run, self._max_batch, self._max_waiting = run, max_batch, max_waiting
+    def __init__(self, run, workers: int = 1, max_batch: int = 8):
+        self._run, self._max_batch = run, max_batch
         self._queue: collections.deque[_Job] = collections.deque()
         self._condition = threading.Condition()
         for _ in range(workers):
@@ -43,8 +39,6 @@ class Batcher:
     def __call__(self, images: np.ndarray, records: list | None) -> dict[str, np.ndarray]:
         job = _Job(images, records)
         with self._condition:
-            if len(self._queue) >= self._max_waiting:
-                raise Busy(f"{len(self._queue)} requests are waiting already")
             self._queue.append(job)
             self._condition.notify()
         job.done.wait()

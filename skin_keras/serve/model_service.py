@@ -5,15 +5,16 @@ An upload is checked as predict.py checks a file (`folders.inspect_bytes`: not a
 truncated one, an unsupported format; and a pixel limit against decompression bombs), decoded by
 the function training and the SavedModel's bytes signature use (`pipeline.decode_and_resize`)
 and run by the runner predict.py would pick, in batches with the other requests waiting
-(batcher.py: `max_concurrent` batches at once, up to `max_batch` images each; beyond
-`max_waiting` waiting requests the next is told the server is busy). Nothing
-uploaded is written anywhere unless `keep_uploads` names a folder (then under a name made from
-its content, never one the client chose).
+(batcher.py: `max_concurrent` batches at once, up to `max_batch` images each; how many may wait
+is admission.py's). Nothing uploaded is written anywhere unless `keep_uploads` names a folder
+(then under a name made from its content, never one the client chose; a write that fails is
+logged and never fails the prediction).
 """
 
 import dataclasses
 import hashlib
 import io as bytes_io
+import logging
 import threading
 from pathlib import Path
 
@@ -30,6 +31,8 @@ from skin_keras.infer.predict import prediction_rows
 from skin_keras.infer.runner import Runner, explainable
 from skin_keras.model import io
 from skin_keras.serve import batcher
+
+_log = logging.getLogger(__name__)
 
 # Larger than any dermoscopy image (ISIC's largest are 6,000 x 4,000 = 24 Mpx); a small file
 # that unpacks to more is refused before it is decoded.
@@ -59,14 +62,14 @@ class ModelService:
     """A loaded model and the server's rules for running it."""
 
     def __init__(self, loaded: Runner, runner: Runner, max_concurrent: int = 1,
-                 max_waiting: int = 64, keep_uploads: Path | None = None, max_batch: int = 8):
+                 keep_uploads: Path | None = None, max_batch: int = 8):
         """`loaded`: what load.load gave (a KerasRunner can explain); `runner`: the backend
         that predicts (backend.select)."""
         self.loaded, self.runner = loaded, runner
         self.keep_uploads, self.max_batch = keep_uploads, max_batch
         # A runner that is not thread-safe (LiteRT's interpreter) runs one batch at a time.
         self._batcher = batcher.Batcher(self._run, max_concurrent if runner.thread_safe else 1,
-                                        max_batch, max_waiting)
+                                        max_batch)
         self._explaining = threading.Lock()  # Grad-CAM: one at a time, beside the batches.
         size = runner.img_size
         self._decode = tf.function(lambda contents: pipeline.decode_and_resize(contents, size),
@@ -134,13 +137,8 @@ class ModelService:
         return results
 
     def run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
-        """The runner's outputs for `images`, run in a batch with the other requests waiting;
-        RequestError 503 when too many wait already."""
-        try:
-            return self._batcher(images, records)
-        except batcher.Busy as error:
-            raise RequestError(503, f"the server is busy ({error}); try again shortly"
-                               ) from None
+        """The runner's outputs for `images`, run in a batch with the other requests waiting."""
+        return self._batcher(images, records)
 
     def _run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
         batch = {io.IMAGE: images}
@@ -184,8 +182,13 @@ class ModelService:
                 suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp"}[image.format]
             target = self.keep_uploads / (
                 hashlib.sha256(upload.contents).hexdigest()[:32] + suffix)
-            if not target.exists():
-                atomic.write_atomic(target, lambda tmp, c=upload.contents: Path(tmp).write_bytes(c))
+            try:
+                if not target.exists():
+                    atomic.write_atomic(target,
+                                        lambda tmp, c=upload.contents: Path(tmp).write_bytes(c))
+            except OSError as error:  # A side feature: the prediction goes on.
+                _log.warning(f"--keep_uploads: cannot write {target.name} "
+                             f"({error.strerror or error})")
 
 
 def _which(upload: Upload, index: int, count: int) -> str:

@@ -9,6 +9,7 @@ import ipaddress
 import logging
 import os
 import socket
+import tempfile
 from pathlib import Path
 
 from skin_keras.core.errors import UserError
@@ -51,8 +52,10 @@ class ServeConfig:
     max_batch: int = option(8, "Most images in one batch: the requests waiting while a batch "
                             "runs are predicted together, up to this many images.", low=1,
                             high=1024)
-    max_waiting: int = option(64, "Requests that may wait for a prediction; one more gets 503 "
-                              "(busy).", low=0, high=100000)
+    max_waiting: int = option(64, "Requests that may wait beyond the --max_concurrent being "
+                              "answered (page and API predictions and Grad-CAM alike); one "
+                              "more gets 503 (busy) at once, before its body is read.", low=0,
+                              high=4096)
     keep_uploads: str = option("", "Folder to keep every uploaded image in (named by its "
                                "SHA-256); by default nothing uploaded is written.", path=True)
 
@@ -93,13 +96,26 @@ def build(config: ServeConfig):
                         "<token>')")
     keep = Path(config.keep_uploads) if config.keep_uploads else None
     if keep is not None:
-        keep.mkdir(parents=True, exist_ok=True)
+        _check_writable(keep)
     loaded = load.load(config.model_path)
     runner = backends.select(loaded, config.backend, 0)
-    service = ModelService(loaded, runner, config.max_concurrent, config.max_waiting, keep,
-                           config.max_batch)
+    service = ModelService(loaded, runner, config.max_concurrent, keep, config.max_batch)
     info = model_info(config, loaded, runner, service)
-    return application.make_app(service, info, token or None, info["max_upload_bytes"]), info
+    return application.make_app(
+        service, info, token or None, info["max_upload_bytes"],
+        capacity=config.max_concurrent + config.max_waiting,
+        tokenless_loopback=not token and _is_loopback(config.host)), info
+
+
+def _check_writable(folder: Path) -> None:
+    """UserError (at start, not at the first upload) when `folder` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise UserError(f"--keep_uploads={folder} cannot be written "
+                        f"({error.strerror or error})") from None
 
 
 def open_socket(host: str, port: int) -> socket.socket:
@@ -131,8 +147,9 @@ def serve(config: ServeConfig) -> None:
               f"  TF Serving:  POST {base}/v1/models/{info['name']}:predict\n"
               "  stop with Ctrl+C")
     try:
+        # On SIGTERM or Ctrl+C, the requests running finish (bodies time out: app.py).
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                      timeout_graceful_shutdown=5)).run(sockets=[listener])
+                                      timeout_graceful_shutdown=None)).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn stops gracefully, then passes the signal on.
         pass
     _log.info("stopped")

@@ -61,8 +61,8 @@ def predict(service: ModelService, body: bytes) -> dict:
     would refuse."""
     try:
         request = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RequestError(400, f"the body is not JSON: {error}") from None
+    except ValueError as error:  # Not UTF-8, not JSON, or an integer of over 4,300 digits.
+        raise RequestError(400, f"the body is not JSON this server reads: {error}") from None
     except RecursionError:
         raise RequestError(400, "the body is not JSON this server reads: nested too deeply"
                            ) from None
@@ -71,7 +71,7 @@ def predict(service: ModelService, body: bytes) -> dict:
                            "\"inputs\"")
     name = request.get("signature_name", "serving_default")
     specs = signatures(service)
-    if name not in specs:
+    if not isinstance(name, str) or name not in specs:
         raise RequestError(400, f"no signature named {name!r}: this model has "
                            f"{', '.join(sorted(specs))}")
     inputs, _ = specs[name]

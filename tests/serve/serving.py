@@ -42,6 +42,9 @@ def http(method: str, url: str, body: bytes | dict | None = None,
     if isinstance(body, dict):
         body = json.dumps(body).encode()
         headers.setdefault("Content-Type", "application/json")
+    elif body is not None:  # urllib would say application/x-www-form-urlencoded.
+        headers.setdefault("Content-Type", "application/json" if "/v1/" in url
+                           else "application/octet-stream")
     request = urllib.request.Request(url, data=body, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from skin_keras.infer import load
 from skin_keras.infer.predict import PredictConfig, predict_to_folder
 from skin_keras.infer.runner import Runner
 from skin_keras.model import io as named_io
+from skin_keras.serve import app as app_module
 from skin_keras.serve import server
 from skin_keras.serve.model_service import ModelService
 
@@ -277,13 +279,20 @@ def bad_requests(tiny_dataset):
         ("POST", "/api/predict?name=big.png", bomb(), 413, "big.png: 9000 x 9000 pixels"),
         ("GET", "/no/such/page", None, 404, "Not Found"),
         ("GET", "/static/../../etc/passwd", None, 404, "Not Found"),
+        # Reliability 2026-12-07 T1, T2: an unhashable name, Python's 4,300-digit limit.
+        ("POST", predict, {"instances": [b64(jpeg)], "signature_name": []}, 400,
+         "no signature named"),
+        ("POST", predict, b'{"x": ' + b"9" * 5000 + b', "instances": [1]}', 400,
+         "not JSON this server reads"),
+        ("POST", "/api/predict", b"GIF89a", 415, "Content-Type image/... or application/"),
     ]
 
 
 def test_bad_requests_get_a_4xx_json_error_and_the_server_goes_on(api, tiny_dataset):
     base, _, _ = api
     for method, path, body, expected, words in bad_requests(tiny_dataset):
-        status, answer, _ = http(method, base + path, body)
+        kind = {"Content-Type": "text/plain"} if expected == 415 else None
+        status, answer, _ = http(method, base + path, body, headers=kind)
         assert (status, isinstance(answer, dict)) == (expected, True), (path, answer)
         assert words in answer["error"] and "Traceback" not in answer["error"], answer
         assert http("GET", f"{base}/v1/models/skin")[0] == 200  # Still answering.
@@ -382,3 +391,95 @@ def test_serve_py_prints_its_address_serves_and_stops_on_ctrl_c(untrained_run, t
                                cwd=REPO, check=False)
     assert as_module.returncode == 2 and as_module.stderr.strip().splitlines()[-1] == (
         "python -m skin_keras.serve: error: model path /no/such/model does not exist")
+
+
+def raw(base: str, head: str, body: bytes = b"", wait: float = 10) -> tuple[int, bytes]:
+    """(status, everything read) of a request written by hand on a socket (headers that
+    urllib would correct, a body that never comes)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait) as connection:
+        connection.sendall(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    return int(answer.split(b" ", 2)[1]), answer
+
+
+def test_the_server_admits_work_before_it_queues_it(untrained_run, tiny_dataset, monkeypatch):
+    # Reliability 2026-12-07 H1, H2, C11: the 503 at the documented limit, Grad-CAM counted;
+    # an oversized declared body refused up front; a stalled body timed out.
+    release = threading.Event()
+    monkeypatch.setattr(ModelService, "predict", lambda self, uploads: (release.wait(30), [
+        {"path": "x", "label": "a", "score": 1.0, "probabilities": {}, "error": ""}])[1])
+    monkeypatch.setattr(ModelService, "explain", lambda self, upload: (release.wait(30),
+                                                                       b"png")[1])
+    monkeypatch.setattr(app_module, "BODY_IDLE_SECONDS", 1.0)
+    jpeg = val_images(tiny_dataset, 1)[0].read_bytes()
+    config = server.ServeConfig(model_path=str(untrained_run), port=0, max_waiting=2,
+                                max_upload_mb=1)
+    with running(config) as (base, _):
+        answers = []
+        calls = [threading.Thread(target=lambda path=path: answers.append(
+            http("POST", f"{base}{path}", jpeg)[0]))
+            for path in ["/api/predict", "/api/explain"] * 4]
+        for call in calls:
+            call.start()
+        deadline = time.monotonic() + 30
+        while answers.count(503) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert answers.count(503) == 5  # 1 answered + 2 waiting admitted; 5 of 8 refused.
+        release.set()
+        for call in calls:
+            call.join(30)
+        assert sorted(answers) == [200] * 3 + [503] * 5
+        status, answer = raw(base, "POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
+                             "Content-Type: image/jpeg\nContent-Length: 1000000000000\n\n")
+        assert status == 413 and b"--max_upload_mb" in answer
+        started = time.monotonic()
+        status, answer = raw(base, "POST /api/predict HTTP/1.1\nHost: 127.0.0.1\n"
+                             "Content-Type: image/jpeg\nContent-Length: 1000\n\n", b"x" * 10)
+        assert status == 408 and b"stalled" in answer and time.monotonic() - started < 8
+        assert http("GET", f"{base}/v1/models/skin")[0] == 200
+
+
+def test_the_server_trusts_no_origin(untrained_run, tiny_dataset, monkeypatch):
+    # Reliability 2026-12-07 X1, X2, C9, C10.
+    jpeg = val_images(tiny_dataset, 1)[0].read_bytes()
+    monkeypatch.delenv(server.TOKEN_VARIABLE, raising=False)
+    with running(server.ServeConfig(model_path=str(untrained_run), port=0)) as (base, _):
+        port = base.rsplit(":", 1)[1]
+        for host, expected in (("evil.example:" + port, 403), ("localhost:" + port, 200),
+                               ("[::1]:" + port, 200), ("127.0.0.1", 200)):
+            status, _ = raw(base, f"GET /api/model HTTP/1.1\nHost: {host}\n"
+                            "Connection: close\n")
+            assert status == expected, host
+        status, answer, _ = http("POST", f"{base}/api/predict", jpeg,
+                                 headers={"Origin": "https://evil.example"})
+        assert status == 403 and "another site" in answer["error"]
+        assert http("POST", f"{base}/api/predict", jpeg, headers={"Origin": base})[0] == 200
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            assert http("POST", f"{base}/api/predict", jpeg,
+                        headers={"Content-Type": kind})[0] == 415
+        assert http("GET", f"{base}/v1/models/skin/versions/01")[0] == 200  # The integer 1.
+    token = "s3crét-ключ"
+    with running(server.ServeConfig(model_path=str(untrained_run), port=0, token=token)
+                 ) as (base, _):
+        status, answer, _ = http("POST", f"{base}/v1/models/guess:predict", {"instances": []})
+        assert status == 401 and "skin" not in answer["error"]  # Nothing named before it.
+        status, _ = raw(base, "GET /v1/models/skin HTTP/1.1\nHost: 127.0.0.1\n"
+                        f"Connection: close\nAuthorization: bearer {token}\n")
+        assert status == 200  # The scheme in any case, the token as UTF-8.
+        status, _ = raw(base, "GET /api/model HTTP/1.1\nHost: evil.example\n"
+                        f"Connection: close\nAuthorization: Bearer {token}\n")
+        assert status == 200  # With a token the Host does not matter.
+
+
+def test_keep_uploads_that_cannot_be_written_is_refused_at_start(untrained_run, tmp_path):
+    # Reliability 2026-12-07 T3.
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="--keep_uploads=.* cannot be written"):
+        server.build(server.ServeConfig(model_path=str(untrained_run),
+                                        keep_uploads=str(tmp_path / "file" / "kept")))

@@ -1,5 +1,6 @@
 """The server's batching: requests that wait while a batch runs are run together, each gets its
-own rows back, an error reaches every request of its batch, and too many waiting are refused."""
+own rows back, and an error reaches every request of its batch (how many may wait is
+admission's: test_api.py)."""
 
 import threading
 import time
@@ -7,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from skin_keras.serve.batcher import Batcher, Busy
+from skin_keras.serve.batcher import Batcher
 
 
 class Gated:
@@ -40,11 +41,11 @@ def wait_until(condition):
         time.sleep(0.01)
 
 
-def busy_batcher(max_batch: int, max_waiting: int):
+def busy_batcher(max_batch: int):
     """A gated model, its one-worker batcher and the thread of a first request that is
     running (the gate closed), so that the next requests queue; answers land in `answers`."""
     model, answers = Gated(), {}
-    batcher = Batcher(model, workers=1, max_batch=max_batch, max_waiting=max_waiting)
+    batcher = Batcher(model, workers=1, max_batch=max_batch)
     first = threading.Thread(target=ask, args=(batcher, [0.0], answers, 0))
     first.start()
     wait_until(model.entered.is_set)
@@ -52,15 +53,13 @@ def busy_batcher(max_batch: int, max_waiting: int):
 
 
 def test_requests_waiting_run_as_one_batch_and_get_their_own_rows():
-    model, batcher, first, answers = busy_batcher(max_batch=8, max_waiting=4)
+    model, batcher, first, answers = busy_batcher(max_batch=8)
     requests = [[1.0], [2.0, 3.0], [4.0], [5.0]]
     threads = [threading.Thread(target=ask, args=(batcher, values, answers, index + 1))
                for index, values in enumerate(requests)]
     for thread in threads:
         thread.start()
     wait_until(lambda: batcher.waiting == 4)
-    with pytest.raises(Busy):
-        batcher(np.zeros((1, 1), np.float32), None)
     model.gate.set()
     for thread in [first, *threads]:
         thread.join(30)
@@ -70,7 +69,7 @@ def test_requests_waiting_run_as_one_batch_and_get_their_own_rows():
 
 
 def test_a_batch_holds_at_most_max_batch_images_and_metadata_is_filled_in():
-    model, batcher, first, answers = busy_batcher(max_batch=2, max_waiting=10)
+    model, batcher, first, answers = busy_batcher(max_batch=2)
     threads = [threading.Thread(target=ask, args=(batcher, [float(i)], answers, i,
                                                   ["record"] if i == 2 else None))
                for i in range(1, 4)]

@@ -16,6 +16,11 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// The server takes image bodies as image/* or application/octet-stream only (admission.py).
+function contentType(file) {
+  return file.type.startsWith("image/") ? file.type : "application/octet-stream";
+}
+
 async function call(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
   if (state.token) headers.Authorization = "Bearer " + state.token;
@@ -109,7 +114,8 @@ async function predict(item) {
   item.card.classList.remove("failed");
   item.card.dataset.state = "busy";
   try {
-    const response = await call("/api/predict?" + query(item), { method: "POST", body: item.file });
+    const response = await call("/api/predict?" + query(item), {
+      method: "POST", body: item.file, headers: { "Content-Type": contentType(item.file) } });
     const answer = await response.json();
     item.row = answer.row;
     item.csv = answer.csv;
@@ -182,7 +188,8 @@ async function toggleGradCam(item, toggle) {
   toggle.disabled = true;
   try {
     if (!item.overlay) {
-      const response = await call("/api/explain?" + query(item), { method: "POST", body: item.file });
+      const response = await call("/api/explain?" + query(item), {
+        method: "POST", body: item.file, headers: { "Content-Type": contentType(item.file) } });
       item.overlay = URL.createObjectURL(await response.blob());
     }
     item.picture.src = item.overlay;
