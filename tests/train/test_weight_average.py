@@ -23,7 +23,7 @@ def test_the_average_of_the_last_epochs_is_written_and_the_model_left_alone(tmp_
         model=model, run_dir=tmp_path, config=types.SimpleNamespace(seed=0, sampling="balanced"),
         data=types.SimpleNamespace(train=folders.scan_image_folder(tiny_dataset / "train"),
                                    strata=None),
-        info=record.ModelInfo.of(model, list(CLASSES)))
+        info=record.ModelInfo.of(model, list(CLASSES)), log=types.SimpleNamespace(epochs=0))
     averager = WeightAverage(session, epochs=2, last=3)
     rng = np.random.default_rng(0)
     seen = []
@@ -39,6 +39,42 @@ def test_the_average_of_the_last_epochs_is_written_and_the_model_left_alone(tmp_
                                    atol=1e-6)
     moved = [a.numpy() for a in averaged.non_trainable_variables if "moving_mean" in a.path]
     assert any(np.abs(m).max() > 0 for m in moved)  # Statistics of the training images.
+
+
+@pytest.mark.parametrize("killed_before_the_sum", [False, True])
+def test_a_resumed_run_averages_the_same_epochs(tmp_path, tiny_dataset, killed_before_the_sum):
+    # Reliability 2026-12-07 S5: after --resume, averaged.keras was the last epoch alone.
+    model = tiny_model()
+    (tmp_path / "weights").mkdir()
+    log = types.SimpleNamespace(epochs=0)
+    session = types.SimpleNamespace(
+        model=model, run_dir=tmp_path, config=types.SimpleNamespace(seed=0, sampling="balanced"),
+        data=types.SimpleNamespace(train=folders.scan_image_folder(tiny_dataset / "train"),
+                                   strata=None),
+        info=record.ModelInfo.of(model, list(CLASSES)), log=log)
+    rng = np.random.default_rng(0)
+    seen = []
+
+    def epoch(averager, number, counted=True):
+        for variable in model.trainable_variables:
+            variable.assign(rng.normal(size=variable.shape).astype(np.float32))
+        seen.append([v.numpy().copy() for v in model.trainable_variables])
+        log.epochs = number  # log.json is written before the averager's turn.
+        if counted:
+            averager.on_epoch_end(number - 1)
+
+    first = WeightAverage(session, epochs=3, last=4)  # Epochs 2, 3, 4.
+    first.on_train_begin()
+    for number in (1, 2):
+        epoch(first, number)
+    epoch(first, 3, counted=not killed_before_the_sum)  # Then the power goes.
+    resumed = WeightAverage(session, epochs=3, last=4)
+    resumed.on_train_begin()  # The model holds epoch 3's weights, as last.keras does.
+    epoch(resumed, 4)
+    averaged = keras.models.load_model(tmp_path / "weights" / AVERAGED)
+    for variable, *values in zip(averaged.trainable_variables, *seen[1:]):
+        np.testing.assert_allclose(variable.numpy(), sum(values) / 3, rtol=1e-5, atol=1e-6)
+    assert not (tmp_path / "weights" / "average_sum.npz").exists()
 
 
 def test_averaging_needs_the_images_every_epoch_and_enough_epochs(tmp_path, tiny_dataset):
