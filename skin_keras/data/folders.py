@@ -92,6 +92,8 @@ def _inspect(file, size: int) -> tuple[tuple[int, int] | None, str | None]:
             image_format, mode, dimensions = image.format, image.mode, image.size
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         return None, f"not a readable image ({error.__class__.__name__})"
+    if image_format == "MPO":  # A JPEG with more pictures after it (cameras, phones' HDR):
+        image_format = "JPEG"  # decoders read the first, as they do any JPEG.
     if image_format not in _DECODABLE_FORMATS:
         return None, f"unsupported image format {image_format}"
     if image_format == "BMP" and mode in ("1", "P"):

@@ -179,7 +179,8 @@ class ModelService:
             return
         for upload in uploads:
             with Image.open(bytes_io.BytesIO(upload.contents)) as image:
-                suffix = {"JPEG": ".jpg", "PNG": ".png", "BMP": ".bmp"}[image.format]
+                suffix = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "BMP": ".bmp"}[
+                    image.format]
             target = self.keep_uploads / (
                 hashlib.sha256(upload.contents).hexdigest()[:32] + suffix)
             try:

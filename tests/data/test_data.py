@@ -305,3 +305,19 @@ def test_a_file_rewritten_in_place_with_its_old_times_is_checked_again(tmp_path)
     path.write_bytes(broken)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # touch -r
     assert decode_check.check_files([str(path)])[str(path)][0] is not None
+
+
+def test_a_jpeg_with_more_pictures_after_it_mpo_is_a_jpeg(tmp_path):
+    # Reliability 2026-12-07 C1: cameras and phones write JPEGs with an MPF segment.
+    rng = np.random.default_rng(0)
+    first, second = (Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
+                     for _ in range(2))
+    first.save(tmp_path / "camera.jpg", "MPO", save_all=True, append_images=[second])
+    with Image.open(tmp_path / "camera.jpg") as image:
+        assert image.format == "MPO"
+    assert folders.inspect_image(tmp_path / "camera.jpg") == ((40, 30), None)
+    assert folders.inspect_bytes((tmp_path / "camera.jpg").read_bytes()) == ((40, 30), None)
+    first.save(tmp_path / "plain.jpg", "JPEG")
+    decoded = [pipeline.decode_and_resize((tmp_path / name).read_bytes(), 40).numpy()
+               for name in ("camera.jpg", "plain.jpg")]
+    assert np.abs(decoded[0] - decoded[1]).max() < 1e-3  # The first picture.

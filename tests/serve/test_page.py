@@ -135,6 +135,26 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
             driver.set_window_size(1280, 1000)
         driver.find_element(By.ID, "clear").click()
 
+        # Reliability 2026-12-07 C2: a JPEG with EXIF orientation 6 is shown as stored, as the
+        # model sees it, so that the Grad-CAM overlay lines up with it.
+        turned = tmp_path / "exif6.jpg"
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (60, 120, 3), np.uint8)
+                        ).save(turned, exif=exif)
+        card = upload(driver, [turned])[0]
+        shown = card.find_element(By.CSS_SELECTOR, ".picture img")
+        assert driver.execute_script(
+            "return getComputedStyle(arguments[0]).imageOrientation", shown) == "none"
+        card.find_element(By.CSS_SELECTOR, ".gradcam").click()
+        wait_for(lambda: card.get_attribute("data-gradcam") == "shown" and driver
+                 .execute_script("return arguments[0].complete && arguments[0].naturalWidth",
+                                 shown), "the Grad-CAM overlay of the turned JPEG")
+        width, height = driver.execute_script(
+            "return [arguments[0].naturalWidth, arguments[0].naturalHeight]", shown)
+        assert width > height  # The overlay is of the stored 120 x 60 picture.
+        driver.find_element(By.ID, "clear").click()
+
         # --- Real images: the label and probabilities predict.py gives, and its CSV ---
         folder = image_set(tmp_path, tiny_dataset)
         paths = sorted(folder.iterdir())
