@@ -37,8 +37,9 @@ def define_flags(config_class, flag_values=flags.FLAGS) -> None:
     for field in specs(config_class):
         meta, default = field.metadata, field.default
         kind = _base_type(field.type)
-        common = dict(flag_values=flag_values, required=meta.get("required", False),
-                      module_name=module_name)
+        # A missing required flag is the config's one-line UserError (check_options), not
+        # absl's "FATAL Flags parsing error" with exit 1.
+        common = dict(flag_values=flag_values, module_name=module_name)
         if kind is bool:
             flags.DEFINE_boolean(field.name, default, meta["help"], **common)
         elif kind is int:

@@ -24,7 +24,10 @@ def environment_error(error: OSError) -> str | None:
     if what is None:
         return None
     where = f": {error.filename}" if error.filename else ""
-    return f"{what}{where} (free space, or choose another folder)"
+    full = error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    advice = "free space, or choose another folder" if full else (
+        "choose a folder you can write to")  # A read-only folder is not a full disk.
+    return f"{what}{where} ({advice})"
 
 
 def first_line(error: BaseException) -> str:

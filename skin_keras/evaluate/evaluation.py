@@ -35,6 +35,10 @@ from skin_keras.model.metrics import matrix_title
 _log = logging.getLogger(__name__)
 
 
+# A 95% percentile interval cuts 2.5% off each tail: fewer than 40 resamples have no tail.
+MIN_RESAMPLES = 40
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateConfig(ModelRunConfig):
     """evaluate.py's flags."""
@@ -57,8 +61,8 @@ class EvaluateConfig(ModelRunConfig):
         "metadata CSV) or a column of split.csv beside the data folder (e.g. center, from "
         "prepare_isic --groups). In metrics.json, the console and subgroups.png.")
     bootstrap: int = option(1000, "Resamples (by lesion, from split.csv's lesion_id) for the 95% "
-                            "confidence intervals of every headline figure; 0 = none.", low=0,
-                            high=100000)
+                            "confidence intervals of every headline figure; 0 = none, else at "
+                            f"least {MIN_RESAMPLES}.", low=0, high=100000)
     bootstrap_seed: int = option(0, "Seed of the bootstrap draws.", low=0, high=2**32 - 1)
     adapt_bn: bool = option(False, "Test-time adaptation to another clinic: re-estimate the "
                             "BatchNorm statistics of a Keras model on --data's images (up to 512,"
@@ -68,6 +72,13 @@ class EvaluateConfig(ModelRunConfig):
                       "the out-of-distribution scores tell --data from it (AUROC, overall and "
                       "per sub-folder) and what the model's unknown rule keeps ('ood' in "
                       "metrics.json).", path=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if 0 < self.bootstrap < MIN_RESAMPLES:
+            raise UserError(f"--bootstrap={self.bootstrap}: a 95% interval needs at least "
+                            f"{MIN_RESAMPLES} resamples (its 2.5th and 97.5th percentiles; "
+                            "1,000 is usual), or 0 for none")
 
 
 def labelled_folder(runner: Runner, data: str | Path) -> folders.ImageFolder:

@@ -124,8 +124,9 @@ def _describe_intervals(found: dict) -> list[str]:
     def span(pair):
         return "-" if pair is None else f"[{pair[0]:.4f}, {pair[1]:.4f}]"
 
+    units = "images" if found["resampled"].startswith("by image") else "lesions"
     lines = [f"{found['level']} intervals ({found['resamples']} bootstrap resamples "
-             f"{found['resampled']}, {found['lesions']} lesions): balanced accuracy "
+             f"{found['resampled']}, {found['lesions']} {units}): balanced accuracy "
              f"{span(found['balanced accuracy'])}, ECE {span(found['expected calibration error'])}"]
     for name, row in found["per class"].items():
         small = "  too small to judge" if row["too small to judge"] else ""

@@ -20,6 +20,7 @@ from skin_keras.export.files import ExportError
 from skin_keras.infer import backend, litert, load, onnx_runtime
 from skin_keras.infer.runner import keras_model
 from skin_keras.model import io
+from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
@@ -34,8 +35,9 @@ class ExportConfig:
     model_path: str = option(None, "Run folder (uses weights/best.keras) or a .keras file.",
                              required=True)
     output: str = option("exports/skin", "Folder for the exported artifacts.")
-    data_val: str = option(None, "Class-folder images for the parity check and int8 "
-                           "calibration.", required=True)
+    data_val: str = option("", "Class-folder images for the parity check and int8 "
+                           "calibration; empty = the --data_val the run was trained with (named "
+                           "in its train_params.json).")
     formats: tuple[str, ...] = option(("saved_model", "tflite_fp16"),
                                       f"Comma-separated: {', '.join(FORMATS)}.")
     name: str = option("skin", "Model name (TF Serving's model_name, file names).")
@@ -62,6 +64,34 @@ class ExportConfig:
         check_options(self)
 
 
+def _parity_folder(data_val: str, class_names) -> folders.ImageFolder:
+    """The readable images of `data_val` (bad files said and left out); UserError for none."""
+    val = decode_check.set_aside_undecodable(folders.scan_image_folder(
+        data_val, class_names=class_names, allow_missing_classes=True), "val")
+    for path, reason in val.bad_files:
+        _log.info(f"bad file left out: {path}: {reason}")
+    if not val.paths:
+        raise UserError(f"--data_val={data_val} holds no readable images to check the exports "
+                        "on")
+    return val
+
+
+def _runs_validation_folder(source: Path) -> str:
+    """The --data_val the model's run was trained with, when its train_params.json names one
+    that exists; else UserError asking for --data_val."""
+    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
+    try:
+        named = run_folder.read_params(run_dir)["train parameters"].get("data_val") or ""
+    except (OSError, ValueError, KeyError, TypeError, UserError):
+        named = ""
+    if not named or not Path(named).is_dir():
+        raise UserError("give --data_val=FOLDER (images to check the exports on and to "
+                        f"calibrate int8): {run_dir} names no validation folder that exists "
+                        + (f"({named} is gone)" if named else "(no train_params.json)"))
+    _log.info(f"--data_val: the run's validation folder, {named}")
+    return named
+
+
 def export(config: ExportConfig) -> dict:
     """Writes every requested artifact, checks each against the Keras model, returns the report."""
     output = Path(config.output)
@@ -72,13 +102,9 @@ def export(config: ExportConfig) -> dict:
         onnx_runtime.check_quantizable(runner.model, "--formats=onnx_int8")
 
     # --- Images for parity and calibration, and the Keras model's answers ---
-    val = decode_check.set_aside_undecodable(folders.scan_image_folder(
-        config.data_val, class_names=runner.class_names, allow_missing_classes=True), "val")
-    for path, reason in val.bad_files:
-        _log.info(f"bad file left out: {path}: {reason}")
-    if not val.paths:
-        raise UserError(f"--data_val={config.data_val} holds no readable images to check the "
-                        "exports on")
+    config = dataclasses.replace(config, data_val=config.data_val or _runs_validation_folder(
+        runner.source))
+    val = _parity_folder(config.data_val, runner.class_names)
     chosen = folders.sample_indices(val, config.parity_images)
     paths = [val.paths[i] for i in chosen]
     labels = val.labels[chosen]

@@ -133,21 +133,9 @@ def predict_to_folder(config: PredictConfig) -> Path:
                                  {str(path): resumable.identity(path) for path in paths},
                                  config.overwrite)
     summary = outputs.Summary(runner.class_names)
-    done = writer.resume(lambda row: summary.add([row]))
+    todo = _to_predict(writer, paths, summary)
     if writer.finished:
-        _log.info(f"nothing to do: {output} holds this job's {name}.csv, and no file changed "
-                  "since")
         return output / f"{name}.json"
-    todo = [index for index, path in enumerate(paths) if str(path) not in done]
-    if len(paths) - len(todo) != len(done):  # Rows of files no longer listed (renamed).
-        gone = sorted(done - {str(path) for path in paths})
-        raise UserError(f"{output} holds an unfinished prediction with rows for "
-                        f"{len(gone)} file(s) no longer in the sources (e.g. {gone[0]}): the files "
-                        f"changed since; remove the .{name}.partial.* files to start over")
-    if done or writer.stale:
-        _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows"
-                  + (f" ({writer.stale} more changed since: predicted again)"
-                     if writer.stale else ""))
     # Copies and overlays are named over the whole listing, not per block.
     names = outputs.unique_names(paths) if config.save_images or config.explain else None
     meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
@@ -174,6 +162,29 @@ def predict_to_folder(config: PredictConfig) -> Path:
     summary.check(runner.source)
     _log.info(f"wrote {csv_path} and {json_path.name}")
     return json_path
+
+
+def _to_predict(writer: resumable.RowWriter, paths: list[Path], summary: outputs.Summary
+                ) -> list[int]:
+    """The indices of `paths` that have no row in the output yet (a killed job's rows go to
+    `summary`); none when the same job finished with no file changed."""
+    done = writer.resume(lambda row: summary.add([row]))
+    output, name = writer.output, writer.name
+    if writer.finished:
+        _log.info(f"nothing to do: {output} holds this job's {name}.csv, and no file changed "
+                  "since")
+        return []
+    todo = [index for index, path in enumerate(paths) if str(path) not in done]
+    if len(paths) - len(todo) != len(done):  # Rows of files no longer listed (renamed).
+        gone = sorted(done - {str(path) for path in paths})
+        raise UserError(f"{output} holds an unfinished prediction with rows for "
+                        f"{len(gone)} file(s) no longer in the sources (e.g. {gone[0]}): the files "
+                        f"changed since; pass --overwrite to start over")
+    if done or writer.stale:
+        _log.info(f"continuing {output}: {len(done)} of the {len(paths)} files have rows"
+                  + (f" ({writer.stale} more changed since: predicted again)"
+                     if writer.stale else ""))
+    return todo
 
 
 def _job(config: PredictConfig, loaded: Runner, listed: list[Path]) -> dict:

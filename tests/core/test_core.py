@@ -45,7 +45,7 @@ def test_a_full_disk_leaves_the_old_files_and_is_one_line_naming_the_file(tmp_pa
                             check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().endswith(
-        "error: read-only file system: runs/x.keras (free space, or choose another folder)")
+        "error: read-only file system: runs/x.keras (choose a folder you can write to)")
 
 
 def test_library_messages_reach_stdout_once_and_plain_when_a_script_asks(capsys):

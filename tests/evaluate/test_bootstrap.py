@@ -142,3 +142,21 @@ def test_evaluate_reports_subgroups_and_intervals_of_the_right_images(untrained_
         assert source in body
     assert "## Subgroups" in body and "| center | north |" in body
     assert "skin types" in body and "## Training data" in body
+
+
+def test_too_few_resamples_for_a_95_percent_interval_are_refused_and_images_are_images():
+    # Reliability 2026-12-07 C5, C6.
+    from skin_keras.core.errors import UserError  # pylint: disable=g-import-not-at-top
+    from skin_keras.evaluate import report  # pylint: disable=g-import-not-at-top
+    from skin_keras.evaluate.evaluation import EvaluateConfig  # pylint: disable=g-import-not-at-top
+
+    for resamples in (1, 39):
+        with pytest.raises(UserError, match=f"--bootstrap={resamples}: a 95% interval needs "
+                                            "at least 40 resamples"):
+            EvaluateConfig(model_path="m", data="d", bootstrap=resamples)
+    EvaluateConfig(model_path="m", data="d", bootstrap=40)
+    found = {"level": "95%", "resamples": 40, "resampled": "by image (no split.csv)",
+             "lesions": 17, "balanced accuracy": None, "expected calibration error": None,
+             "per class": {}}
+    assert "17 images)" in report._describe_intervals(found)[0]
+    assert "17 lesions)" in report._describe_intervals({**found, "resampled": "by lesion"})[0]

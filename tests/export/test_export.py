@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,6 +277,22 @@ def test_export_script_errors_are_one_line(tmp_path, tiny_dataset):
     assert result.stderr.strip().splitlines()[-1] == (
         f"export.py: error: {tmp_path / 'notes.txt'} is not a model: give a run folder, a .keras, "
         ".tflite or .onnx file or a SavedModel folder")
+    # Reliability 2026-12-07 C7: a flag left out was absl's "FATAL Flags parsing error", exit 1.
+    result = subprocess.run([sys.executable, str(REPO / "export.py")], capture_output=True,
+                            text=True, check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines()[-1] == (
+        "export.py: error: --model_path is required")
+
+
+def test_export_without_data_val_uses_the_runs_own_validation_folder(untrained_run, tmp_path,
+                                                                     tiny_dataset):
+    # Reliability 2026-12-07 C7.
+    source = untrained_run / "weights" / "best.keras"
+    assert job._runs_validation_folder(source) == str(tiny_dataset / "val")
+    (tmp_path / "m").mkdir()
+    shutil.copy(source, tmp_path / "m" / "model.keras")  # Outside any run folder.
+    with pytest.raises(UserError, match="give --data_val=FOLDER .*names no validation folder"):
+        job._runs_validation_folder(tmp_path / "m" / "model.keras")
 
 
 @pytest.mark.slow
