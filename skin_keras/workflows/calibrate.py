@@ -173,7 +173,9 @@ def fit_unknown_rule(runner: KerasRunner, config: CalibrateConfig, probabilities
                         "no unknown threshold can be chosen")
     threshold = ood.threshold_for_coverage(scores, config.unknown_coverage)
     layer = UnknownScore(kind, threshold, config.unknown_coverage, len(runner.class_names),
-                         fitted[0].shape[0] if fitted else 0, name=io.UNKNOWN_SCORE)
+                         fitted[0].shape[0] if fitted else 0,
+                         percentiles=np.percentile(scores, np.arange(101)).tolist(),
+                         name=io.UNKNOWN_SCORE)
     layer.fitted = list(fitted)
     return layer, float(np.mean(scores >= threshold))
 

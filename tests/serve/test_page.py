@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from skin_keras.infer import load
 from skin_keras.infer.predict import PredictConfig, predict_to_folder
 from skin_keras.serve import app, server
 
@@ -103,7 +104,11 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
         facts = wait_for(lambda: "classes" in driver.find_element(By.ID, "model-facts").text
                          and driver.find_element(By.ID, "model-facts").text, "the model")
         assert f"input {info['img_size']} × {info['img_size']} px" in facts
-        assert "calibrated (temperature" in facts and "unknown when" in facts
+        assert "calibrated (temperature" in facts
+        rule = load.load(calibrated_run).unknown  # Reliability 2026-12-07, item 10: in words.
+        assert (f"an image is unknown when it is less typical of the training images than "
+                f"{rule.coverage:.0%} of the validation images (it flags "
+                f"{1 - rule.coverage:.0%} of them)") in facts
 
         # --- Synthetic images and a bad file: Grad-CAM, the bad file's card, a screenshot ---
         synthetic = sorted((tiny_dataset / "val").rglob("*.jpg"))[:3]
@@ -171,6 +176,9 @@ def test_page_shows_what_predict_py_says_explains_and_downloads_the_csv(
             assert card.get_attribute("data-label") == row["label"]
             assert abs(float(card.get_attribute("data-score")) - row["score"]) < 1e-5
             assert card.get_attribute("data-unknown") == str(row["unknown"]).lower()
+            share = round(100 * float(rule.typicality([row["unknown_score"]])[0]))
+            assert (f"more typical of the training images than {share}% of the validation "
+                    "images") in card.text
             bars = card.find_elements(By.CSS_SELECTOR, ".bar")
             assert bars[0].get_attribute("data-class") == row["label"]
             for bar in bars:

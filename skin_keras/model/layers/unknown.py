@@ -30,22 +30,38 @@ RULE_FILE = "unknown.json"
 @dataclasses.dataclass(frozen=True)
 class UnknownRule:
     """An image is unknown when its `score` is below `threshold` (which keeps `coverage` of the
-    validation images it was chosen on)."""
+    validation images it was chosen on). `percentiles`: the 0th to 100th percentile of those
+    images' scores (rules fitted before they were recorded have none), which say how typical
+    of them an image is (`typicality`), in words a person can read."""
 
     threshold: float
     coverage: float
     score: str = UNKNOWN_SCORES[0]
+    percentiles: tuple[float, ...] = ()
 
     def flags(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) < self.threshold
 
+    def typicality(self, scores: np.ndarray) -> np.ndarray | None:
+        """The share (0-1) of validation images with a lower score, per score; None without
+        percentiles."""
+        if len(self.percentiles) < 2:
+            return None
+        below = np.searchsorted(np.asarray(self.percentiles), np.asarray(scores), side="left")
+        return below / len(self.percentiles)
+
     def to_dict(self) -> dict:
         return {"score": self.score, "threshold": self.threshold, "coverage": self.coverage,
-                "unknown when": f"{self.score} < {self.threshold:.6g}"}
+                "unknown when": f"{self.score} < {self.threshold:.6g}",
+                "in words": f"less typical of the training images than {self.coverage:.0%} of "
+                            f"the validation images (it flags {1 - self.coverage:.0%} of them)",
+                **({"validation percentiles": list(self.percentiles)}
+                   if self.percentiles else {})}
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnknownRule":
-        return cls(float(data["threshold"]), float(data["coverage"]), str(data["score"]))
+        return cls(float(data["threshold"]), float(data["coverage"]), str(data["score"]),
+                   tuple(float(v) for v in data.get("validation percentiles", ())))
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -57,12 +73,13 @@ class UnknownScore(keras.layers.Layer):
     """
 
     def __init__(self, score: str, threshold: float, coverage: float, num_classes: int = 0,
-                 feature_size: int = 0, **kwargs):
+                 feature_size: int = 0, percentiles=(), **kwargs):
         kwargs["dtype"] = "float32"
         super().__init__(**kwargs)
         if score not in UNKNOWN_SCORES:
             raise ValueError(f"unknown score {score!r}")
-        self.rule = UnknownRule(float(threshold), float(coverage), score)
+        self.rule = UnknownRule(float(threshold), float(coverage), score,
+                                tuple(float(v) for v in percentiles))
         self.num_classes, self.feature_size = int(num_classes), int(feature_size)
         if score == "feature_distance":
             self.projection = self.add_weight((self.feature_size, self.feature_size),
@@ -88,7 +105,8 @@ class UnknownScore(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "score": self.rule.score,
                 "threshold": self.rule.threshold, "coverage": self.rule.coverage,
-                "num_classes": self.num_classes, "feature_size": self.feature_size}
+                "num_classes": self.num_classes, "feature_size": self.feature_size,
+                "percentiles": list(self.rule.percentiles)}
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

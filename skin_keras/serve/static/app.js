@@ -16,6 +16,17 @@ function el(tag, attributes = {}, ...children) {
   return node;
 }
 
+// How typical of the training images an image is, in words: the share of validation images
+// whose unknown score is lower (from the rule's percentiles; rules fitted before they were
+// recorded have none, and say nothing more).
+function typicality(score) {
+  const percentiles = (state.info.unknown || {})["validation percentiles"] || [];
+  if (percentiles.length < 2) return "";
+  const below = percentiles.filter((value) => value < score).length;
+  return " (more typical of the training images than " +
+    Math.round(100 * below / percentiles.length) + "% of the validation images)";
+}
+
 // The server takes image bodies as image/* or application/octet-stream only (admission.py).
 function contentType(file) {
   return file.type.startsWith("image/") ? file.type : "application/octet-stream";
@@ -47,7 +58,7 @@ async function loadModel() {
     info.class_names.length + " classes: " + info.class_names.join(", "),
     "input " + info.img_size + " × " + info.img_size + " px", "runs on " + info.backend,
     info.temperature ? "calibrated (temperature " + info.temperature.toFixed(3) + ")" : "not calibrated",
-    info.unknown ? "unknown when " + info.unknown["unknown when"] : "no unknown rule"];
+    info.unknown ? "an image is unknown when it is " + info.unknown["in words"] : "no unknown rule"];
   if (info.metadata !== null) facts.push("takes patient metadata (optional, per image)");
   document.getElementById("model-facts").textContent = facts.join(" · ");
 }
@@ -167,7 +178,7 @@ function showCard(item) {
     card.dataset.unknown = String(row.unknown);
     flags.append(el("span", { class: row.unknown ? "unknown" : "known",
       text: (row.unknown ? "unknown: none of the classes" : "within the classes") +
-        " (score " + row.unknown_score.toPrecision(3) + ")" }));
+        typicality(row.unknown_score) }));
   }
   if ("metadata" in row) flags.append(el("span", { class: "known", text: " metadata " + row.metadata }));
   if (toggle) {
