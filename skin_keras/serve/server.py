@@ -147,12 +147,19 @@ def serve(config: ServeConfig) -> None:
               f"  TF Serving:  POST {base}/v1/models/{info['name']}:predict\n"
               "  stop with Ctrl+C")
     try:
-        # On SIGTERM or Ctrl+C, the requests running finish (bodies time out: app.py).
-        uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False,
-                                      timeout_graceful_shutdown=None)).run(sockets=[listener])
+        uvicorn.Server(uvicorn_config(app)).run(sockets=[listener])
     except KeyboardInterrupt:  # uvicorn stops gracefully, then passes the signal on.
         pass
     _log.info("stopped")
+
+
+def uvicorn_config(app):
+    """How uvicorn runs the application: on SIGTERM or Ctrl+C the requests running finish
+    (a stalled body times out: app.py), whatever they take."""
+    import uvicorn  # pylint: disable=g-import-not-at-top  (the server only)
+
+    return uvicorn.Config(app, log_level="warning", access_log=False,
+                          timeout_graceful_shutdown=None)
 
 
 def _is_loopback(host: str) -> bool:

@@ -20,7 +20,7 @@ def running(config: server.ServeConfig):
     app, info = server.build(config)
     listener = server.open_socket("127.0.0.1", 0)
     port = listener.getsockname()[1]
-    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    instance = uvicorn.Server(server.uvicorn_config(app))
     thread = threading.Thread(target=instance.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

@@ -483,3 +483,32 @@ def test_keep_uploads_that_cannot_be_written_is_refused_at_start(untrained_run, 
     with pytest.raises(UserError, match="--keep_uploads=.* cannot be written"):
         server.build(server.ServeConfig(model_path=str(untrained_run),
                                         keep_uploads=str(tmp_path / "file" / "kept")))
+
+
+def test_a_stop_lets_running_requests_finish_and_a_lost_client_is_one_line(
+        untrained_run, tiny_dataset, monkeypatch, caplog):
+    # Reliability 2026-12-07 T4 (a request running longer than uvicorn's graceful 5 s got a
+    # text/plain 500) and C3 (a client gone mid-body logged a traceback).
+    started = threading.Event()
+
+    def slow(self, uploads):
+        started.set()
+        time.sleep(6)
+        return [{"path": "x", "label": "a", "score": 1.0, "probabilities": {}, "error": ""}]
+
+    monkeypatch.setattr(ModelService, "predict", slow)
+    jpeg = val_images(tiny_dataset, 1)[0].read_bytes()
+    answers = []
+    with running(server.ServeConfig(model_path=str(untrained_run), port=0)) as (base, _):
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as gone:
+            gone.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                         b"image/jpeg\r\nContent-Length: 1000\r\n\r\n" + b"x" * 10)
+        call = threading.Thread(target=lambda: answers.append(
+            http("POST", f"{base}/api/predict", jpeg)))
+        call.start()
+        assert started.wait(30)
+    call.join(30)  # The server stopped while the request ran: it finished first.
+    assert answers and answers[0][0] == 200 and answers[0][1]["row"]["label"] == "a"
+    assert any("went away while sending" in r.getMessage() for r in caplog.records)
+    assert not any(r.exc_info for r in caplog.records)
