@@ -477,12 +477,26 @@ def test_the_server_trusts_no_origin(untrained_run, tiny_dataset, monkeypatch):
         assert status == 200  # With a token the Host does not matter.
 
 
-def test_keep_uploads_that_cannot_be_written_is_refused_at_start(untrained_run, tmp_path):
-    # Reliability 2026-12-07 T3.
+def test_keep_uploads_that_cannot_be_written_is_refused_at_start_and_never_fails_a_prediction(
+        api, untrained_run, tiny_dataset, tmp_path, monkeypatch, caplog):
+    # Reliability 2026-12-07 T3: every upload got a 500 on a read-only or full disk.
     (tmp_path / "file").write_text("")
     with pytest.raises(UserError, match="--keep_uploads=.* cannot be written"):
         server.build(server.ServeConfig(model_path=str(untrained_run),
                                         keep_uploads=str(tmp_path / "file" / "kept")))
+    from skin_keras.core import atomic  # pylint: disable=g-import-not-at-top
+
+    def full_disk(path, write, suffix=""):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_atomic", full_disk)
+    base, _, _ = api
+    image = np.random.default_rng(5).integers(0, 256, (40, 40, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG")  # Never kept before: a new name.
+    status, answer, _ = http("POST", f"{base}/api/predict", buffer.getvalue())
+    assert status == 200 and answer["row"]["label"]
+    assert any("--keep_uploads: cannot write" in r.getMessage() for r in caplog.records)
 
 
 def test_a_stop_lets_running_requests_finish_and_a_lost_client_is_one_line(
