@@ -86,6 +86,19 @@ def read_from(keras_file: str | Path) -> ModelInfo | None:
 
 
 def save_model(model: keras.Model, path: str | Path, info: ModelInfo) -> None:
-    """`model.save(path)` with the record inside (the caller makes it atomic)."""
-    model.save(path)
+    """`model.save(path)` with the record inside (the caller makes it atomic).
+
+    The compile configuration is saved without its metrics: ours (training's confusion
+    matrix) made a plain `keras.models.load_model` fail in a Python that had not imported
+    skin_keras, and nothing that loads a file needs them (a resumed run takes the optimizer's
+    state and compiles its own model)."""
+    kept = getattr(model, "_compile_config", None)  # Keras' own record of compile()'s arguments.
+    if kept is not None and kept.config.get("metrics"):
+        model._compile_config = type(kept)(  # pylint: disable=protected-access
+            **{**kept.config, "metrics": None})
+    try:
+        model.save(path)
+    finally:
+        if kept is not None:
+            model._compile_config = kept  # pylint: disable=protected-access
     write_into(path, info)

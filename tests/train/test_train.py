@@ -106,6 +106,19 @@ def test_last_weights_load_and_predict_raw_images(trained_run):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
 
 
+def test_a_saved_model_opens_in_plain_keras(trained_run):
+    # Issue 39: keras.models.load_model in a fresh Python failed on the training metric kept
+    # in the compile configuration ("Could not locate class 'ConfusionMatrixMetric'").
+    code = ("import sys, keras\n"
+            "for name in ('best.keras', 'last.keras'):\n"
+            "    model = keras.models.load_model(sys.argv[1] + '/weights/' + name)\n"
+            "    assert model.optimizer is not None and 'skin_keras' not in sys.modules\n"
+            "print(model.name)")
+    result = subprocess.run([sys.executable, "-c", code, str(trained_run)], capture_output=True,
+                            text=True, check=False, cwd="/")
+    assert result.returncode == 0, result.stderr[-1500:]
+
+
 def test_run_folders_are_numbered_and_never_reused(tmp_path):
     (tmp_path / "exp7").mkdir()
     (tmp_path / "notes").mkdir()
