@@ -129,35 +129,38 @@ def predict_to_folder(config: PredictConfig) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     header = outputs.csv_header(runner.class_names, config.topk, io.METADATA in inputs,
                                 runner.unknown is not None)
-    writer = resumable.RowWriter(output, name, _job(config, loaded, listed), header,
-                                 {str(path): resumable.identity(path) for path in paths},
-                                 config.overwrite)
-    summary = outputs.Summary(runner.class_names)
-    todo = _to_predict(writer, paths, summary)
-    if writer.finished:
-        return output / f"{name}.json"
-    # Copies and overlays are named over the whole listing, not per block.
-    names = outputs.unique_names(paths) if config.save_images or config.explain else None
-    meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
-    for start in range(0, len(todo), BLOCK_FILES):
-        block = todo[start:start + BLOCK_FILES]
-        block_paths = [paths[i] for i in block]
-        block_inputs = {key: [values[i] for i in block] for key, values in inputs.items()}
-        results, errors = files.predict_files(  # Batches of the whole listing, not the part.
-            runner, block_paths, config.batch_size, config.tta, block_inputs,
-            show_progress=False, place=([rows_of_shard.start + i for i in block], len(listed)))
-        rows = prediction_rows(block_paths, results, errors, runner, config.topk, block_inputs)
-        # Copies and overlays first: a block is recorded done only when all of it is written.
-        if config.save_images:
-            outputs.save_labelled_images(rows, output / "images", [names[i] for i in block])
-        if config.explain:
-            outputs.explain_files(loaded, rows, output / "explain", config.batch_size,
-                                  [names[i] for i in block])
-        writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
-        summary.add(rows)
-        meter.update(len(block))
-    meter.close()
-    csv_path, json_path = writer.finish()
+    with resumable.RowWriter(output, name, _job(config, loaded, listed), header,
+                             {str(path): resumable.identity(path) for path in paths},
+                             config.overwrite) as writer:
+        summary = outputs.Summary(runner.class_names)
+        todo = _to_predict(writer, paths, summary)
+        if writer.finished:
+            return output / f"{name}.json"
+        # Copies and overlays are named over the whole listing, not per block.
+        names = outputs.unique_names(paths) if config.save_images or config.explain else None
+        meter = progress.Meter("predicting", len(paths), done=len(paths) - len(todo))
+        for start in range(0, len(todo), BLOCK_FILES):
+            block = todo[start:start + BLOCK_FILES]
+            block_paths = [paths[i] for i in block]
+            block_inputs = {key: [values[i] for i in block]
+                            for key, values in inputs.items()}
+            results, errors = files.predict_files(  # Batches of the whole listing.
+                runner, block_paths, config.batch_size, config.tta, block_inputs,
+                show_progress=False,
+                place=([rows_of_shard.start + i for i in block], len(listed)))
+            rows = prediction_rows(block_paths, results, errors, runner, config.topk,
+                                   block_inputs)
+            # Copies and overlays first: a block is recorded done only once all is written.
+            if config.save_images:
+                outputs.save_labelled_images(rows, output / "images", [names[i] for i in block])
+            if config.explain:
+                outputs.explain_files(loaded, rows, output / "explain", config.batch_size,
+                                      [names[i] for i in block])
+            writer.append([outputs.csv_cells(row, config.topk) for row in rows], rows)
+            summary.add(rows)
+            meter.update(len(block))
+        meter.close()
+        csv_path, json_path = writer.finish()
     _log.info(summary.table())
     summary.check(runner.source)
     _log.info(f"wrote {csv_path} and {json_path.name}")

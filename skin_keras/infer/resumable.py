@@ -68,7 +68,8 @@ def read_record(path: Path) -> dict | None:
         record["job"], record["finished"]  # pylint: disable=pointless-statement
         return record
     except (OSError, ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{path} cannot be read ({error}): pass --overwrite to start over") from None
+        raise UserError(f"{path} cannot be read ({error}): pass --overwrite to start "
+                        "over") from None
 
 
 def differences(first: dict, second: dict) -> str:
@@ -101,6 +102,15 @@ class RowWriter:
         self.published = (output / f"{name}.csv", output / f"{name}.json")
         self.files = fingerprint(list(identities.items()))
         self.rows, self.finished, self.stale, self._lock = 0, False, 0, None
+
+    def __enter__(self) -> "RowWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """Lets the output go (the lock), whether the job ended or failed."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def resume(self, on_row=None) -> set[str]:
         """Takes the output for this job; returns the paths that have a row already (each row
@@ -194,16 +204,18 @@ class RowWriter:
         self.rows += len(rows)
         self._write_record(self.rows, finished=False)
 
-    def _write_record(self, rows: int, finished: bool) -> dict:
-        record = {"job": self.job, "files": self.files, "rows": rows, "finished": finished,
+    def _write_record(self, rows: int, finished: bool, files: str | None = None) -> dict:
+        record = {"job": self.job, "files": files or self.files, "rows": rows,
+                  "finished": finished,
                   "csv bytes": (self.published[0] if finished else self.csv).stat().st_size,
                   "jsonl bytes": 0 if finished else self.jsonl.stat().st_size}
         atomic.write_json_atomic(self.record, record)
         return record
 
     def _mark_finished(self, record: dict) -> dict:
+        """The record of a published output (the identities it was made of kept)."""
         self.jsonl.unlink(missing_ok=True)
-        return self._write_record(record["rows"], finished=True)
+        return self._write_record(record["rows"], finished=True, files=record.get("files"))
 
     def finish(self) -> tuple[Path, Path]:
         """<name>.csv and <name>.json from the partial files (the JSON written row by row, its
