@@ -22,8 +22,22 @@ tests/test_layout.py, fails on an import that points the other way):
 points.
 Importing `skin_keras` or `skin_keras.model` imports no matplotlib, scikit-learn or training
 code.
+
+
+The Python API (docs/guide.md, "From Python"):
+
+    model = skin_keras.load("runs/exp3")     # any model predict.py takes
+    rows = model.predict(["a.jpg"])           # predict.py's rows; arrays and PIL images too
 """
 
 from skin_keras.core.errors import UserError
 
-__all__ = ["UserError"]
+__all__ = ["UserError", "load"]
+
+
+def load(model_path, backend: str = "auto", batch_size: int = 32, tta: int = 1):
+    """A trained model, loaded for use from Python: `.classes`, `.predict(images, metadata)`,
+    `.explain(image)` (skin_keras/infer/classifier.py). Imports TensorFlow."""
+    from skin_keras.infer import classifier  # pylint: disable=g-import-not-at-top  (TensorFlow)
+
+    return classifier.load_classifier(model_path, backend, batch_size, tta)

@@ -27,12 +27,10 @@ def dotted(path: Path) -> str:
 
 
 def rank(module: str) -> int:
-    """Where a module stands on the path: its package's place; the package's own __init__ with
-    core (it re-exports UserError), the entry points after everything."""
+    """Where a module stands on the path: its package's place; the entry points and the
+    package's own __init__ (the Python API's front: UserError and `load`) after everything."""
     parts = module.split(".")
-    if len(parts) == 1:
-        return 0
-    if parts[1] in ENTRY_POINTS:
+    if len(parts) == 1 or parts[1] in ENTRY_POINTS:
         return len(LAYERS)
     return LAYERS.index(parts[1])
 

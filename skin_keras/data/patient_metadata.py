@@ -49,6 +49,21 @@ class Record:
 MISSING = Record()
 
 
+def record_of(values: dict | None) -> Record:
+    """The Record of one image's metadata given as a dict (the Python API), read as a CSV row
+    is: categories normalized, an age that is not a number in [0, 120] missing. UserError for
+    a key that is not a metadata column (a typo would silently drop the value)."""
+    if values is None:
+        return MISSING
+    unknown = sorted(set(values) - set(COLUMNS))
+    if unknown:
+        raise UserError(f"metadata: unknown key(s) {', '.join(unknown)} (the columns are "
+                        f"{', '.join(COLUMNS)})")
+    age = values.get("age_approx")
+    age, _ = _parse_age("" if age is None else str(age))
+    return Record(age, normalize(values.get("sex")), normalize(values.get("anatom_site_general")))
+
+
 @dataclasses.dataclass(frozen=True)
 class Table:
     """A metadata CSV read: image name (no extension) -> Record, and the cells not believed."""

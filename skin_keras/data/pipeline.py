@@ -41,6 +41,12 @@ def decode_and_resize(contents: tf.Tensor, img_size: int, crop=None,
                                                expand_animations=False))
     if crop is not None:
         image = crop(image)
+    return resize_rgb(image, img_size)
+
+
+def resize_rgb(image: tf.Tensor, img_size: int) -> tf.Tensor:
+    """uint8 [H, W, 3] RGB -> float32 [img_size, img_size, 3] in [0, 255]: the square, uncropped,
+    antialiased resize every decoded image goes through (`decode_and_resize`)."""
     image = tf.image.resize(image, (img_size, img_size), method="bilinear", antialias=True)
     return tf.ensure_shape(image, (img_size, img_size, 3))
 

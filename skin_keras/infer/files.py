@@ -106,10 +106,9 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
             rows = np.asarray(good)[indices]
             others = {name: _in_slots([values[r] for r in rows], slots, len(images))
                       for name, values in (inputs or {}).items()}
-            views = [runner({io.IMAGE: np.asarray(view), **others})
-                     for view in pipeline.dihedral_views(images, tta)]
+            answers = answer_views(runner, images, others, tta)
             for name in runner.outputs:
-                mean = np.mean([view[name][slots] for view in views], axis=0)
+                mean = answers[name][slots]
                 if results[name] is None:
                     results[name] = np.full((len(paths), *mean.shape[1:]), np.nan, np.float32)
                 results[name][rows] = mean
@@ -122,6 +121,14 @@ def predict_files(runner: Runner, paths: Sequence[Path], batch_size: int, tta: i
         elif not all(np.isfinite(values[i]).all() for values in results.values()):
             errors[i] = MODEL_NAN  # A NaN score would pass as "not unknown".
     return results, errors
+
+
+def answer_views(runner: Runner, images, others: dict, tta: int) -> dict[str, np.ndarray]:
+    """The runner's outputs for a batch of images at its input size, averaged over `tta`
+    flipped/rotated views (test-time augmentation); `others`: its other named inputs."""
+    views = [runner({io.IMAGE: np.asarray(view), **others})
+             for view in pipeline.dihedral_views(images, tta)]
+    return {name: np.mean([view[name] for view in views], axis=0) for name in runner.outputs}
 
 
 def listing_batches(dataset, positions: Sequence[int], batch_size: int, listed: int):

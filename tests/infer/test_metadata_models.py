@@ -186,3 +186,26 @@ def test_int8_backends_calibrate_the_metadata_branch_on_every_value(metadata_run
     batch = {"image": images, "metadata": records}
     expected = keras_model(batch)["probabilities"].argmax(1)
     assert (int8(batch)["probabilities"].argmax(1) == expected).mean() >= 0.9
+
+
+def test_the_python_api_takes_metadata_as_predict_py_takes_the_csv(metadata_run, metadata_data,
+                                                                   tmp_path):
+    import csv  # pylint: disable=g-import-not-at-top
+
+    import skin_keras  # pylint: disable=g-import-not-at-top
+
+    rows = predict_to(metadata_run, [metadata_data / "val"], tmp_path / "p",
+                      metadata=str(metadata_data / "metadata.csv"), backend="keras")
+    table = {row["image"]: row for row in csv.DictReader(open(metadata_data / "metadata.csv"))}
+    values = [None if Path(row["path"]).stem not in table else {
+        column: table[Path(row["path"]).stem][column] for column in patient_metadata.COLUMNS}
+        for row in rows]
+    ours = skin_keras.load(metadata_run, backend="keras").predict(
+        [row["path"] for row in rows], metadata=values)
+    assert [row["metadata"] for row in ours] == [row["metadata"] for row in rows]
+    def table_of(found):
+        return [list(row["probabilities"].values()) for row in found]
+
+    np.testing.assert_allclose(table_of(ours), table_of(rows), atol=1e-6)
+    with pytest.raises(UserError, match="unknown key\\(s\\) age"):
+        skin_keras.load(metadata_run).predict([rows[0]["path"]], metadata=[{"age": 50}])
