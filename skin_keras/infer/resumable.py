@@ -65,9 +65,10 @@ def read_record(path: Path) -> dict | None:
         return None
     try:
         record = json.loads(path.read_text())
-        record["job"], record["finished"]  # pylint: disable=pointless-statement
+        if not isinstance(record, dict) or not {"job", "finished", "rows"} <= set(record):
+            raise ValueError("not a record of predict.py's")
         return record
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError) as error:
         raise UserError(f"{path} cannot be read ({error}): pass --overwrite to start "
                         "over") from None
 
