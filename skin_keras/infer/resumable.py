@@ -118,7 +118,12 @@ class RowWriter:
         also given to `on_row`), all of them when the job finished with every file unchanged
         (then `self.finished`). Refuses another process's or another job's output."""
         self._lock = lock(self.output, self.name)
-        record = read_record(self.record)
+        try:
+            record = read_record(self.record)
+        except UserError:
+            if not self.overwrite:
+                raise
+            record = None  # Damaged, and to be replaced anyway.
         if record is not None and record["job"] != self.job and not self.overwrite:
             what = "a finished" if record["finished"] else "an unfinished"
             raise UserError(
