@@ -4,10 +4,13 @@ adaptation").
 
 A BatchNormalization layer normalises with the mean and variance of its inputs on the training
 images. Another clinic's camera and light move those statistics; re-estimating them on the new
-clinic's images, without their labels, undoes that part of the shift. One forward pass of the
-model in training mode over the adaptation images as one batch normalises every layer with the
-batch's own statistics, which are then exactly the statistics to keep: each layer's momentum is
-set to 0 for that pass, so its moving statistics become the batch's. Weights do not change.
+clinic's images, without their labels, undoes that part of the shift. Forward passes of the
+model in training mode over the adaptation images, CHUNK at a time, normalise every layer with
+each chunk's own statistics, and each layer's momentum is set so that its moving statistics
+become the mean of the chunks' statistics, weighted by their sizes (PyTorch's cumulative
+average, as SWA's BatchNorm update does): the mean of the images for a layer's mean, the mean
+of the chunks' variances for its variance. Weights do not change. (One batch of all 512 images
+held EfficientNet-Lite0's activations at 192 px in 20 GB and was killed for lack of memory.)
 """
 
 import keras
@@ -18,7 +21,8 @@ from skin_keras.data import pipeline
 from skin_keras.model import parts
 from skin_keras.model.fused_batch_norm import batch_norm_layers
 
-MAX_IMAGES = 512  # A sample of the images is enough for the statistics; memory stays bounded.
+MAX_IMAGES = 512  # A sample of the images is enough for the statistics.
+CHUNK = 32  # Images per forward pass: what bounds the memory.
 
 
 def adapt_batch_norm(model: keras.Model, paths, seed: int = 0) -> int:
@@ -28,7 +32,6 @@ def adapt_batch_norm(model: keras.Model, paths, seed: int = 0) -> int:
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:MAX_IMAGES])]
     size = parts.image_size(model)
-    images = tf.stack([pipeline.load_image(tf.constant(str(path)), size) for path in chosen])
     layers = batch_norm_layers(model)
     saved = [(layer.trainable, layer.momentum) for layer in layers]
     # Dropout (EfficientNet's stochastic depth) would be on in training mode and change what
@@ -36,11 +39,15 @@ def adapt_batch_norm(model: keras.Model, paths, seed: int = 0) -> int:
     dropouts = [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.Dropout)]
     rates = [layer.rate for layer in dropouts]
     try:
-        for layer in layers:  # A frozen layer would run in inference mode even in training.
-            layer.trainable, layer.momentum = True, 0.0
         for layer in dropouts:
             layer.rate = 0.0
-        model(parts.full_inputs(model, images), training=True)
+        for start in range(0, len(chosen), CHUNK):
+            images = tf.stack([pipeline.load_image(tf.constant(str(path)), size)
+                               for path in chosen[start:start + CHUNK]])
+            momentum = start / (start + len(images))  # The running mean of the chunks'.
+            for layer in layers:  # A frozen layer would run in inference mode in training.
+                layer.trainable, layer.momentum = True, momentum
+            model(parts.full_inputs(model, images), training=True)
     finally:
         for layer, (trainable, momentum) in zip(layers, saved):
             layer.trainable, layer.momentum = trainable, momentum

@@ -61,3 +61,26 @@ def test_evaluate_adapts_on_the_evaluated_images_and_leaves_the_file_alone(untra
     assert adapted["batch_norm_adapted"] and not plain["batch_norm_adapted"]
     assert adapted["calibration"] != plain["calibration"]  # Other probabilities.
     assert model_file.read_bytes() == digest
+
+
+def test_many_images_are_taken_a_chunk_at_a_time(tmp_path, monkeypatch):
+    # 512 images of 192 px in one batch held 20 GB for Lite0 and were killed (2026-12-07).
+    monkeypatch.setattr(adapt_bn, "CHUNK", 5)  # Chunks of 5, 5 and 2 of the 12 images.
+    model = tiny_model(freeze_layers=True)
+    rng = np.random.default_rng(1)
+    paths = []
+    for index in range(12):
+        pixels = rng.integers(0, 256, (40, 40, 3)) * rng.uniform(0.2, 1.0, 3)
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(pixels.astype(np.uint8)).save(paths[-1])
+    assert adapt_bn.adapt_batch_norm(model, [str(p) for p in paths]) == 12
+    stem_bn = parts.backbone_of(model).get_layer("stem_bn")
+    probe = keras.Model(parts.backbone_of(model).inputs, stem_bn.input)
+    images = tf.stack([pipeline.load_image(tf.constant(str(p)), 32) for p in sorted(
+        paths, key=lambda p: int(p.stem))])
+    features = probe(images, training=False).numpy()
+    chunks = [features[0:5], features[5:10], features[10:12]]
+    np.testing.assert_allclose(stem_bn.moving_mean.numpy(), features.mean(axis=(0, 1, 2)),
+                               rtol=1e-4, atol=1e-4)  # The mean over all the images.
+    expected = sum(len(c) * c.var(axis=(0, 1, 2)) for c in chunks) / 12
+    np.testing.assert_allclose(stem_bn.moving_variance.numpy(), expected, rtol=1e-3, atol=1e-4)
