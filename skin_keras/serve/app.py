@@ -95,8 +95,8 @@ class _Handlers:
 
     async def body(self, request: Request) -> bytes:
         """The request's body after the token check: 413 above the limit, up front when the
-        declared length is (else the excess is read and dropped up to a few limits, so that
-        the client reads the answer); 408 when the body stalls."""
+        declared length is over a few limits (else the excess is read and dropped up to a few
+        limits, so that a client still sending reads the answer); 408 when the body stalls."""
         self.check_token(request)
         declared = request.headers.get("content-length")
         if declared is not None and not declared.isdigit():
@@ -104,8 +104,8 @@ class _Handlers:
         limit = self.max_upload_bytes
         too_large = RequestError(413, f"the request is larger than the server's limit of "
                                  f"{limit / 2 ** 20:g} MB (--max_upload_mb)")
-        if declared is not None and int(declared) > limit:
-            raise too_large
+        if declared is not None and int(declared) > _DRAIN_FACTOR * limit:
+            raise too_large  # Up front: not worth reading (a body not much over is drained).
         chunks, total = [], 0
         stream = request.stream().__aiter__()
         try:
