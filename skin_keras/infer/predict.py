@@ -201,4 +201,7 @@ def _job(config: PredictConfig, loaded: Runner, listed: list[Path]) -> dict:
             "files listed": len(listed), "listing": resumable.fingerprint(map(str, listed)),
             "shard": config.shard, "backend": config.backend,
             "tta": config.tta, "topk": config.topk, "metadata": config.metadata,
+            # The CSV's own identity: an edited CSV is another job, not "nothing to do".
+            "metadata file": None if config.metadata.lower() == "none" else resumable.identity(
+                config.metadata),
             "save_images": config.save_images, "explain": config.explain}

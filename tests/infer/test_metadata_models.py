@@ -209,3 +209,18 @@ def test_the_python_api_takes_metadata_as_predict_py_takes_the_csv(metadata_run,
     np.testing.assert_allclose(table_of(ours), table_of(rows), atol=1e-6)
     with pytest.raises(UserError, match="unknown key\\(s\\) age"):
         skin_keras.load(metadata_run).predict([rows[0]["path"]], metadata=[{"age": 50}])
+
+
+def test_an_edited_metadata_csv_makes_another_job(metadata_run, metadata_data, tmp_path):
+    # A finished job whose files are unchanged has nothing to do: the metadata CSV is one of
+    # its inputs, so an edited CSV must not leave the old answers standing with exit 0.
+    import shutil  # pylint: disable=g-import-not-at-top
+
+    table = tmp_path / "metadata.csv"
+    shutil.copy(metadata_data / "metadata.csv", table)
+    options = dict(metadata=str(table), backend="keras")
+    predict_to(metadata_run, [metadata_data / "val"], tmp_path / "p", **options)
+    with open(table, "a") as file:
+        file.write("v0_0001,70,male,site 1\n")
+    with pytest.raises(UserError, match="another job \\(it differs in metadata file\\)"):
+        predict_to(metadata_run, [metadata_data / "val"], tmp_path / "p", **options)
