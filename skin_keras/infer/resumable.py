@@ -227,8 +227,6 @@ class RowWriter:
         """<name>.csv and <name>.json from the partial files (the JSON written row by row, its
         rows without their file identity), then the record marked finished."""
         target_csv, target_json = self.published
-        if self.finished:
-            return target_csv, target_json
         if not self.record.exists():  # No rows: the header alone.
             self.append([], [])
 
