@@ -10,10 +10,11 @@ tests/test_layout.py, fails on an import that points the other way):
                 inputs and outputs (io.py), the model record, the training metric, ensembles
     train/      the loop of phases, recipe, checkpoints, run folder, epoch log, feature cache,
                 distribution, the custom loop
-    infer/      loading any artifact, one runner per backend (Keras, SavedModel, LiteRT, ONNX),
+    infer/      loading any artifact; formats/: one module per format (SavedModel, TFLite, ONNX:
+                how it is written, described, loaded, run and checked) and their registry;
                 prediction (resumable, sharded), outputs, Grad-CAM
     evaluate/   metrics reports, calibration measures, shifts and robustness, out-of-distribution
-    export/     SavedModel, TFLite with its metadata, ONNX (and int8), parity
+    export/     export.py's job: a loop over the formats, where it writes, parity
     serve/      the server: TF Serving's REST API and a web page (static/), request batching
     workflows/  what strings the others together: a training run (--folds, --calibrate),
                 calibration, cross-validation

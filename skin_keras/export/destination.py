@@ -12,7 +12,8 @@ from pathlib import Path
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.evaluate import model_card
-from skin_keras.export import saved_model
+from skin_keras.infer import formats as registry
+from skin_keras.infer.formats import about
 
 _log = logging.getLogger(__name__)
 
@@ -32,18 +33,7 @@ def check_output_folder(output: Path) -> None:
 
 def targets(output: Path, formats, name: str, version: int) -> dict[str, Path]:
     """What each format writes (the SavedModel: its version folder; `version` 0: the next)."""
-    paths = {}
-    for fmt in formats:
-        if fmt == "saved_model":
-            base = output / "saved_model" / name
-            paths[fmt] = base / str(version or saved_model.next_version(base))
-        elif fmt == "onnx":
-            paths[fmt] = output / "onnx" / f"{name}.onnx"
-        elif fmt == "onnx_int8":
-            paths[fmt] = output / "onnx" / f"{name}_int8.onnx"
-        else:
-            paths[fmt] = output / fmt / f"{name}_{fmt.removeprefix('tflite_')}.tflite"
-    return paths
+    return {fmt: registry.get(fmt).target(output, name, version) for fmt in formats}
 
 
 def previous_report(output: Path) -> dict | None:
@@ -76,7 +66,8 @@ def prepare(output: Path, planned: dict[str, Path], model: str, overwrite: bool)
             if path.is_dir():
                 shutil.rmtree(path)
             else:  # A file and what export.py writes beside it.
-                for file in (path, path.parent / "labels.txt", path.parent / "metadata.json"):
+                for file in (path, path.parent / about.LABELS_FILE,
+                             path.parent / about.DESCRIPTION_FILE):
                     file.unlink(missing_ok=True)
         return {}
     replaced = [str(path) for path in planned.values() if path.exists()]

@@ -1,6 +1,6 @@
-"""export.py's job: every requested artifact of a trained model, each checked against the Keras
-model on real images (report.json), for TF Serving (saved_model.py), phones and ONNX
-(files.py)."""
+"""export.py's job: every requested artifact of a trained model (a loop over the formats, each
+of which knows how it is written: infer/formats/), each checked against the Keras model on real
+images (report.json)."""
 
 import dataclasses
 import logging
@@ -15,17 +15,16 @@ from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
 from skin_keras.data import decode_check, folders, pipeline
-from skin_keras.export import destination, files, parity, saved_model
-from skin_keras.export.files import ExportError
-from skin_keras.infer import backend, litert, load, onnx_runtime
+from skin_keras.export import destination, parity
+from skin_keras.infer import formats, load
+from skin_keras.infer.formats import CALIBRATION_IMAGES, ExportError
 from skin_keras.infer.runner import keras_model
 from skin_keras.model import io
 from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
-FORMATS = ("saved_model",) + tuple(f"tflite_{kind}" for kind in litert.KINDS) + (
-    "onnx", "onnx_int8")
+FORMATS = tuple(formats.FORMATS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +45,7 @@ class ExportConfig:
     version: int = option(0, "SavedModel version; 0 = the next free number.", low=0)
     parity_images: int = option(200, "Images of --data_val on which every artifact is compared "
                                 "to Keras.", low=1)
-    calibration_images: int = option(backend.CALIBRATION_IMAGES, "Images of --data_val that "
+    calibration_images: int = option(CALIBRATION_IMAGES, "Images of --data_val that "
                                      "calibrate tflite_int8 and onnx_int8.", low=1)
     metadata: str = option("none", "For a model with patient metadata: the CSV of --data_val's "
                            "metadata for the parity check and int8 calibration; none = every "
@@ -98,8 +97,8 @@ def export(config: ExportConfig) -> dict:
     destination.check_output_folder(output)
     runner = load.load(config.model_path)
     keras_model(runner, "Export")  # Exports are made from the Keras model: say so at once.
-    if "onnx_int8" in config.formats:
-        onnx_runtime.check_quantizable(runner.model, "--formats=onnx_int8")
+    for fmt in config.formats:
+        formats.get(fmt).refuse(runner, f"--formats={fmt}")
 
     # --- Images for parity and calibration, and the Keras model's answers ---
     config = dataclasses.replace(config, data_val=config.data_val or _runs_validation_folder(
@@ -127,12 +126,17 @@ def export(config: ExportConfig) -> dict:
     # --- Export and check --- (everything that would be replaced is known and said first)
     planned = destination.targets(output, config.formats, config.name, config.version)
     report["artifacts"] = destination.prepare(output, planned, report["model"], config.overwrite)
+    calibration = [val.paths[i] for i in folders.sample_indices(
+        val, config.calibration_images, formats.CALIBRATION_SEED)] if any(
+            formats.get(fmt).calibrated for fmt in config.formats) else []
+    records = parity.parity_records(runner, calibration, config.metadata).get(io.METADATA)
     failures = []
     with tempfile.TemporaryDirectory() as scratch:  # The traced model and float ONNX, once.
+        work = formats.Work(Path(scratch), [str(path) for path in calibration], records)
         for fmt in config.formats:
             _log.info(f"exporting {fmt} ...")
-            entry = _export_one(fmt, planned[fmt], runner, config, val, paths, batch,
-                                reference, labels, scratch)
+            entry = _export_one(formats.get(fmt), planned[fmt], runner, work, paths, batch,
+                                reference, labels)
             report["artifacts"][fmt] = entry
             failures += _judge(fmt, entry, report["keras"]["accuracy"])
             # After each artifact: an interrupted export still reports what it finished.
@@ -144,48 +148,32 @@ def export(config: ExportConfig) -> dict:
         atomic.write_json_atomic(output / destination.REPORT, report)
     _log.info(parity.describe(report))
     if failures:
-        raise ExportError("; ".join(failures) + f" (need {100 * parity.MIN_TOP1_AGREEMENT:.0f}%)"
-                          f"; see {output / destination.REPORT}")
+        raise ExportError("; ".join(failures) + f"; see {output / destination.REPORT}")
     return report
 
 
-def _export_one(fmt: str, target: Path, runner, config: ExportConfig,
-                val: folders.ImageFolder, paths: list, batch: dict, reference: dict,
-                labels: np.ndarray, scratch: str) -> dict:
+def _export_one(fmt: formats.Format, target: Path, runner, work: formats.Work, paths: list,
+                batch: dict, reference: dict, labels: np.ndarray) -> dict:
     """Writes one format's artifact to `target` (destination.targets) and returns its report
-    row: checked on `batch`, the images of `paths`, against the Keras model's `reference`."""
-    if fmt == "saved_model":
-        return saved_model.export_saved_model(runner, target.parent, int(target.name), paths,
-                                              batch, reference, labels)
-    if fmt == "onnx":
-        return files.export_onnx(runner, target.parent, config.name,
-                                 files.float_onnx(runner, Path(scratch)), batch, reference, labels)
-    calibration = [val.paths[i] for i in folders.sample_indices(
-        val, config.calibration_images, backend.CALIBRATION_SEED)]
-    calibration_inputs = parity.parity_records(runner, calibration, config.metadata)
-    if fmt == "onnx_int8":
-        feeds = onnx_runtime.calibration_feeds(runner, calibration,
-                                               calibration_inputs.get(io.METADATA))
-        return files.export_onnx(runner, target.parent, config.name,
-                                 files.float_onnx(runner, Path(scratch)), batch, reference, labels,
-                                 feeds)
-    kind = fmt.removeprefix("tflite_")
-    source = Path(scratch) / "traced"  # Traced once, converted to every kind.
-    if not source.exists():
-        litert.traced_source(runner.model, str(source))
-    content = litert.convert(runner.model, kind, calibration, str(source),
-                             runner.about.encoding.encode_records(calibration_inputs[io.METADATA])
-                             if calibration_inputs else None)
-    return files.export_tflite(runner, kind, content, target.parent, config.name, batch,
-                               reference, labels)
+    row: checked as shipped on `batch`, the images of `paths`, against the Keras model's
+    `reference`."""
+    written = fmt.write(runner, target, work)
+    answer, latency = parity.timed(fmt.answers(target, runner, paths, batch), len(paths))
+    size = sum(f.stat().st_size for f in target.rglob("*") if f.is_file()) if (
+        target.is_dir()) else target.stat().st_size
+    return {"path": str(target), **written, "file size bytes": size,
+            "mean latency ms": 1000 * latency,
+            **fmt.facts(target, runner, paths, batch, reference),
+            **parity.agreement(reference, answer, labels, runner.unknown)}
 
 
 def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:
-    """The failure an artifact's agreement is (int8 only warns: full-integer quantisation
-    costs accuracy by design)."""
-    if entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT:
+    """The failure an artifact's agreement is: below its format's `min_agreement` (a format
+    without one, int8, only warns: full-integer quantisation costs accuracy by design)."""
+    need = formats.get(fmt).min_agreement
+    if entry["top1 agreement"] >= (need or formats.MIN_TOP1_AGREEMENT):
         return []
-    if fmt in ("tflite_int8", "onnx_int8"):
+    if need is None:
         _log.warning(f"warning: {fmt} agrees with the Keras model on "
                      f"{100 * entry['top1 agreement']:.1f}% of top-1 labels (accuracy "
                      f"{entry['accuracy']:.4f} vs {keras_accuracy:.4f}): int8 "
@@ -193,4 +181,4 @@ def _judge(fmt: str, entry: dict, keras_accuracy: float) -> list[str]:
                      "or tflite_dynamic unless int8's speed or size is needed.")
         return []
     return [f"{fmt} agrees with the Keras model on only {100 * entry['top1 agreement']:.1f}% "
-            "of top-1 labels"]
+            f"of top-1 labels (need {100 * need:.0f}%)"]

@@ -10,10 +10,6 @@ from skin_keras.data import patient_metadata
 from skin_keras.infer.runner import Runner
 from skin_keras.model import io
 
-# Float and weight-only TFLite files must agree with Keras on at least this share of top-1 labels.
-MIN_TOP1_AGREEMENT = 0.99
-
-
 def parity_records(runner: Runner, paths: list, metadata: str) -> dict:
     """The other named inputs of the parity images: for a metadata model, patient records from
     the CSV when given (rows it lacks run as missing), else varied so that every age band, every

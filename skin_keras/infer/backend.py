@@ -1,56 +1,41 @@
 """Which backend runs a Keras model: Keras itself, or a converted copy (TFLite with LiteRT, ONNX
 with ONNX Runtime) kept in <cache>/tflite and <cache>/onnx, keyed by the .keras file's content.
 
-`--backend=auto`, on a CPU-only machine, takes a cached ONNX copy (ONNX Runtime ran
+Each copy is its format's (formats/: the --backend names of BY_BACKEND). `--backend=auto`, on
+a CPU-only machine, takes a cached ONNX copy (ONNX Runtime ran
 EfficientNetV2-S 16% faster than LiteRT, docs/benchmarks.md), else TFLite when its copy is
 cached or the job has at least AUTO_TFLITE_MIN_IMAGES images (converting pays for itself), else
 Keras; it never converts to ONNX (tf2onnx peaks at 6.9 GB for S) and never fails on a
-conversion. `--backend=onnx_int8` quantizes the ONNX copy (onnx_runtime.quantize), and
-`tflite_int8` converts to LiteRT's full integer (export.py's kinds), calibrated on
+conversion. `--backend=onnx_int8` and `tflite_int8` (export.py's formats) are calibrated on
 CALIBRATION_IMAGES of the validation folder of the run that trained the model, once, kept in
 <cache>/onnx_int8 and tflite_int8; they agree less with float (docs/benchmarks.md).
 Exported models run as they are.
 """
 
-import dataclasses
 import logging
+import tempfile
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
 
 from skin_keras.core import atomic, cache
 from skin_keras.core.errors import UserError, first_line
 from skin_keras.data import folders
-from skin_keras.infer import litert, onnx_runtime
+from skin_keras.infer import formats
+from skin_keras.infer.formats import CALIBRATION_IMAGES, CALIBRATION_SEED
 from skin_keras.infer.runner import KerasRunner, Runner
-from skin_keras.model import io
 from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "keras", "tflite", "onnx", "onnx_int8", "tflite_int8")
+BACKENDS = ("auto", "keras", *formats.BY_BACKEND)
 # "auto" converts a .keras model to TFLite for a job of at least this many images (views
 # included); a conversion done once is reused by every later job.
 AUTO_TFLITE_MIN_IMAGES = 500
 
 
-@dataclasses.dataclass(frozen=True)
-class _Converter:
-    name: str
-    suffix: str
-    convert: object  # keras.Model -> bytes
-    runner: type
-
-
-# As export.py's --calibration_images, drawn the same way.
-CALIBRATION_IMAGES, CALIBRATION_SEED = 100, 1
-
-
-def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: count
-                       ) -> list[str]:
-    """Up to CALIBRATION_IMAGES validation images of the run that trained the runner's model
-    (`usable(count)` of them: how many the quantizer takes)."""
+def _calibration_paths(runner: KerasRunner, backend: str) -> list[str]:
+    """Up to CALIBRATION_IMAGES validation images of the run that trained the runner's model."""
     run_dir = runner.source.parent.parent  # <run>/weights/<file>.keras
     if not (run_dir / run_folder.PARAMS_FILE).is_file():
         raise UserError(f"--backend={backend} calibrates on the validation images of the run "
@@ -63,38 +48,19 @@ def _calibration_paths(runner: KerasRunner, backend: str, usable=lambda count: c
         raise UserError(f"--backend={backend} calibrates on the run's validation images: "
                         f"{error}") from None
     chosen = folders.sample_indices(val, CALIBRATION_IMAGES, CALIBRATION_SEED)
-    chosen = chosen[:usable(len(chosen))]
+    chosen = chosen[:formats.BY_BACKEND[backend].usable(len(chosen))]
     _log.info(f"int8: calibrating on {len(chosen)} images of {data_val}")
     return [str(val.paths[i]) for i in chosen]
 
 
-def _onnx_int8(runner: KerasRunner) -> bytes:
-    """The ONNX copy quantized (onnx_runtime.quantize)."""
-    onnx_runtime.check_quantizable(runner.model, "--backend=onnx_int8")
-    paths = _calibration_paths(runner, "onnx_int8", onnx_runtime.calibrated_count)
-    return onnx_runtime.quantize(onnx_runtime.convert(runner.model),
-                                 onnx_runtime.calibration_feeds(runner, paths))
-
-
-_CONVERTERS = {
-    "tflite": _Converter("TFLite", ".tflite", lambda runner: litert.convert(runner.model, "fp32"),
-                         litert.TFLiteRunner),
-    "onnx": _Converter("ONNX", ".onnx", lambda runner: onnx_runtime.convert(runner.model),
-                       onnx_runtime.ONNXRunner),
-    "onnx_int8": _Converter("int8 ONNX", ".onnx", _onnx_int8, onnx_runtime.ONNXRunner),
-    "tflite_int8": _Converter("int8 TFLite", ".tflite", lambda runner: litert.convert(
-        runner.model, "int8", _calibration_paths(runner, "tflite_int8")),
-                              litert.TFLiteRunner),
-}
-
-
-def _int8(runner: Runner, backend: str) -> bool:
-    """Whether an exported file is the int8 kind `backend` names."""
-    if backend == "onnx_int8":
-        return isinstance(runner, onnx_runtime.ONNXRunner) and (
-            runner.description() or {}).get("format") == "onnx_int8"
-    return isinstance(runner, litert.TFLiteRunner) and (
-        runner.input_details[io.IMAGE]["dtype"] == np.uint8)  # Full integer.
+def _converted(runner: KerasRunner, backend: str) -> bytes:
+    """The runner's model as the `backend` format's bytes (calibrated for int8)."""
+    fmt = formats.BY_BACKEND[backend]
+    fmt.refuse(runner, f"--backend={backend}")
+    with tempfile.TemporaryDirectory() as scratch:
+        work = formats.Work(Path(scratch), _calibration_paths(runner, backend)
+                            if fmt.calibrated else [])
+        return fmt.convert(runner, work)
 
 
 def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = True,
@@ -103,23 +69,23 @@ def cached_copy(runner: KerasRunner, backend: str, convert_if_missing: bool = Tr
     content; None when not cached and `convert_if_missing` is False. `digest`: the file's SHA-1
     when the caller has it. The conversion runs in this process (for EfficientNetV2-S, TFLite
     peaks at about twice the memory of prediction, once)."""
-    converter = _CONVERTERS[backend]
+    fmt = formats.BY_BACKEND[backend]
     path = cache.cache_root() / backend / (
-        f"{digest or cache.file_sha1(runner.source)}{converter.suffix}")
+        f"{digest or cache.file_sha1(runner.source)}{fmt.suffix}")
     if not path.exists():
         if not convert_if_missing:
             return None
-        _log.info(f"converting {runner.source} to {converter.name} (once; cached in "
+        _log.info(f"converting {runner.source} to {fmt.title} (once; cached in "
                   f"{path.parent})")
-        content = converter.convert(runner)
+        content = _converted(runner, backend)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic.write_atomic(path, lambda tmp: Path(tmp).write_bytes(content))
         except OSError as error:  # A read-only or full cache: used once, not kept.
-            _log.info(f"the {converter.name} copy is not cached ({error.strerror}: "
+            _log.info(f"the {fmt.title} copy is not cached ({error.strerror}: "
                       f"{path.parent})")
-        return converter.runner(content, runner.about)
-    return converter.runner(path.read_bytes(), runner.about)
+        return fmt.open(content, runner.about)
+    return fmt.open(path.read_bytes(), runner.about)
 
 
 def select(runner: Runner, backend: str, images: int) -> Runner:
@@ -127,13 +93,13 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
     if backend not in BACKENDS:
         raise UserError(f"unknown --backend={backend}; choose one of {', '.join(BACKENDS)}")
     if not isinstance(runner, KerasRunner) or backend == "keras":  # Exported: as they are.
-        suffix = _CONVERTERS[backend].suffix if backend in _CONVERTERS else None
-        if suffix and runner.source.suffix != suffix:
-            raise UserError(f"--backend={backend} needs a run folder, .keras or {suffix} file, "
-                            f"not {runner.source}")
-        if backend.endswith("_int8") and not _int8(runner, backend):
+        fmt = formats.BY_BACKEND.get(backend)
+        if fmt is not None and runner.source.suffix != fmt.suffix:
+            raise UserError(f"--backend={backend} needs a run folder, .keras or {fmt.suffix} "
+                            f"file, not {runner.source}")
+        if fmt is not None and fmt.calibrated and not fmt.is_kind(runner):
             raise UserError(f"--backend={backend}: {runner.source} is not an int8 file of "
-                            f"that kind (export.py --formats={backend} writes one)")
+                            f"that kind (export.py --formats={fmt.name} writes one)")
         return runner
     if backend == "auto" and tf.config.list_physical_devices("GPU"):
         return runner
@@ -150,10 +116,13 @@ def select(runner: Runner, backend: str, images: int) -> Runner:
     try:
         copy = cached_copy(runner, chosen, convert_if_missing=(
             backend != "auto" or images >= AUTO_TFLITE_MIN_IMAGES), digest=digest)
-    except UserError:  # Said as it is (no calibration images).
-        raise
+    except UserError as error:  # Said as it is (no calibration images), unless auto's.
+        if backend != "auto" or not isinstance(error, formats.ExportError):
+            raise
+        _log.info(f"TFLite conversion failed ({error}); predicting with Keras")
+        return runner
     except (ValueError, RuntimeError, tf.errors.OpError) as error:
-        name = _CONVERTERS[chosen].name
+        name = formats.BY_BACKEND[chosen].title
         if backend != "auto":
             raise UserError(f"{runner.source} cannot be converted to {name}: "
                             f"{first_line(error)}") from None

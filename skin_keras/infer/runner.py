@@ -7,8 +7,8 @@
 given to a runner whose `inputs` name it; "unknown_score" comes from a model with an unknown
 rule (`unknown`). A runner knows its class names, input size and where it was loaded from. One
 implementation per backend: `KerasRunner` here (any Keras model with named outputs: also the
-feature and logit models calibration and --ood use), `SavedModelRunner` (an exported
-SavedModel), litert.TFLiteRunner and onnx_runtime.ONNXRunner (converted files).
+feature and logit models calibration and --ood use); the runners of exported files are their
+formats' (formats/: SavedModelRunner, TFLiteRunner, ONNXRunner).
 """
 
 import dataclasses
@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.core.errors import UserError
-from skin_keras.data.patient_metadata import MISSING, as_arrays
+from skin_keras.data.patient_metadata import MISSING
 from skin_keras.model import io, parts
 from skin_keras.model.layers import PatientMetadata
 from skin_keras.model.layers.unknown import UnknownRule
@@ -106,32 +106,6 @@ class KerasRunner(Runner):
     def _run(self, feed: dict) -> dict:
         answer = self._forward({name: tf.constant(value) for name, value in feed.items()
                                 if name in self.inputs})
-        return {name: answer[name].numpy() for name in self.outputs}
-
-
-class SavedModelRunner(Runner):
-    """An exported SavedModel, through its serving_images signature (which encodes raw
-    metadata values itself)."""
-
-    encodes_itself = True
-
-    def __init__(self, served, about: About):
-        self.served = served  # The signature's variables live as long as the loaded object.
-        signature = served.signatures["serving_images"]
-        inputs = signature.structured_input_signature[1]
-        super().__init__(about, (io.IMAGE, io.METADATA) if "sex" in inputs else (io.IMAGE,),
-                         (io.PROBABILITIES, io.UNKNOWN_SCORE) if about.unknown is not None
-                         else (io.PROBABILITIES,))
-        self.signature = signature
-
-    def _run(self, feed: dict) -> dict:
-        named = {"images": tf.constant(feed[io.IMAGE])}
-        if io.METADATA in feed:
-            ages, sexes, sites = as_arrays(feed[io.METADATA])
-            named.update(age_approx=tf.constant(np.nan_to_num(ages, nan=-1.0)),
-                         sex=tf.constant(sexes.astype(str)),
-                         anatom_site_general=tf.constant(sites.astype(str)))
-        answer = self.signature(**named)
         return {name: answer[name].numpy() for name in self.outputs}
 
 

@@ -9,7 +9,7 @@ Request and response follow TF Serving's JSON mapping (tensorflow.org/tfx/servin
 the row format each instance is the value of the one input or an object of named inputs; a
 binary string is {"b64": "..."}; outputs come back as {"predictions": [{output: value}]} (row)
 or {"outputs": {output: [values]}} (columnar); errors as {"error": "..."}. The signatures are
-`export.saved_model.signature_specs`, the declaration the SavedModel is traced with.
+`infer/formats/saved_model.signature_specs`, the declaration the SavedModel is traced with.
 """
 
 import base64
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.data.patient_metadata import Record
-from skin_keras.export.saved_model import signature_specs
+from skin_keras.infer.formats.saved_model import signature_specs
 from skin_keras.serve.model_service import ModelService, RequestError, Upload
 
 _DTYPES = {tf.float32: "DT_FLOAT", tf.string: "DT_STRING", tf.bool: "DT_BOOL"}

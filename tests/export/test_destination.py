@@ -20,6 +20,7 @@ def test_what_an_export_replaces_is_checked_and_said_before_any_conversion(
     made = []
 
     def fake_export(fmt, target, *args):  # Conversions are tested above; this is the folder.
+        fmt = fmt.name
         made.append(fmt)
         target.parent.mkdir(parents=True, exist_ok=True)
         (target.mkdir() if fmt == "saved_model" else target.write_text(fmt))

@@ -18,8 +18,9 @@ from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
 from skin_keras.evaluate import evaluation
 from skin_keras.evaluate.evaluation import EvaluateConfig
-from skin_keras.export import files, job, parity, saved_model
-from skin_keras.infer import backend, litert, load, onnx_runtime, predict
+from skin_keras.export import job
+from skin_keras.infer import backend, formats, load, predict
+from skin_keras.infer.formats import onnx_file, saved_model, tflite
 from skin_keras.infer.files import predict_files
 from skin_keras.infer.predict import PredictConfig
 
@@ -100,13 +101,13 @@ def test_tflite_files_use_builtin_ops_only_and_carry_labels_and_metadata(exporte
     output, report = exported
     folder = output / f"tflite_{kind}"
     content = (folder / f"skin_{kind}.tflite").read_bytes()
-    assert litert.custom_ops(content) == []  # No Flex or custom ops.
-    assert not any(op.startswith("Flex") for op in litert.TFLiteRunner(content).op_names())
+    assert tflite.custom_ops(content) == []  # No Flex or custom ops.
+    assert not any(op.startswith("Flex") for op in tflite.TFLiteRunner(content).op_names())
     metadata = json.loads((folder / "metadata.json").read_text())
     assert metadata["input"]["shape"][0] == 1 and metadata["input"]["value range"] == [0, 255]
     assert metadata["input"]["dtype"] == ("uint8" if kind == "int8" else "float32")
     assert (folder / "labels.txt").read_text().splitlines() == metadata["class_names"]
-    detail = litert.TFLiteRunner(content).input_details["image"]
+    detail = tflite.TFLiteRunner(content).input_details["image"]
     assert list(detail["shape"]) == metadata["input"]["shape"]
     assert detail["dtype"] == (np.uint8 if kind == "int8" else np.float32)
 
@@ -179,10 +180,10 @@ def test_onnx_export_answers_as_keras_and_describes_itself(untrained, exported, 
     (tmp_path / "cache" / "onnx" / f"{cache.file_sha1(keras_model.source)}.onnx").write_bytes(
         path.read_bytes())
     converted = backend.select(keras_model, "onnx", 1)
-    assert isinstance(converted, onnx_runtime.ONNXRunner)
+    assert isinstance(converted, onnx_file.ONNXRunner)
     # Once an ONNX copy is cached, auto takes it (it never converts to ONNX itself); a damaged
     # copy is said and passed over.
-    assert isinstance(backend.select(keras_model, "auto", 1), onnx_runtime.ONNXRunner)
+    assert isinstance(backend.select(keras_model, "auto", 1), onnx_file.ONNXRunner)
     for cached in (tmp_path / "cache" / "onnx").glob("*.onnx"):
         cached.write_bytes(b"damaged")
     assert backend.select(keras_model, "auto", 1) is keras_model
@@ -197,11 +198,11 @@ def test_onnx_export_answers_as_keras_and_describes_itself(untrained, exported, 
     with pytest.raises(UserError, match="is not a readable ONNX model"):
         load.load(broken)
     # A model tf2onnx cannot convert: one line naming it, not tf2onnx's traceback.
-    def fails(model, description=None):
+    def fails(model):
         raise ValueError("unsupported op Foo\nmore detail")
 
-    monkeypatch.setattr(onnx_runtime, "convert", fails)
-    with pytest.raises(files.ExportError, match="tf2onnx could not convert .*: unsupported "
+    monkeypatch.setattr(onnx_file, "to_onnx", fails)
+    with pytest.raises(formats.ExportError, match="tf2onnx could not convert .*: unsupported "
                        "op Foo$"):
         job.export(job.ExportConfig(
             model_path=str(untrained_run), output=str(tmp_path / "x"),
@@ -220,11 +221,11 @@ def test_report_figures_can_be_recomputed(untrained, exported, tiny_dataset):
     reference = probabilities(loaded.model, images)
     for kind in ("fp32", "fp16"):
         entry = report["artifacts"][f"tflite_{kind}"]
-        answer = probabilities(litert.TFLiteRunner(Path(entry["path"]).read_bytes()), images)
+        answer = probabilities(tflite.TFLiteRunner(Path(entry["path"]).read_bytes()), images)
         assert entry["top1 agreement"] == np.mean(answer.argmax(1) == reference.argmax(1))
         assert entry["max abs probability difference"] == pytest.approx(
             np.max(np.abs(answer - reference)), abs=1e-6)
-        assert entry["top1 agreement"] >= parity.MIN_TOP1_AGREEMENT
+        assert entry["top1 agreement"] >= formats.MIN_TOP1_AGREEMENT
         assert entry["file size bytes"] == Path(entry["path"]).stat().st_size
     assert report["artifacts"]["tflite_fp32"]["max abs probability difference"] < 1e-4
 
@@ -239,7 +240,7 @@ def test_tflite_matches_keras_on_real_dermoscopy_images(untrained, exported, ham
     tolerances = {"fp32": 1e-4, "fp16": 5e-3, "dynamic": 0.1}
     for kind, tolerance in tolerances.items():
         content = (output / f"tflite_{kind}" / f"skin_{kind}.tflite").read_bytes()
-        np.testing.assert_allclose(probabilities(litert.TFLiteRunner(content), images),
+        np.testing.assert_allclose(probabilities(tflite.TFLiteRunner(content), images),
                                    reference, atol=tolerance, err_msg=kind)
 
 

@@ -9,7 +9,8 @@ import pytest
 
 from skin_keras.core import cache
 from skin_keras.core.errors import UserError
-from skin_keras.infer import backend, litert, load, onnx_runtime
+from skin_keras.infer import backend, load
+from skin_keras.infer.formats import onnx_file, tflite
 
 from conftest import probabilities
 
@@ -17,7 +18,7 @@ from conftest import probabilities
 def test_onnx_int8_backend_calibrates_on_the_runs_validation_images(untrained, untrained_run,
                                                                      tmp_path, caplog):
     int8 = backend.select(untrained, "onnx_int8", images=10)
-    assert isinstance(int8, onnx_runtime.ONNXRunner)
+    assert isinstance(int8, onnx_file.ONNXRunner)
     assert "calibrating on 10 images of" in caplog.text  # 15 validation images: calls of 10.
     cached = cache.cache_root() / "onnx_int8" / f"{cache.file_sha1(untrained.source)}.onnx"
     graph = onnx.load(str(cached)).graph
@@ -26,7 +27,7 @@ def test_onnx_int8_backend_calibrates_on_the_runs_validation_images(untrained, u
     np.testing.assert_allclose(probabilities(int8, images), probabilities(untrained, images),
                                atol=0.05)
     caplog.clear()
-    assert isinstance(backend.select(untrained, "onnx_int8", images=10), onnx_runtime.ONNXRunner)
+    assert isinstance(backend.select(untrained, "onnx_int8", images=10), onnx_file.ONNXRunner)
     assert "calibrating" not in caplog.text  # Cached: converted once.
     # A float ONNX file is not an int8 one; a model outside its run folder has nothing to
     # calibrate on.
@@ -45,7 +46,7 @@ def test_onnx_int8_backend_calibrates_on_the_runs_validation_images(untrained, u
 
 def test_tflite_int8_backend_is_litert_full_integer(untrained):
     int8 = backend.select(untrained, "tflite_int8", images=10)
-    assert isinstance(int8, litert.TFLiteRunner)
+    assert isinstance(int8, tflite.TFLiteRunner)
     assert int8.input_details["image"]["dtype"] == np.uint8  # Full integer.
     images = np.random.default_rng(0).uniform(0, 255, (6, 64, 64, 3)).astype(np.float32)
     np.testing.assert_allclose(probabilities(int8, images), probabilities(untrained, images),

@@ -14,7 +14,8 @@ from skin_keras.data.patient_metadata import MISSING, Record
 from skin_keras.evaluate import evaluation
 from skin_keras.evaluate.evaluation import EvaluateConfig
 from skin_keras.export import job
-from skin_keras.infer import backend, litert, load, predict
+from skin_keras.infer import backend, load, predict
+from skin_keras.infer.formats import tflite
 from skin_keras.infer.predict import PredictConfig
 from skin_keras.workflows import calibrate
 
@@ -152,7 +153,7 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     assert detail["dtype"] == np.uint8 and detail["quantization"][0] > 0
     scaled_error = np.abs(int8(batch)["probabilities"] - expected).max()
     with monkeypatch.context() as patch:
-        patch.setattr(litert, "_quantize", lambda values, detail: values)
+        patch.setattr(tflite, "_quantize", lambda values, detail: values)
         unscaled_error = np.abs(int8(batch)["probabilities"] - expected).max()
     assert scaled_error < unscaled_error
     served = tf.saved_model.load(str(tmp_path / "x" / "saved_model" / "skin" / "1"))

@@ -2,7 +2,6 @@
 files predict.py writes, Grad-CAM, the backends, and predict.py end to end."""
 
 import csv
-import dataclasses
 import json
 import os
 import re
@@ -19,7 +18,8 @@ from PIL import Image
 from skin_keras.core import cache
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, pipeline
-from skin_keras.infer import backend, files, gradcam, litert, load, predict
+from skin_keras.infer import backend, files, formats, gradcam, load, predict
+from skin_keras.infer.formats.tflite import TFLiteRunner
 from skin_keras.infer.predict import PredictConfig
 from skin_keras.infer.runner import About, Runner
 from skin_keras.model import record
@@ -90,7 +90,7 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
     assert backend.select(loaded, "auto", images=10) is loaded  # Small, not cached.
     tflite = backend.select(loaded, "tflite", images=10)
     assert "converting" in caplog.text
-    assert isinstance(tflite, litert.TFLiteRunner)
+    assert isinstance(tflite, TFLiteRunner)
     assert (tflite.class_names, tflite.source) == (loaded.class_names, loaded.source)
     paths = files.list_sources([mixed_source])
     # Two TTA views (the first is the image as it is).
@@ -105,15 +105,14 @@ def test_tflite_backend_predicts_what_keras_predicts_and_auto_reuses_the_convers
                                atol=1e-5)
     caplog.clear()
     auto = backend.select(loaded, "auto", images=10)  # Now cached: TFLite.
-    assert isinstance(auto, litert.TFLiteRunner)
+    assert isinstance(auto, TFLiteRunner)
     assert "converting" not in caplog.text
     # A cache that cannot be written (read-only): converted, used, not kept.
     cached_bytes = (cache.cache_root() / "tflite" / f"{cache.file_sha1(loaded.source)}.tflite"
                     ).read_bytes()
     (tmp_path / "a_file").write_text("")
     monkeypatch.setenv("SKIN_KERAS_CACHE", str(tmp_path / "a_file" / "cache"))
-    monkeypatch.setitem(backend._CONVERTERS, "tflite", dataclasses.replace(  # pylint: disable=protected-access
-        backend._CONVERTERS["tflite"], convert=lambda model: cached_bytes))  # pylint: disable=protected-access
+    monkeypatch.setattr(formats.BY_BACKEND["tflite"], "convert", lambda runner, work: cached_bytes)
     uncached = backend.select(loaded, "tflite", images=10)
     np.testing.assert_allclose(probabilities(uncached, images), probabilities(tflite, images))
     assert "is not cached" in caplog.text

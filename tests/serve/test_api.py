@@ -23,7 +23,7 @@ import tensorflow as tf
 from PIL import Image
 
 from skin_keras.core.errors import UserError
-from skin_keras.export import saved_model
+from skin_keras.infer.formats import saved_model
 from skin_keras.infer import load
 from skin_keras.infer.predict import PredictConfig, predict_to_folder
 from skin_keras.infer.runner import Runner

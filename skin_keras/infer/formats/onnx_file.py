@@ -1,11 +1,12 @@
-"""ONNX: converting a Keras model, and running a file with ONNX Runtime.
+"""The ONNX format, float (onnx) and int8 (onnx_int8: static QDQ quantization, calibrated).
 
-Used by export (`--formats=onnx` and its parity row) and by inference (the cached copy
-`--backend=onnx` runs). The file takes images [B, H, W, 3] float32 RGB in [0, 255] (any batch)
-as "image" (and "metadata" [B, size] for a metadata model) and answers "probabilities"
-(and "unknown_score" [B] for a model with an unknown rule); the class names and export.py's
-description of the model are in the model's metadata properties ("class_names",
-"skin_keras").
+    <output>/onnx/<name>.onnx (<name>_int8.onnx) + labels.txt + metadata.json
+
+The file takes images [B, H, W, 3] float32 RGB in [0, 255] (any batch) as "image" (and
+"metadata" [B, size] for a metadata model) and answers "probabilities" (and "unknown_score" [B]
+for a model with an unknown rule); the class names and export.py's description of the model are
+in the model's metadata properties ("class_names", "skin_keras"). Run with ONNX Runtime
+(`ONNXRunner`); `--backend=onnx` and `onnx_int8` run cached copies.
 
 Converted with tf2onnx from the model traced once as a SavedModel, the way its command line
 converts SavedModels. Keras 3's own `model.export(format="onnx")` (also tf2onnx underneath) was
@@ -21,11 +22,12 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
-from skin_keras.core.errors import UserError
+from skin_keras.core.errors import UserError, first_line
 from skin_keras.data import pipeline
-from skin_keras.infer import litert
-from skin_keras.infer.runner import About, Runner, check_image_classifier
+from skin_keras.infer.formats import about, base, tracing
+from skin_keras.infer.runner import About, KerasRunner, Runner, check_image_classifier
 from skin_keras.model import io
 
 CLASS_NAMES_KEY = "class_names"
@@ -33,23 +35,22 @@ DESCRIPTION_KEY = "skin_keras"
 OPSET = 17  # ONNX Runtime 1.32 (requirements.txt) runs it; tf2onnx 1.17 would pick 15.
 
 
-def convert(model: keras.Model, description: dict | None = None) -> bytes:
+def to_onnx(model: keras.Model) -> bytes:
     """A serialized ONNX model of `model` (probabilities, and the unknown score if it has a
-    rule), with the class names and `description` in its metadata properties."""
+    rule)."""
     from keras.src.export.tf2onnx_lib import patch_tf2onnx  # pylint: disable=g-import-not-at-top
     patch_tf2onnx()  # tf2onnx 1.17 still refers to NumPy 1 names; Keras' own export patches them.
     import tf2onnx  # pylint: disable=g-import-not-at-top
 
     with tempfile.TemporaryDirectory() as folder:
-        litert.traced_source(model, folder, batch=None)
+        tracing.traced_source(model, folder, batch=None)
         graph_def, inputs, outputs, renames = tf2onnx.tf_loader.from_saved_model(
-            folder, None, None, tag="serve", signatures=[litert.SOURCE_SIGNATURE],
+            folder, None, None, tag="serve", signatures=[tracing.SOURCE_SIGNATURE],
             return_tensors_to_rename=True)
     proto, _ = tf2onnx.convert.from_graph_def(graph_def, input_names=inputs,
                                               output_names=outputs, opset=OPSET,
                                               tensors_to_rename=renames)
-    content = proto.SerializeToString()
-    return content if description is None else described(content, description)
+    return proto.SerializeToString()
 
 
 def described(content: bytes, description: dict) -> bytes:
@@ -192,3 +193,76 @@ class ONNXRunner(Runner):
             list(self.output_names.values()),
             {self.input_names[name]: np.asarray(value, np.float32) for name, value in feed.items()})
         return dict(zip(self.output_names, answer))
+
+
+class ONNX(base.Format):
+    """The float ONNX file."""
+
+    name, title, suffix, folder, backend = "onnx", "ONNX", ".onnx", "onnx", "onnx"
+
+    def convert(self, runner: KerasRunner, work: base.Work) -> bytes:
+        path = work.scratch / "model.onnx"  # Once per export: onnx_int8 starts from it too.
+        if not path.exists():
+            try:
+                path.write_bytes(to_onnx(runner.model))
+            except (ValueError, RuntimeError, KeyError, TypeError, tf.errors.OpError) as error:
+                raise base.ExportError(f"onnx: tf2onnx could not convert {runner.source}: "
+                                       f"{first_line(error)}") from None
+        return path.read_bytes()
+
+    def embed(self, content: bytes, description: dict, runner: KerasRunner,
+              target: Path) -> bytes:
+        return described(content, description)
+
+    def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
+        return {**super().write(runner, target, work), "runtime": "onnxruntime"}
+
+    def open(self, content: bytes, about_it: About | None) -> Runner:
+        return ONNXRunner(content, about_it)
+
+    def load(self, path: Path) -> Runner:
+        """An .onnx file export.py wrote (class names and description in its metadata
+        properties), or a plain converted one (labels.txt beside it, or classes named by
+        index)."""
+        try:
+            runner = ONNXRunner(path.read_bytes())
+            description = runner.description()
+        except Exception as error:  # pylint: disable=broad-except
+            # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) share no base class.
+            raise UserError(f"{path} is not a readable ONNX model: {first_line(error)}"
+                            ) from None
+        runner.about = about.about_file(
+            path, runner, description and description.get("class_names"), description,
+            f"the metadata properties of {path}" if description else None)
+        return runner
+
+
+class ONNXInt8(ONNX):
+    """The int8 ONNX file (`quantize`)."""
+
+    name, title, backend = "onnx_int8", "int8 ONNX", "onnx_int8"
+    calibrated, min_agreement = True, None
+
+    def file_name(self, name: str) -> str:
+        return f"{name}_int8.onnx"
+
+    def usable(self, given: int) -> int:
+        return calibrated_count(given)
+
+    def refuse(self, runner: KerasRunner, what: str) -> None:
+        check_quantizable(runner.model, what)
+
+    def convert(self, runner: KerasRunner, work: base.Work) -> bytes:
+        return quantize(super().convert(runner, work),
+                        calibration_feeds(runner, work.calibration, work.records))
+
+    def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
+        return {**super().write(runner, target, work),
+                "calibration images": self.usable(len(work.calibration))}
+
+    def is_kind(self, runner: Runner) -> bool:
+        return isinstance(runner, ONNXRunner) and (
+            runner.description() or {}).get("format") == self.name
+
+
+FORMATS = (ONNX(), ONNXInt8())

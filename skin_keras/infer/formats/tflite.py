@@ -1,8 +1,15 @@
-"""TFLite: converting a Keras model, checking the ops, and running a file with LiteRT.
+"""The TFLite format, in four kinds: fp32, fp16, dynamic (int8 weights) and int8 (full integer,
+uint8 input, calibrated).
 
-Used by export (the phone files and their parity report) and by inference (the cached float32
-copy `--backend=tflite` runs). The converter reads a SavedModel traced once with a fixed
-[1, H, W, 3] float32 input; `TFLiteRunner` takes any batch.
+    <output>/tflite_<kind>/<name>_<kind>.tflite + labels.txt + metadata.json
+        TFLite Metadata embedded (tflite_metadata.py: what MediaPipe Tasks' ImageClassifier
+        reads; labels.txt and metadata.json packed inside too); a metadata model's file takes
+        the encoded vector as a second input, "metadata" [1, size]
+
+Converted from the model traced once (tracing.py) with a fixed [1, H, W, 3] float32 input, to
+TFLite built-in ops only (no Flex ops, which would need the 10+ MB select-TF-ops library on the
+phone); run with LiteRT (`TFLiteRunner`, any batch). `--backend=tflite` and `tflite_int8` run
+cached copies of the fp32 and int8 kinds.
 """
 
 import os
@@ -14,8 +21,10 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.core import console
+from skin_keras.core.errors import UserError
 from skin_keras.data import pipeline
-from skin_keras.infer.runner import About, Runner, check_image_classifier
+from skin_keras.infer.formats import about, base, tflite_metadata, tracing
+from skin_keras.infer.runner import About, KerasRunner, Runner, check_image_classifier
 from skin_keras.model import io, parts
 
 KINDS = ("fp32", "fp16", "dynamic", "int8")
@@ -122,52 +131,18 @@ def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(values / scale + zero_point), limits.min, limits.max)
 
 
-SOURCE_SIGNATURE = "serving_default"  # The converted TFLite file's one signature is named so.
-
-
-def traced_source(model: keras.Model, folder: str, batch: int | None = 1) -> str:
-    """Writes `model` with its named inputs, "image" [batch, H, W, 3] float32 (and "metadata"
-    [batch, size] for a metadata model), and its named outputs as a SavedModel for the TFLite
-    or ONNX converter (tracing it once serves every kind of conversion); returns `folder`.
-    TFLite takes batch 1; None leaves the batch free (ONNX)."""
-    model = io.named(model)
-    specs = {name: tf.TensorSpec([batch, *tensor.shape[1:]], tf.float32, name=name)
-             for name, tensor in io.input_dict(model).items()}
-    serve = tf.function(lambda named: model(named, training=False), input_signature=[specs])
-    save_signatures({SOURCE_SIGNATURE: serve}, folder)
-    return folder
-
-
-def save_signatures(signatures: dict, folder: str | Path, endpoints: bool = False) -> None:
-    """Writes a SavedModel of `signatures` (name: a tf.function with an input signature) and
-    the variables they capture, for inference only: each function traced once, no gradients of
-    ops with custom gradients (nothing that serves or converts it differentiates). Three times
-    faster than Keras' ExportArchive, which retraces every endpoint (docs/benchmarks.md). The
-    captured tf.Variables are kept, not their Keras wrappers: only then do the converters
-    freeze them into constants. `endpoints`: each signature is also a method of the loaded
-    object, as ExportArchive made it (`tf.saved_model.load(path).serving_images(...)`)."""
-    concrete = {name: function.get_concrete_function() for name, function in signatures.items()}
-    holder = tf.Module()
-    for name, function in signatures.items() if endpoints else ():
-        setattr(holder, name, function)
-    holder.captured_variables = list({id(variable): variable for function in concrete.values()
-                                      for variable in function.variables}.values())
-    tf.saved_model.save(holder, str(folder), signatures=concrete,
-                        options=tf.saved_model.SaveOptions(experimental_custom_gradients=False))
-
-
-def convert(model: keras.Model, kind: str, calibration_paths: list[str] = (),
+def to_tflite(model: keras.Model, kind: str, calibration_paths: list[str] = (),
             source: str | None = None, calibration_metadata: np.ndarray | None = None) -> bytes:
     """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32),
     TFLite built-in ops only.
 
-    `source` is a folder written by `traced_source` (one is made when it is None);
+    `source` is a folder written by `tracing.traced_source` (one is made when it is None);
     `calibration_paths` are images for the int8 kind's value ranges (with
     `calibration_metadata`, their encoded metadata, for a metadata model).
     """
     if source is None:
         with tempfile.TemporaryDirectory() as folder:
-            return convert(model, kind, calibration_paths, traced_source(model, folder),
+            return to_tflite(model, kind, calibration_paths, tracing.traced_source(model, folder),
                            calibration_metadata)
     converter = tf.lite.TFLiteConverter.from_saved_model(source)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -206,3 +181,71 @@ def custom_ops(model_content: bytes) -> list[str]:
                    for code in model.operatorCodes
                    if max(code.builtinCode, code.deprecatedBuiltinCode)
                    == schema.BuiltinOperator.CUSTOM})
+
+
+class TFLite(base.Format):
+    """One kind of TFLite file."""
+
+    suffix = ".tflite"
+
+    def __init__(self, kind: str):
+        self.kind, self.name = kind, f"tflite_{kind}"
+        self.folder = self.name
+        self.title = {"fp32": "TFLite", "fp16": "float16 TFLite",
+                      "dynamic": "dynamic-range TFLite", "int8": "int8 TFLite"}[kind]
+        self.backend = {"fp32": "tflite", "int8": "tflite_int8"}.get(kind)
+        self.calibrated = kind == "int8"
+        self.min_agreement = None if self.calibrated else base.MIN_TOP1_AGREEMENT
+        self.input_dtype = "uint8" if self.calibrated else "float32"
+
+    def file_name(self, name: str) -> str:
+        return f"{name}_{self.kind}.tflite"
+
+    def convert(self, runner: KerasRunner, work: base.Work) -> bytes:
+        source = work.scratch / "traced"  # Traced once, converted to every kind.
+        if not source.exists():
+            tracing.traced_source(runner.model, str(source))
+        content = to_tflite(runner.model, self.kind, work.calibration, str(source),
+                            work.calibration_vectors(runner))
+        if custom_ops(content):
+            raise base.ExportError(f"{self.name} needs ops that are not TFLite built-ins: "
+                                   f"{', '.join(custom_ops(content))}")
+        return content
+
+    def embed(self, content: bytes, description: dict, runner: KerasRunner,
+              target: Path) -> bytes:
+        return tflite_metadata.embed(
+            content, description, runner.class_names,
+            name=target.name.removesuffix(f"_{self.kind}{self.suffix}"),
+            scores=runner.unknown is not None, takes_metadata=io.METADATA in runner.inputs)
+
+    def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
+        super().write(runner, target, work)
+        return {"ops": sorted(TFLiteRunner(target.read_bytes()).op_names())}
+
+    def open(self, content: bytes, about_it: About | None) -> Runner:
+        return TFLiteRunner(content, about_it)
+
+    def load(self, path: Path) -> Runner:
+        """A .tflite file: its class names, unknown rule and metadata encoding from what
+        export.py packed inside it (tflite_metadata), else from the labels.txt and
+        metadata.json beside it; a plain converted file without either names its classes by
+        index."""
+        try:
+            content = path.read_bytes()
+            runner = TFLiteRunner(content)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise UserError(f"{path} is not a readable TFLite model: {error}") from error
+        packed = tflite_metadata.read(content)
+        runner.about = about.about_file(path, runner, packed and packed["class_names"],
+                                        packed and packed["description"],
+                                        f"the metadata packed in {path}" if packed else None)
+        return runner
+
+    def is_kind(self, runner: Runner) -> bool:
+        full_integer = isinstance(runner, TFLiteRunner) and (
+            runner.input_details[io.IMAGE]["dtype"] == np.uint8)
+        return runner.source.suffix == self.suffix and (self.kind != "int8" or full_integer)
+
+
+FORMATS = tuple(TFLite(kind) for kind in KINDS)

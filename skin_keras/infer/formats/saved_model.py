@@ -1,4 +1,4 @@
-"""The SavedModel for TF Serving, and its parity row.
+"""The SavedModel format, for TF Serving.
 
     <output>/saved_model/<name>/<version>/   TF Serving layout; signatures:
         serving_default  image_bytes: string [None] (JPEG/PNG/BMP bytes) -> probabilities, label,
@@ -10,6 +10,8 @@
 
 The bytes signature decodes with `pipeline.decode_and_resize`, the function training used, so
 preprocessing cannot drift; the class names are a constant of the graph and assets/labels.txt.
+export's parity check calls it as TF Serving will (image bytes, in calls of 16);
+`SavedModelRunner` runs serving_images.
 """
 
 import json
@@ -21,14 +23,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from skin_keras.core.errors import UserError
+from skin_keras.core.errors import UserError, first_line
 from skin_keras.data import patient_metadata, pipeline
-from skin_keras.export import parity
-from skin_keras.infer import litert
-from skin_keras.infer.load import METADATA_FILE
-from skin_keras.infer.runner import KerasRunner
+from skin_keras.infer.formats import about, base, tracing
+from skin_keras.infer.runner import About, KerasRunner, Runner
 from skin_keras.model import io, parts
 from skin_keras.model.layers.unknown import RULE_FILE
+
+METADATA_FILE = "metadata.json"  # In assets/: how the model encodes patient metadata.
 
 
 def _serving_outputs(model: keras.Model, class_names: tf.Tensor, images, metadata=None) -> dict:
@@ -125,7 +127,7 @@ def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Pa
     model_base.mkdir(parents=True, exist_ok=True)
     staging = model_base / f".{version}.tmp"
     shutil.rmtree(staging, ignore_errors=True)
-    litert.save_signatures(signatures, staging, endpoints=True)
+    tracing.save_signatures(signatures, staging, endpoints=True)
     # The graph holds the class names as a constant; labels.txt is for people and clients.
     (staging / "assets").mkdir(exist_ok=True)
     (staging / "assets" / "labels.txt").write_text("\n".join(runner.class_names) + "\n")
@@ -151,37 +153,128 @@ def _raw_metadata(inputs: dict, rows: slice) -> dict:
             "anatom_site_general": tf.constant(sites.astype(str))}
 
 
-def export_saved_model(runner: KerasRunner, model_base: Path, version: int, paths: list,
-                       batch: dict, reference: dict, labels: np.ndarray) -> dict:
-    """Writes the SavedModel and checks it, as TF Serving will call it, against the Keras
-    model's answers (`reference`) to the parity `batch` (images of `paths`)."""
-    target = write_saved_model(runner, model_base, version)
-    served = tf.saved_model.load(str(target))
-    by_bytes = served.signatures["serving_default"]
-    inputs = {name: value for name, value in batch.items() if name != io.IMAGE}
+class SavedModelRunner(Runner):
+    """An exported SavedModel, through its serving_images signature (which encodes raw
+    metadata values itself)."""
 
-    def call(images):  # 0: all of them, in calls of 16 as a client would send them.
-        answers = []
-        for start in range(0, images or len(paths), 16):
-            rows = slice(start, start + (images or 16))
-            contents = tf.constant([Path(p).read_bytes() for p in paths[rows]])
-            answers.append(by_bytes(image_bytes=contents, **_raw_metadata(inputs, rows)))
-        return {name: np.concatenate([answer[name].numpy() for answer in answers])
-                for name in (io.PROBABILITIES, io.UNKNOWN_SCORE) if name in answers[0]}
+    encodes_itself = True
 
-    answer, latency = parity.timed(call, len(paths))
-    first = slice(0, 16)
-    from_images = served.signatures["serving_images"](
-        images=tf.constant(batch[io.IMAGE][first]), **_raw_metadata(inputs, first))
-    entry = {"path": str(target), "version": version,
-             "file size bytes": sum(f.stat().st_size for f in target.rglob("*") if f.is_file()),
-             "mean latency ms": 1000 * latency,
-             "images signature max abs difference": float(np.max(np.abs(
-                 from_images["probabilities"].numpy() - reference[io.PROBABILITIES][first]))),
-             **parity.agreement(reference, answer, labels, runner.unknown)}
-    if inputs:  # Without metadata: the Keras model with every row missing.
-        image_only = served.signatures["serving_image_only"](image_bytes=tf.constant(
-            [Path(p).read_bytes() for p in paths[first]]))["probabilities"].numpy()
-        entry["image-only signature max abs difference"] = float(np.max(np.abs(
-            image_only - runner({io.IMAGE: batch[io.IMAGE][first]})[io.PROBABILITIES])))
-    return entry
+    def __init__(self, served, about: About):
+        self.served = served  # The signature's variables live as long as the loaded object.
+        signature = served.signatures["serving_images"]
+        inputs = signature.structured_input_signature[1]
+        super().__init__(about, (io.IMAGE, io.METADATA) if "sex" in inputs else (io.IMAGE,),
+                         (io.PROBABILITIES, io.UNKNOWN_SCORE) if about.unknown is not None
+                         else (io.PROBABILITIES,))
+        self.signature = signature
+
+    def _run(self, feed: dict) -> dict:
+        answer = self.signature(images=tf.constant(feed[io.IMAGE]),
+                                **_raw_metadata(feed, slice(None)))
+        return {name: answer[name].numpy() for name in self.outputs}
+
+
+def find_saved_model(folder: Path) -> Path | None:
+    """The SavedModel in `folder`: the folder itself, or its highest TF Serving version."""
+    if (folder / "saved_model.pb").is_file():
+        return folder
+    versions = sorted((int(p.name) for p in folder.iterdir()
+                       if p.name.isdigit() and (p / "saved_model.pb").is_file()), reverse=True)
+    return folder / str(versions[0]) if versions else None
+
+
+def _load(folder: Path) -> SavedModelRunner:
+    try:
+        served = tf.saved_model.load(str(folder))
+    except (ValueError, OSError, tf.errors.OpError) as error:
+        raise UserError(f"{folder} could not be loaded as a SavedModel: "
+                        f"{first_line(error)}") from error
+    if "serving_images" not in served.signatures:
+        raise UserError(f"{folder} is a SavedModel without the serving_images signature that "
+                        "export.py writes")
+    signature = served.signatures["serving_images"]
+    images = signature.structured_input_signature[1]["images"]
+    labels = folder / "assets" / "labels.txt"
+    class_names = about.read_labels(labels)
+    classes = signature.structured_outputs["probabilities"].shape[-1]
+    if classes != len(class_names):
+        raise UserError(f"{folder} answers {classes} classes but {labels} names "
+                        f"{len(class_names)}: the files do not belong together")
+    encoding = None
+    if (description := folder / "assets" / METADATA_FILE).is_file():
+        try:
+            encoding = about.metadata_encoding(json.loads(description.read_text()), None)
+        except (OSError, ValueError) as error:
+            raise UserError(f"{description}: {error}") from None
+    return SavedModelRunner(served, About(
+        class_names, int(images.shape[1]), folder,
+        unknown=about.read_unknown_rule(folder / "assets" / RULE_FILE), encoding=encoding))
+
+
+class SavedModel(base.Format):
+    """The SavedModel folder, in TF Serving's layout (a version folder per export)."""
+
+    name, title, folder = "saved_model", "SavedModel", "saved_model"
+
+    def __init__(self):
+        self._served = (None, None)  # (folder, loaded): the parity check loads it once.
+
+    def target(self, output: Path, name: str, version: int) -> Path:
+        base_folder = output / self.folder / name
+        return base_folder / str(version or next_version(base_folder))
+
+    def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
+        write_saved_model(runner, target.parent, int(target.name))
+        return {"version": int(target.name)}
+
+    def load(self, path: Path) -> Runner:
+        folder = find_saved_model(path)
+        if folder is None:
+            raise UserError(f"{path} holds no SavedModel")
+        return _load(folder)
+
+    def is_kind(self, runner: Runner) -> bool:
+        return isinstance(runner, SavedModelRunner)
+
+    def _signatures(self, target: Path) -> dict:
+        if self._served[0] != target:
+            self._served = (target, tf.saved_model.load(str(target)))
+        return self._served[1].signatures
+
+    def answers(self, target: Path, runner: KerasRunner, paths: list, batch: dict):
+        """Through the bytes signature, as TF Serving will call it: every image in calls of
+        16 as a client would send them."""
+        by_bytes = self._signatures(target)["serving_default"]
+        inputs = {name: value for name, value in batch.items() if name != io.IMAGE}
+
+        def call(images):  # 0: all of them.
+            answers = []
+            for start in range(0, images or len(paths), 16):
+                rows = slice(start, start + (images or 16))
+                contents = tf.constant([Path(p).read_bytes() for p in paths[rows]])
+                answers.append(by_bytes(image_bytes=contents, **_raw_metadata(inputs, rows)))
+            return {name: np.concatenate([answer[name].numpy() for answer in answers])
+                    for name in (io.PROBABILITIES, io.UNKNOWN_SCORE) if name in answers[0]}
+        return call
+
+    def facts(self, target: Path, runner: KerasRunner, paths: list, batch: dict,
+              reference: dict) -> dict:
+        """How far the other signatures are from the Keras model: serving_images on the first
+        16 images; serving_image_only against the model with every record missing."""
+        signatures, first = self._signatures(target), slice(0, 16)
+        inputs = {name: value for name, value in batch.items() if name != io.IMAGE}
+        from_images = signatures["serving_images"](
+            images=tf.constant(batch[io.IMAGE][first]), **_raw_metadata(inputs, first))
+        entry = {"images signature max abs difference": float(np.max(np.abs(
+            from_images["probabilities"].numpy() - reference[io.PROBABILITIES][first])))}
+        if inputs:
+            contents = [Path(p).read_bytes() for p in paths[first]]
+            image_only = signatures["serving_image_only"](image_bytes=tf.constant(contents))
+            entry["image-only signature max abs difference"] = float(np.max(np.abs(
+                image_only["probabilities"].numpy()
+                - runner({io.IMAGE: batch[io.IMAGE][first]})[io.PROBABILITIES])))
+        self._served = (None, None)  # The check is over: its memory goes.
+        return entry
+
+
+FORMATS = (SavedModel(),)
