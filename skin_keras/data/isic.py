@@ -18,6 +18,7 @@ import numpy as np
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
+from skin_keras.core.layout import DataRoot
 from skin_keras.data import audit_report, folders, groups, patient_metadata, placing
 from skin_keras.data.csv_table import read_csv
 from skin_keras.data.splits import (
@@ -41,7 +42,7 @@ CLASS_NAMES = {
 # The seed tutorial's naming, for users who compare with it: it called nevi "None of the above".
 SEED_CLASS_NAMES = {**CLASS_NAMES, "NV": "None of the above"}
 UNKNOWN = "UNK"
-SPLITS = ("train", "val", "test")  # test/: the groups --holdout_group holds out.
+SPLITS = (DataRoot.TRAIN, DataRoot.VAL, "test")  # test/: the groups --holdout_group holds out.
 FILES_JSON = "files.json"  # How the files were made (--link, --resize, --jpeg_quality).
 
 
@@ -144,7 +145,7 @@ def _check_existing_split(out_dir: Path, rows: list[dict], files: dict, overwrit
                           ) -> bool:
     """True when out_dir already holds exactly this split, its files made the same way
     (`files`: --link, --resize, --jpeg_quality): a re-run only fills in files."""
-    split_csv = out_dir / "split.csv"
+    split_csv = DataRoot(out_dir).split_csv
     has_folders = any((out_dir / name).exists() for name in SPLITS)
     what = "a different split (or other data)"
     if split_csv.exists():
@@ -196,7 +197,7 @@ def prepare(config: PrepareConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"link": config.link, "resize": config.resize, "jpeg_quality": config.jpeg_quality}
     if not _check_existing_split(out_dir, split_rows, files, config.overwrite):
-        _write_split_csv(out_dir / "split.csv", split_rows)
+        _write_split_csv(DataRoot(out_dir).split_csv, split_rows)
         atomic.write_json_atomic(out_dir / FILES_JSON, files)
     if config.metadata:
         audit["metadata missing"] = _write_patient_metadata(

@@ -13,6 +13,7 @@ import numpy as np
 from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import option
+from skin_keras.core.layout import RunFolder
 from skin_keras.data import decode_check, folders, patient_metadata
 from skin_keras.evaluate import (
     bootstrap,
@@ -214,7 +215,7 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
     subgroups.check_names(config.group_by, facts[0], config.data)
     inputs = files.other_inputs(loaded, config.metadata, folder.paths)
     source = loaded.source
-    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
+    run_dir = RunFolder.of_model(source).path
     output = output_folder.claim(config.output, run_dir, str(source), config.data)
     if config.shifts:
         def score(scored, into, quiet):  # Shifted folders keep the files' order: same inputs.
@@ -250,6 +251,6 @@ def evaluate_model_path(config: EvaluateConfig) -> dict:
 
 
 def _write_card(output: Path, loaded: Runner, run_dir: Path) -> None:
-    params = run_dir / "train_params.json"
+    params = RunFolder(run_dir).params
     metrics = json.loads((output / "metrics.json").read_text())
     model_card.write(output, metrics, loaded.class_names, params if params.is_file() else None)

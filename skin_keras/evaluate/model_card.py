@@ -14,6 +14,7 @@ from pathlib import Path
 
 from skin_keras.core import atomic
 from skin_keras.core.cache import content_sha256
+from skin_keras.core.layout import DataRoot, RunFolder
 from skin_keras.data.csv_table import read_csv
 
 FILE = "model_card.md"
@@ -78,7 +79,7 @@ def _training(params: dict | None, path: Path | None) -> list[str]:
               "| class | training images | validation images |", "|---|---|---|"]
     for name, count in data.get("trainset per class", {}).items():
         lines.append(f"| {name} | {count} | {data.get('valset per class', {}).get(name, '-')} |")
-    split_csv = Path(str(trained.get("data_train"))).parent / "split.csv"
+    split_csv = DataRoot.of(str(trained.get("data_train"))).split_csv
     if split_csv.is_file():
         rows, _ = read_csv(split_csv, ("image",))
         columns = [c for c in (rows[0] if rows else {})
@@ -176,7 +177,7 @@ def write(folder: Path, metrics: dict, class_names, params_path: Path | None) ->
     """Writes folder/model_card.md from `metrics` (metrics.json's content), the files beside it
     and the run's train_params.json (`params_path`, when known)."""
     params = _read(params_path) if params_path is not None else None
-    name = Path(str(metrics.get("model", "model"))).parent.parent.name or "model"
+    name = RunFolder.of_model(str(metrics.get("model", "model"))).path.name or "model"
     sha256 = content_sha256(metrics["model"])
     lines = [*_front_matter(name, metrics, sha256), f"# Model card: {name}", "",
              "## Model", "", f"`{metrics.get('model')}` (SHA-256 {sha256[:16]}…): classes "

@@ -15,6 +15,7 @@ import numpy as np
 
 from skin_keras.core import plots
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import DataRoot
 from skin_keras.data import patient_metadata
 from skin_keras.data.csv_table import read_csv
 from skin_keras.evaluate import bootstrap
@@ -37,7 +38,7 @@ def image_facts(paths: Sequence, data: str | Path, metadata: str, wanted: Sequen
     metadata CSV is read only when `wanted` names age, sex or site."""
     stems = [Path(path).stem for path in paths]
     facts, lesions, how = {}, np.array(stems, dtype=object), "by image (no split.csv)"
-    split_csv = Path(data).parent / "split.csv"
+    split_csv = DataRoot.of(data).split_csv
     if split_csv.is_file():
         rows, _ = read_csv(split_csv, ("image",))
         by_image = {row["image"].strip(): row for row in rows}

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import RunFolder
 from skin_keras.evaluate import model_card
 from skin_keras.infer import formats as registry
 from skin_keras.infer.formats import about
@@ -80,7 +81,7 @@ def ship_model_card(source: Path, output: Path) -> Path | None:
     """Copies the newest model_card.md of the model's run folder that describes exactly
     `source` (the file as it is now: `model_card.describes`) next to the artifacts; None,
     said, when there is none (and a card left in `output` by an earlier export goes)."""
-    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
+    run_dir = RunFolder.of_model(source).path
     cards = sorted(run_dir.glob(f"*/{model_card.FILE}"), key=lambda p: p.stat().st_mtime_ns)
     target = output / model_card.FILE
     mine = [card for card in cards if model_card.describes(card, source)]

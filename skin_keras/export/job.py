@@ -14,13 +14,13 @@ import tensorflow as tf
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
+from skin_keras.core.layout import RunFolder
 from skin_keras.data import decode_check, folders, pipeline
 from skin_keras.export import destination, parity
 from skin_keras.infer import formats, load
 from skin_keras.infer.formats import CALIBRATION_IMAGES, ExportError
 from skin_keras.infer.runner import keras_model
 from skin_keras.model import io
-from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
@@ -78,14 +78,11 @@ def _parity_folder(data_val: str, class_names) -> folders.ImageFolder:
 def _runs_validation_folder(source: Path) -> str:
     """The --data_val the model's run was trained with, when its train_params.json names one
     that exists; else UserError asking for --data_val."""
-    run_dir = source.parent.parent if source.parent.name == "weights" else source.parent
-    try:
-        named = run_folder.read_params(run_dir)["train parameters"].get("data_val") or ""
-    except (OSError, ValueError, KeyError, TypeError, UserError):
-        named = ""
+    run = RunFolder.of_model(source)
+    named = run.trained_with("data_val")
     if not named or not Path(named).is_dir():
         raise UserError("give --data_val=FOLDER (images to check the exports on and to "
-                        f"calibrate int8): {run_dir} names no validation folder that exists "
+                        f"calibrate int8): {run.path} names no validation folder that exists "
                         + (f"({named} is gone)" if named else "(no train_params.json)"))
     _log.info(f"--data_val: the run's validation folder, {named}")
     return named

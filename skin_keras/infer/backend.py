@@ -20,11 +20,11 @@ import tensorflow as tf
 
 from skin_keras.core import atomic, cache
 from skin_keras.core.errors import UserError, first_line
+from skin_keras.core.layout import RunFolder
 from skin_keras.data import folders
 from skin_keras.infer import formats
 from skin_keras.infer.formats import CALIBRATION_IMAGES, CALIBRATION_SEED
 from skin_keras.infer.runner import KerasRunner, Runner
-from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
 
@@ -36,12 +36,12 @@ AUTO_TFLITE_MIN_IMAGES = 500
 
 def _calibration_paths(runner: KerasRunner, backend: str) -> list[str]:
     """Up to CALIBRATION_IMAGES validation images of the run that trained the runner's model."""
-    run_dir = runner.source.parent.parent  # <run>/weights/<file>.keras
-    if not (run_dir / run_folder.PARAMS_FILE).is_file():
+    run = RunFolder.of_model(runner.source)
+    if not run.params.is_file():
         raise UserError(f"--backend={backend} calibrates on the validation images of the run "
                         f"that trained {runner.source}, which is not in a run folder: export it "
                         f"with export.py --formats={backend} --data_val=FOLDER instead")
-    data_val = run_folder.read_params(run_dir)["train parameters"].get("data_val", "")
+    data_val = run.read_params()["train parameters"].get("data_val", "")
     try:
         val = folders.scan_image_folder(data_val)
     except UserError as error:

@@ -13,18 +13,18 @@ from pathlib import Path
 import keras
 
 from skin_keras.core.errors import UserError, first_line
+from skin_keras.core.layout import RunFolder, read_class_indices
 from skin_keras.infer import formats
 from skin_keras.infer.runner import About, KerasRunner, Runner
 from skin_keras.model import io, parts, record
-from skin_keras.train import run_folder
 
 
 def resolve_keras_file(model_path: str | Path) -> Path:
     """The .keras file meant by a run folder or a file path; UserError when there is none."""
     path = Path(model_path)
     if path.is_dir():
-        if (path / "weights" / "best.keras").is_file():
-            return path / "weights" / "best.keras"
+        if RunFolder(path).best.is_file():
+            return RunFolder(path).best
         raise UserError(f"{path} is not a run folder (no weights/best.keras) nor a SavedModel")
     if not path.exists():
         raise UserError(f"model path {path} does not exist")
@@ -35,9 +35,9 @@ def resolve_keras_file(model_path: str | Path) -> Path:
 
 
 def _run_class_indices(keras_file: Path) -> Path | None:
-    for folder in (keras_file.parent, keras_file.parent.parent):
-        if (folder / run_folder.CLASS_INDICES).is_file():
-            return folder / run_folder.CLASS_INDICES
+    for folder in (keras_file.parent, RunFolder.of_model(keras_file).path):
+        if RunFolder(folder).class_indices.is_file():
+            return RunFolder(folder).class_indices
     return None
 
 
@@ -54,9 +54,9 @@ def class_names_of(keras_file: Path) -> list[str]:
             raise UserError(f"no class_indices.json beside {keras_file} or in its run folder, "
                             "and the file has no record of its classes: the class names are "
                             "unknown")
-        return run_folder.read_class_indices(indices)
+        return read_class_indices(indices)
     if indices is not None:
-        listed = run_folder.read_class_indices(indices)
+        listed = read_class_indices(indices)
         if listed != list(info.class_names):
             raise UserError(f"{keras_file} was trained on the classes {list(info.class_names)} "
                             f"but {indices} lists {listed}: which file belongs to which run?")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
+from skin_keras.core.layout import RunFolder
 from skin_keras.infer import backend as backends
 from skin_keras.infer import load
 from skin_keras.infer.runner import KerasRunner, Runner
@@ -69,8 +70,8 @@ def model_info(config: ServeConfig, loaded: Runner, runner: Runner,
     source = loaded.source
     encoding = runner.about.encoding
     shown = source.name  # A run's weights/best.keras, a SavedModel's <name>/<version>: named
-    if source.name == "best.keras" or source.name.isdigit():  # with their parents.
-        shown = str(Path(*source.parts[-3 if source.name == "best.keras" else -2:]))
+    if source.name == RunFolder.BEST or source.name.isdigit():  # with their parents.
+        shown = str(Path(*source.parts[-3 if source.name == RunFolder.BEST else -2:]))
     return {
         "name": config.model_name,
         "version": source.name if source.name.isdigit() else "1",  # A SavedModel's, as in TF

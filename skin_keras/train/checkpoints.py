@@ -23,6 +23,7 @@ import numpy as np
 
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import RunFolder
 from skin_keras.model import record
 from skin_keras.model.metrics import ConfusionMatrixMetric
 from skin_keras.train.epoch_log import EpochLog
@@ -45,11 +46,11 @@ class FullModelCheckpoints:
         self.info = info
 
     def save(self, best: bool) -> None:
-        save_model_atomic(self.model, self.weights_dir / "last.keras", self.info)
+        save_model_atomic(self.model, self.weights_dir / RunFolder.LAST, self.info)
         if best:
             # A copy of the file just written: far faster than serialising the model again.
-            atomic.write_atomic(self.weights_dir / "best.keras",
-                                lambda tmp: shutil.copyfile(self.weights_dir / "last.keras", tmp),
+            atomic.write_atomic(self.weights_dir / RunFolder.BEST,
+                                lambda tmp: shutil.copyfile(self.weights_dir / RunFolder.LAST, tmp),
                                 suffix=".keras")
 
     def epoch_end(self, epoch: int, log: EpochLog, new_best: bool) -> None:
@@ -132,7 +133,7 @@ class HeadCheckpoints:
         self.states[epoch] = HeadState(epoch, head, self._numpy(self.head.optimizer.variables),
                                        log.best_epoch, self.best_head)
         write_head_checkpoint(self.path, self.states)
-        if not (self.full.weights_dir / "last.keras").exists():
+        if not (self.full.weights_dir / RunFolder.LAST).exists():
             self.full.save(new_best)
             self.best_on_disk = epoch if new_best else None
 
@@ -146,10 +147,10 @@ class HeadCheckpoints:
             self.full.save(best=last.best_epoch == last.epoch)
         else:
             self._set_head(last.best_head)
-            save_model_atomic(self.full.model, self.full.weights_dir / "best.keras",
+            save_model_atomic(self.full.model, self.full.weights_dir / RunFolder.BEST,
                               self.full.info)
             self._set_head(last.head)
-            save_model_atomic(self.full.model, self.full.weights_dir / "last.keras",
+            save_model_atomic(self.full.model, self.full.weights_dir / RunFolder.LAST,
                               self.full.info)
         self.best_on_disk = last.best_epoch
         self.path.unlink(missing_ok=True)

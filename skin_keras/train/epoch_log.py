@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from skin_keras.core import atomic
+from skin_keras.core.layout import RunFolder
 from skin_keras.model.metrics import classification_info
 from skin_keras.model.spec import monitor_log_key
 
-LOG_FILE = "log.json"
-MATRICES_FILE = "confusion_matrices.json"
+LOG_FILE, MATRICES_FILE = RunFolder.LOG, RunFolder.MATRICES
 
 
 class EpochLog:

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import DataRoot, RunFolder
 from skin_keras.data import decode_check, folders, groups, patient_metadata, pipeline
 from skin_keras.model.layers import PatientMetadata
 from skin_keras.model.layers.metadata import row_blanker
-from skin_keras.train import run_folder
 from skin_keras.train.config import TrainConfig
 
 _log = logging.getLogger(__name__)
@@ -74,7 +74,7 @@ def read_run_data(config: TrainConfig, class_names=None) -> RunData:
     training rows)."""
     train, val = scan_folders(config, class_names)
     strata = None if not config.balance_by else groups.column_values(
-        train.paths, Path(config.data_train).parent / "split.csv", config.balance_by,
+        train.paths, DataRoot.of(config.data_train).split_csv, config.balance_by,
         "--balance_by")
     path = patient_metadata.resolve(config.metadata, config.data_train)
     if path is None:
@@ -101,7 +101,7 @@ def read_run_data(config: TrainConfig, class_names=None) -> RunData:
 def check_vocabulary(params_path: Path, data: RunData) -> None:
     """UserError when the metadata CSV now gives other categories than the run recorded (the
     model's input would mean something else); before any model is built."""
-    params = run_folder.read_params(Path(params_path).parent)
+    params = RunFolder(Path(params_path).parent).read_params()
     recorded = (params.get("model", {}).get("metadata") or {}).get("vocabulary")
     now = None if data.encoding is None else data.encoding.describe()["vocabulary"]
     if recorded != now:

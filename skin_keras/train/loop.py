@@ -17,6 +17,7 @@ import keras
 
 from skin_keras.core import plots
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import RunFolder
 from skin_keras.model.metrics import matrix_title
 from skin_keras.train import (custom_loop, distribute, inputs, phases, precision, resume,
                               run_folder)
@@ -77,7 +78,7 @@ def _train(config: TrainConfig, verbose: int, run_dir: Path | None) -> Path:
     point = resume.check_resumable(config) if config.resume else None
     data = inputs.read_run_data(config, point.class_names if point else None)
     if point and point.completed_epochs:
-        inputs.check_vocabulary(point.run_dir / run_folder.PARAMS_FILE, data)
+        inputs.check_vocabulary(RunFolder(point.run_dir).params, data)
     mode = precision.choose(config, data.train.num_classes, resume.recorded_precision(point),
                             custom_loop.needs_custom_loop(strategy))
     precision.apply(mode)

@@ -13,6 +13,7 @@ A new optional stage is a new phase here, not a branch in the loop.
 import dataclasses
 import logging
 
+from skin_keras.core.layout import RunFolder
 from skin_keras.data import pipeline
 from skin_keras.model import builder, parts
 from skin_keras.train import resume
@@ -46,7 +47,7 @@ class FullImages:
         """Continues a killed run inside this phase: the weights and optimizer state of
         weights/last.keras (its step count drives the schedule)."""
         with session.strategy.scope():
-            saved = resume.load_for_resume(session.run_dir / "weights" / "last.keras")
+            saved = resume.load_for_resume(RunFolder(session.run_dir).last)
             session.model.set_weights(saved.get_weights())
             for variable, value in zip(session.model.optimizer.variables,
                                        saved.optimizer.variables):
@@ -68,7 +69,7 @@ class FullImages:
         return train, val
 
     def checkpoints(self, session: Session):
-        return FullModelCheckpoints(session.run_dir / "weights", session.model, session.info)
+        return FullModelCheckpoints(RunFolder(session.run_dir).weights, session.model, session.info)
 
 
 @dataclasses.dataclass
@@ -93,7 +94,7 @@ class CachedHead(FullImages):
     def resume(self, session: Session) -> None:
         super().resume(session)
         # A head checkpoint the killed run left: written out as last.keras and best.keras.
-        HeadCheckpoints(session.run_dir / "weights", session.model, session.info,
+        HeadCheckpoints(RunFolder(session.run_dir).weights, session.model, session.info,
                         session.head).resume(session.log.epochs, session.log)
 
     def fit_model(self, session: Session):
@@ -103,7 +104,7 @@ class CachedHead(FullImages):
         return session.cached_datasets()
 
     def checkpoints(self, session: Session):
-        return HeadCheckpoints(session.run_dir / "weights", session.model, session.info,
+        return HeadCheckpoints(RunFolder(session.run_dir).weights, session.model, session.info,
                                session.head, best_on_disk=session.log.best_epoch)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import keras
 
 from skin_keras.core.errors import UserError, first_line
+from skin_keras.core.layout import RunFolder, read_class_indices
 from skin_keras.train import run_folder
 from skin_keras.train.config import TrainConfig
 from skin_keras.train.epoch_log import LOG_FILE, MATRICES_FILE, EpochLog
@@ -42,10 +43,10 @@ def check_resumable(config: TrainConfig) -> ResumePoint:
     if not run_dir.is_dir():
         raise UserError(f"--resume={run_dir} is not a folder")
     if not all((run_dir / name).exists()
-               for name in (run_folder.PARAMS_FILE, run_folder.CLASS_INDICES)):
+               for name in (RunFolder.PARAMS, RunFolder.CLASS_INDICES)):
         raise UserError(f"--resume={run_dir} is not a run folder, or one stopped before it "
-                        f"started training (no {run_folder.PARAMS_FILE}): start a new run instead")
-    saved = run_folder.read_params(run_dir)["train parameters"]
+                        f"started training (no {RunFolder.PARAMS}): start a new run instead")
+    saved = RunFolder(run_dir).read_params()["train parameters"]
     # Runs written before paths were resolved at the start stored them as typed; the config
     # resolves them relative to the current folder, and so does this comparison.
     there = dataclasses.replace(config, **{name: value for name, value in saved.items()
@@ -56,8 +57,8 @@ def check_resumable(config: TrainConfig) -> ResumePoint:
                  if name != "resume" and name in saved and value != current[name]]
     if differing:
         raise UserError(f"--resume needs the run's own flags; these differ: {'; '.join(differing)}"
-                        f" (use --flagfile={run_dir / run_folder.FLAGS_FILE} --resume={run_dir})")
-    class_names = tuple(run_folder.read_class_indices(run_dir / run_folder.CLASS_INDICES))
+                        f" (use --flagfile={RunFolder(run_dir).flags} --resume={run_dir})")
+    class_names = tuple(read_class_indices(RunFolder(run_dir).class_indices))
     if not (run_dir / LOG_FILE).exists():
         return ResumePoint(run_dir, class_names, 0)
     missing = [name for name in (MATRICES_FILE, "weights/last.keras")
@@ -74,7 +75,7 @@ def recorded_precision(point: ResumePoint | None) -> str | None:
     run or one recorded before the mode was."""
     if point is None:
         return None
-    return run_folder.read_params(point.run_dir).get("model", {}).get("precision")
+    return RunFolder(point.run_dir).read_params().get("model", {}).get("precision")
 
 
 def _read_json(path: Path):

@@ -1,5 +1,6 @@
-"""The run folder: a new `<save_ret>/expN` and the files that describe the run (resume.py
-decides whether an interrupted one can be continued).
+"""The run folder: a new `<save_ret>/expN` and the files that describe the run, written
+(core/layout.py's RunFolder names them and reads them back; resume.py decides whether an
+interrupted run can be continued).
 
     <save_ret>/expN/
       weights/best.keras, weights/last.keras   full models (raw [0, 255] images in, probabilities
@@ -11,7 +12,6 @@ decides whether an interrupted one can be continued).
       confusion_matrix_train.png, confusion_matrix_val.png, curves.png, tensorboard/
 """
 
-import json
 import logging
 import os
 import re
@@ -22,16 +22,12 @@ import tensorflow as tf
 
 from skin_keras.core import atomic, cache
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import RunFolder
 from skin_keras.model import parts
 from skin_keras.train.config import TrainConfig
 
 _log = logging.getLogger(__name__)
 
-CLASS_INDICES = "class_indices.json"
-PARAMS_FILE = "train_params.json"
-FLAGS_FILE = "flags.cfg"
-# Calibration keeps the model as trained here (workflows/calibrate.py).
-UNCALIBRATED = "best_uncalibrated.keras"
 
 
 def new_run_dir(save_ret: str | Path) -> Path:
@@ -51,26 +47,8 @@ def new_run_dir(save_ret: str | Path) -> Path:
             number += 1
 
 
-def read_class_indices(path: str | Path) -> list[str]:
-    """The class names of a class_indices.json ({"0": name, ...}); one-line UserError when the
-    file is not that."""
-    path = Path(path)
-    try:
-        indices = json.loads(path.read_text())
-        if not isinstance(indices, dict) or not indices:
-            raise ValueError("not a non-empty JSON object")
-        names = [indices[str(i)] for i in range(len(indices))]
-        if not all(isinstance(name, str) and name for name in names):
-            raise ValueError("class names must be non-empty strings")
-    except (OSError, ValueError, KeyError) as error:
-        reason = f"no key {error}" if isinstance(error, KeyError) else str(error).splitlines()[0]
-        raise UserError(f"{path} is not a class index file ({{\"0\": \"class name\", ...}}): "
-                        f"{reason}") from None
-    return names
-
-
 def write_class_indices(run_dir: Path, class_names) -> None:
-    atomic.write_json_atomic(run_dir / CLASS_INDICES,
+    atomic.write_json_atomic(RunFolder(run_dir).class_indices,
                              {str(i): name for i, name in enumerate(class_names)})
 
 
@@ -78,12 +56,12 @@ def write_run_files(run_dir: Path, config: TrainConfig, data, model: keras.Model
                     weights: dict[int, float] | None, precision: str = "float32") -> None:
     """class_indices.json, flags.cfg and train_params.json of a new run (`data`: its
     inputs.RunData)."""
-    train, val = data.train, data.val
-    (run_dir / "weights").mkdir(exist_ok=True)
+    train, val, run = data.train, data.val, RunFolder(run_dir)
+    run.weights.mkdir(exist_ok=True)
     write_class_indices(run_dir, train.class_names)
-    atomic.write_text_atomic(run_dir / FLAGS_FILE, config.to_flagfile())
+    atomic.write_text_atomic(run.flags, config.to_flagfile())
     preprocessing = parts.describe_preprocessing(model)
-    atomic.write_json_atomic(run_dir / PARAMS_FILE, {
+    atomic.write_json_atomic(run.params, {
         "train parameters": config.to_dict(),
         "dataset": {
             "trainset number": len(train.paths),
@@ -113,27 +91,14 @@ def write_run_files(run_dir: Path, config: TrainConfig, data, model: keras.Model
     })
 
 
-def read_params(run_dir: str | Path) -> dict:
-    """A run's train_params.json; UserError (one line) when it is not what training wrote."""
-    path = Path(run_dir) / PARAMS_FILE
-    try:
-        params = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path} is not readable JSON: {str(error).splitlines()[0]}") from None
-    if not isinstance(params, dict) or not isinstance(params.get("train parameters"), dict):
-        raise UserError(f"{path} is not a run's train_params.json (no \"train parameters\")")
-    return params
-
-
 def uncalibrate(run_dir: Path) -> None:
     """Puts the model as trained back into weights/best.keras (a run resumed after calibration
     may find a better epoch; a stale best_uncalibrated.keras would then be refitted later)."""
-    weights = Path(run_dir) / "weights"
-    if (weights / UNCALIBRATED).is_file():
-        os.replace(weights / UNCALIBRATED, weights / "best.keras")
-        params_path = Path(run_dir) / PARAMS_FILE
-        params = read_params(run_dir)
+    run = RunFolder(run_dir)
+    if run.uncalibrated.is_file():
+        os.replace(run.uncalibrated, run.best)
+        params = run.read_params()
         params.pop("calibration", None)
-        atomic.write_json_atomic(params_path, params)
+        atomic.write_json_atomic(run.params, params)
         _log.info("the run was calibrated: weights/best.keras is the model as trained again "
                   "(calibrate after training: --calibrate or python -m skin_keras.calibrate)")

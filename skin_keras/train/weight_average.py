@@ -23,11 +23,12 @@ import numpy as np
 from skin_keras.data.pipeline import draw_like_training
 from skin_keras.model.adapt_bn import MAX_IMAGES, adapt_batch_norm
 from skin_keras.core import atomic
+from skin_keras.core.layout import RunFolder
 from skin_keras.train.checkpoints import save_model_atomic
 
 _log = logging.getLogger(__name__)
 
-AVERAGED = "averaged.keras"
+AVERAGED = RunFolder.AVERAGED
 SUM_FILE = "average_sum.npz"
 
 
@@ -42,7 +43,7 @@ class WeightAverage(keras.callbacks.Callback):
 
     @property
     def _sum_path(self):
-        return self.session.run_dir / "weights" / SUM_FILE
+        return RunFolder(self.session.run_dir).weights / SUM_FILE
 
     def on_train_begin(self, logs=None):
         """A resumed run takes up the sum of the epochs it completed before (each phase's
@@ -102,7 +103,7 @@ class WeightAverage(keras.callbacks.Callback):
             drawn = draw_like_training(train.labels, MAX_IMAGES, config.seed, config.sampling,
                                        self.session.data.strata)
             adapt_batch_norm(model, [train.paths[i] for i in drawn], config.seed)
-            save_model_atomic(model, self.session.run_dir / "weights" / AVERAGED,
+            save_model_atomic(model, RunFolder(self.session.run_dir).weights / AVERAGED,
                               self.session.info)
         finally:
             for variable, value in zip(model.variables, kept):

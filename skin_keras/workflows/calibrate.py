@@ -23,6 +23,7 @@ import numpy as np
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
+from skin_keras.core.layout import RunFolder
 from skin_keras.data import patient_metadata
 from skin_keras.evaluate import calibration, ood
 from skin_keras.evaluate.evaluation import labelled_folder
@@ -32,10 +33,9 @@ from skin_keras.model import io, parts, record
 from skin_keras.model.layers import UnknownScore
 from skin_keras.model.layers.temperature import scaled
 from skin_keras.model.spec import UnknownOptions
-from skin_keras.train import run_folder
 
 _log = logging.getLogger(__name__)
-UNCALIBRATED = run_folder.UNCALIBRATED
+UNCALIBRATED = RunFolder.UNCALIBRATED
 T_RANGE = (0.05, 20.0)
 
 
@@ -84,15 +84,15 @@ def calibrate_run(config: CalibrateConfig) -> dict:
     """Fits T and the unknown rule on the run's validation set (or `config.data`), writes the
     calibrated weights/best.keras and train_params.json's "calibration" entry; returns it."""
     run_dir = Path(config.model_path)
-    weights = run_dir / "weights"
-    params_path = run_dir / run_folder.PARAMS_FILE
-    if not (weights / "best.keras").is_file() or not params_path.is_file():
+    run = RunFolder(run_dir)
+    weights, params_path = run.weights, run.params
+    if not run.best.is_file() or not params_path.is_file():
         raise UserError(f"--model_path={run_dir}: give a run folder (with weights/best.keras "
                         "and train_params.json); calibration is recorded there")
-    params = run_folder.read_params(run_dir)
+    params = run.read_params()
     trained = params["train parameters"]
     source = weights / UNCALIBRATED if (weights / UNCALIBRATED).is_file() else (
-        weights / "best.keras")
+        run.best)
     runner = load.load(source)
     data = config.data or trained["data_val"]
     metadata = config.metadata if config.metadata.lower() != "none" else (
@@ -128,12 +128,12 @@ def calibrate_run(config: CalibrateConfig) -> dict:
              "uncalibrated model": f"weights/{UNCALIBRATED}"}
     if not (weights / UNCALIBRATED).is_file():
         atomic.write_atomic(weights / UNCALIBRATED,
-                            lambda tmp: shutil.copyfile(weights / "best.keras", tmp),
+                            lambda tmp: shutil.copyfile(run.best, tmp),
                             suffix=".keras")
     model = io.calibrated(keras_model(runner, "Calibration"), temperature, score)
     score.set_weights(score.fitted)
     info = record.ModelInfo.of(model, runner.class_names)
-    atomic.write_atomic(weights / "best.keras", lambda tmp: record.save_model(model, tmp, info),
+    atomic.write_atomic(run.best, lambda tmp: record.save_model(model, tmp, info),
                         suffix=".keras")
     atomic.write_json_atomic(params_path, {**params, "calibration": entry})
     return entry

@@ -32,6 +32,7 @@ import numpy as np
 
 from skin_keras.core import atomic, plots
 from skin_keras.core.errors import UserError
+from skin_keras.core.layout import DataRoot, RunFolder
 from skin_keras.data import decode_check, folders, patient_metadata, splits
 from skin_keras.data.csv_table import read_csv
 from skin_keras.data.groups import column_values
@@ -50,7 +51,6 @@ _log = logging.getLogger(__name__)
 FOLDS_FILE = "folds.csv"
 OOF_FILE = "oof_predictions.csv"
 METRICS_FILE = "cv_metrics.json"
-SPLIT_CSV = "split.csv"  # prepare_isic writes it beside train/ and val/: its lesion_id groups.
 
 
 @dataclasses.dataclass
@@ -64,7 +64,7 @@ class _Image:
 def lesion_groups(train: folders.ImageFolder) -> tuple[np.ndarray, str]:
     """A group per training image: its lesion (split.csv beside the data folders) or, without
     one, the image itself; byte-identical files always share a group. And how it was done."""
-    split_csv = Path(train.root).parent / SPLIT_CSV
+    split_csv = DataRoot.of(train.root).split_csv
     lesion_of = {}
     if split_csv.is_file():
         rows = _read_whole_csv(split_csv, ("image", "lesion_id"))
@@ -75,7 +75,7 @@ def lesion_groups(train: folders.ImageFolder) -> tuple[np.ndarray, str]:
     with_lesion = sum(bool(record.lesion_id) for record in records)
     how = (f"lesion_id from {split_csv} ({with_lesion} of {len(records)} images have one)"
            if split_csv.is_file() else
-           f"no {SPLIT_CSV} beside {train.root}: every image is its own group (images of one "
+           f"no {DataRoot.SPLIT} beside {train.root}: every image is its own group (images of one "
            "lesion may land in different folds)")
     return np.array([record.group for record in records]), how
 
@@ -111,7 +111,7 @@ def group_folds(train: folders.ImageFolder, lesions: np.ndarray, column: str, fo
     the split.csv beside the training folder; a lesion with images at two values goes whole
     with the value of most of them. UserError when the column or a value is missing, the
     values are not `folds`, or leaving a value out leaves a class with no training image."""
-    values = column_values(train.paths, Path(train.root).parent / SPLIT_CSV, column, "--fold_by")
+    values = column_values(train.paths, DataRoot.of(train.root).split_csv, column, "--fold_by")
     names = sorted(set(values))
     if len(names) != folds:
         raise UserError(f"--fold_by={column}: the training images have {len(names)} {column} "
@@ -162,7 +162,7 @@ def _member_config(config: TrainConfig, run_dir: Path, fold: int, metadata: str
                    ) -> TrainConfig:
     data = run_dir / "folds" / f"fold_{fold}"
     member_dir = run_dir / f"fold_{fold}"
-    resume = str(member_dir) if (member_dir / run_folder.PARAMS_FILE).is_file() else ""
+    resume = str(member_dir) if RunFolder(member_dir).params.is_file() else ""
     return dataclasses.replace(config, folds=0, data_train=str(data / "train"),
                                data_val=str(data / "val"), metadata=metadata, calibrate=False,
                                save_ret=str(run_dir), resume=resume)
@@ -188,9 +188,9 @@ def train_folds(config: TrainConfig, verbose) -> Path:
     metadata = patient_metadata.resolve(config.metadata, config.data_train)
 
     run_dir = resume.run_dir if resume else run_folder.new_run_dir(config.save_ret)
-    params_path = run_dir / run_folder.PARAMS_FILE
+    params_path = RunFolder(run_dir).params
     if resume:
-        params = run_folder.read_params(run_dir)
+        params = RunFolder(run_dir).read_params()
         if params.get("cross-validation", {}).get("folds") != config.folds:
             raise UserError(f"--resume={run_dir} is not a {config.folds}-fold run")
         recorded = _read_folds(run_dir)
@@ -224,7 +224,7 @@ def train_folds(config: TrainConfig, verbose) -> Path:
 
 def _start(run_dir, config, train, val, fold_of, groups, grouping) -> dict:
     run_folder.write_class_indices(run_dir, train.class_names)
-    atomic.write_text_atomic(run_dir / run_folder.FLAGS_FILE, config.to_flagfile())
+    atomic.write_text_atomic(RunFolder(run_dir).flags, config.to_flagfile())
 
     def write_folds(tmp):
         with open(tmp, "w", newline="", encoding="utf-8") as file:
@@ -239,7 +239,7 @@ def _start(run_dir, config, train, val, fold_of, groups, grouping) -> dict:
                   "folds": config.folds, "grouping": grouping, "finished folds": [],
                   "images per fold": [int(np.sum(fold_of == f)) for f in range(config.folds)],
                   "held-out validation images": len(val.paths)}}
-    atomic.write_json_atomic(run_dir / run_folder.PARAMS_FILE, params)
+    atomic.write_json_atomic(RunFolder(run_dir).params, params)
     return params
 
 
@@ -293,9 +293,9 @@ def _finish(run_dir, config, train, val, fold_of, metadata) -> dict:
     _write_oof(run_dir / OOF_FILE, train, fold_of, oof, names)
 
     model = ensemble_model([keras_model(member, "The ensemble") for member in members])
-    (run_dir / "weights").mkdir(exist_ok=True)
+    RunFolder(run_dir).weights.mkdir(exist_ok=True)
     run_folder.uncalibrate(run_dir)  # Built again: any earlier calibration is stale.
-    atomic.write_atomic(run_dir / "weights" / "best.keras", lambda tmp: record.save_model(
+    atomic.write_atomic(RunFolder(run_dir).best, lambda tmp: record.save_model(
         model, tmp, record.ModelInfo.of(model, names)), suffix=".keras")
     atomic.write_json_atomic(run_dir / METRICS_FILE, metrics)
     matrix = np.array(metrics["out of fold"]["confusion matrix"])

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from skin_keras.core import layout
 from skin_keras.core.errors import UserError
 from skin_keras.data import folders, isic, pipeline
 from skin_keras.model import metrics, parts
@@ -30,7 +31,7 @@ def test_run_folder_has_every_artifact(trained_run, tiny_dataset):
     assert trained_run.name == "exp1"
     assert read_json(trained_run / "class_indices.json") == {
         "0": class_names[0], "1": class_names[1], "2": class_names[2]}
-    assert run_folder.read_class_indices(trained_run / "class_indices.json") == class_names
+    assert layout.read_class_indices(trained_run / "class_indices.json") == class_names
 
     params = read_json(trained_run / "train_params.json")
     assert params["train parameters"]["model"] == "b0"
@@ -209,7 +210,7 @@ def test_training_on_real_dermoscopy_images(tmp_path, ham_200px):
     assert params["dataset"] == {**params["dataset"], "trainset number": 32, "valset number": 16,
                                  "number classes": 8}
     assert list(read_json(run / "log.json")) == ["epoch:1"]
-    assert run_folder.read_class_indices(run / "class_indices.json") == sorted(isic.CLASS_NAMES.values())
+    assert layout.read_class_indices(run / "class_indices.json") == sorted(isic.CLASS_NAMES.values())
 
 
 @pytest.mark.parametrize("name", ["efficientnetv2_s", "efficientnetv2_m", "efficientnetv2_l",
