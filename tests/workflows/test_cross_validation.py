@@ -12,7 +12,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import folders, synthetic
+from skin_keras.data import folders, folds, synthetic
 from skin_keras.data.patient_metadata import MISSING, Record
 from skin_keras.export import job
 from skin_keras.infer import load
@@ -41,25 +41,25 @@ def test_folds_keep_lesions_together_and_stratify(tmp_path):
         writer.writerow(["image", "class", "lesion_id", "split"])
         for index, path in enumerate(train.paths):
             writer.writerow([Path(path).stem, "", f"L{index // 2}", "train"])
-    groups, how = cross_validation.lesion_groups(train)
+    groups, how = folds.lesion_groups(train)
     assert "lesion_id from" in how and len(np.unique(groups)) == 12
-    fold_of = cross_validation.assign_folds(train, groups, 3, seed=0)
+    fold_of = folds.assign_folds(train, groups, 3, seed=0)
     for group in np.unique(groups):
         assert len(set(fold_of[groups == group])) == 1  # A lesion never spans two folds.
     for fold in range(3):
         assert set(train.labels[fold_of == fold]) == {0, 1, 2}
     # Without split.csv every image is its own group, and the run says so.
     (data / "split.csv").unlink()
-    assert "every image is its own group" in cross_validation.lesion_groups(train)[1]
+    assert "every image is its own group" in folds.lesion_groups(train)[1]
 
 
 def test_folds_that_cannot_hold_every_class_are_refused():
     labels = np.r_[np.zeros(10, int), np.ones(10, int), [2, 2, 2]]
     groups = np.r_[np.arange(20), [20, 20, 21]].astype(str)  # Class 2: two lesions.
     with pytest.raises(UserError, match="'Melanoma' has images of only 2 lesion.*--folds=2"):
-        cross_validation.assign_folds(_folder(labels), groups, 3, seed=0)
+        folds.assign_folds(_folder(labels), groups, 3, seed=0)
     with pytest.raises(UserError, match="only 1 lesion: it cannot be in both"):
-        cross_validation.assign_folds(_folder(labels), np.r_[groups[:20], ["x"] * 3], 2, 0)
+        folds.assign_folds(_folder(labels), np.r_[groups[:20], ["x"] * 3], 2, 0)
 
 
 def test_one_fold_is_refused(tiny_dataset, tmp_path):
@@ -210,19 +210,19 @@ def test_leave_one_clinic_out_trains_one_member_per_clinic_on_real_images(ham_20
     with pytest.raises(UserError, match="--fold_by=center needs --folds"):
         training.run(dataclasses.replace(config, folds=0), verbose=0)
     run = training.run(config, verbose=0)
-    with open(run / cross_validation.FOLDS_FILE, newline="") as file:
-        folds = {Path(row["path"]).stem: int(row["fold"]) for row in csv.DictReader(file)}
+    with open(run / folds.FOLDS_FILE, newline="") as file:
+        fold_of = {Path(row["path"]).stem: int(row["fold"]) for row in csv.DictReader(file)}
     names = sorted({"vidir_modern", "rosendahl", "vidir_molemax"})
     lesion_fold = {}
-    for image, fold in folds.items():  # A lesion whole in one fold, mostly its own clinic's.
+    for image, fold in fold_of.items():  # A lesion whole in one fold, mostly its own clinic's.
         assert lesion_fold.setdefault(lesion_of[image], fold) == fold
-    assert sum(names[fold - 1] == center_of[image] for image, fold in folds.items()) >= 25
+    assert sum(names[fold - 1] == center_of[image] for image, fold in fold_of.items()) >= 25
     grouping = json.loads((run / "train_params.json").read_text())["cross-validation"]["grouping"]
     assert grouping.startswith("leave one center out: " + ", ".join(
         f"fold {i + 1} = {name}" for i, name in enumerate(names)))
     assert [p.name for p in sorted(run.glob("fold_*/weights/best.keras"))] == ["best.keras"] * 3
     with open(run / cross_validation.OOF_FILE, newline="") as file:
-        assert len(list(csv.DictReader(file))) == len(folds) == 27
+        assert len(list(csv.DictReader(file))) == len(fold_of) == 27
 
 
 def test_a_clinic_without_some_classes_is_named_and_case_variants_are_one_clinic(tmp_path):
@@ -235,7 +235,7 @@ def test_a_clinic_without_some_classes_is_named_and_case_variants_are_one_clinic
         root=str(tmp_path / "train"), paths=[f"{tmp_path}/train/x/{i}.jpg" for i, _, _ in rows],
         labels=np.array([label for _, label, _ in rows]), class_names=["Nevus", "Melanoma"],
         num_classes=2)
-    fold_of, grouping = cross_validation.group_folds(train, np.array([i for i, _, _ in rows]),
+    fold_of, grouping = folds.group_folds(train, np.array([i for i, _, _ in rows]),
                                                      "center", 3)
     assert list(fold_of) == [0, 0, 1, 1, 2, 2]
     assert "has no validation image of Melanoma" in grouping and grouping.count("no valid") == 1
