@@ -60,25 +60,35 @@ def test_the_api_answers_as_predict_py(calibrated_run, pictures, tmp_path):
     same_rows(model.predict(arrays[0]), expected[:1])
 
 
-def tflite_file(run, target):
-    """A plain TFLite conversion of the run's model (predict.py's cached copy), as a file."""
+def converted_file(run, backend_name, target):
+    """A plain conversion of the run's model (predict.py's cached copy for `backend_name`), as
+    a file."""
     from skin_keras.core import cache  # pylint: disable=g-import-not-at-top
-    from skin_keras.infer import backend  # pylint: disable=g-import-not-at-top
+    from skin_keras.infer import backend, formats  # pylint: disable=g-import-not-at-top
 
     keras_file = run / "weights" / "best.keras"
-    backend.cached_copy(load.load(keras_file), "tflite")
-    shutil.copy(cache.cache_root() / "tflite" / f"{cache.file_sha1(keras_file)}.tflite", target)
+    backend.cached_copy(load.load(keras_file), backend_name)
+    suffix = formats.BY_BACKEND[backend_name].suffix
+    shutil.copy(cache.cache_root() / backend_name / f"{cache.file_sha1(keras_file)}{suffix}",
+                target)
     return target
 
 
 def test_every_artifact_kind_answers_as_predict_py(untrained_run, pictures, tmp_path):
+    from skin_keras.infer.formats import saved_model  # pylint: disable=g-import-not-at-top
+
     folder, _ = pictures
-    source = tflite_file(untrained_run, tmp_path / "model.tflite")
-    for model_path in (untrained_run / "weights" / "best.keras", source):
+    keras_file = untrained_run / "weights" / "best.keras"
+    served = saved_model.write_saved_model(load.load(keras_file), tmp_path / "served", 1)
+    for model_path in (untrained_run, keras_file, served,
+                       converted_file(untrained_run, "tflite", tmp_path / "model.tflite"),
+                       converted_file(untrained_run, "onnx", tmp_path / "model.onnx")):
         expected = json.loads(predict_to_folder(PredictConfig(
             model_path=str(model_path), source=(str(folder),),
-            output=str(tmp_path / model_path.suffix[1:]))).read_text())
-        same_rows(skin_keras.load(model_path).predict(sorted(folder.iterdir())), expected)
+            output=str(tmp_path / f"out_{model_path.name}"))).read_text())
+        model = skin_keras.load(model_path)
+        assert type(model.loaded).__name__ == type(load.load(model_path)).__name__
+        same_rows(model.predict(sorted(folder.iterdir())), expected)
 
 
 def test_grad_cam_and_bad_input(untrained_run, pictures, tmp_path):
@@ -98,4 +108,5 @@ def test_grad_cam_and_bad_input(untrained_run, pictures, tmp_path):
     with pytest.raises(UserError, match="backend='gpu'"):
         skin_keras.load(untrained_run, backend="gpu")
     with pytest.raises(UserError, match="Grad-CAM"):
-        skin_keras.load(tflite_file(untrained_run, tmp_path / "m.tflite")).explain(arrays[0])
+        skin_keras.load(converted_file(untrained_run, "tflite", tmp_path / "m.tflite")).explain(
+            arrays[0])
