@@ -27,18 +27,39 @@ code.
 
 The Python API (docs/guide.md, "From Python"):
 
-    model = skin_keras.load("runs/exp3")     # any model predict.py takes
+    run = skin_keras.fit(data_train="data/train", data_val="data/val", model="lite0")
+    model = skin_keras.load(run)              # or "runs/exp3": any model predict.py takes
     rows = model.predict(["a.jpg"])           # predict.py's rows; arrays and PIL images too
+    heat = model.explain("a.jpg")             # Grad-CAM
+
+docs/quickstart.ipynb runs these in a notebook.
 """
 
 from skin_keras.core.errors import UserError
 
-__all__ = ["UserError", "load"]
+__all__ = ["UserError", "fit", "load"]
 
 
 def load(model_path, backend: str = "auto", batch_size: int = 32, tta: int = 1):
     """A trained model, loaded for use from Python: `.classes`, `.predict(images, metadata)`,
     `.explain(image)` (skin_keras/infer/classifier.py). Imports TensorFlow."""
+    from skin_keras.core import console  # pylint: disable=g-import-not-at-top
+
+    console.quiet_tensorflow_startup()  # As the scripts: without TensorFlow's start-up lines.
     from skin_keras.infer import classifier  # pylint: disable=g-import-not-at-top  (TensorFlow)
 
     return classifier.load_classifier(model_path, backend, batch_size, tta)
+
+
+def fit(verbose: int | str = "auto", **flags):
+    """Trains as `python train.py` does, with train.py's flags as keyword arguments (the fields
+    of skin_keras.train.config.TrainConfig: data_train="data/train", model="lite0",
+    epochs=10, ...); returns the run folder. Imports TensorFlow."""
+    # pylint: disable=g-import-not-at-top  (TensorFlow)
+    from skin_keras.core import console
+
+    console.quiet_tensorflow_startup()
+    from skin_keras.train.config import TrainConfig
+    from skin_keras.workflows import training
+
+    return training.run(TrainConfig(**flags), verbose)

@@ -8,18 +8,22 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # Files only: never needs a display.
-import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
-import numpy as np  # noqa: E402
+from skin_keras.core.atomic import write_atomic
 
-from skin_keras.core.atomic import write_atomic  # noqa: E402
+
+def _subplots(*grid, figsize, **options):
+    """A figure of its own and its axes, as pyplot.subplots makes them but outside pyplot: no
+    display, and the backend of the process (a notebook's inline plots) is left as it is."""
+    figure = Figure(figsize=figsize)
+    return figure, figure.subplots(*grid, **options)
 
 
 def _save(figure, path: str | Path, dpi: int = 110) -> None:
     figure.tight_layout()
     write_atomic(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"), suffix=".png")
-    plt.close(figure)
 
 
 def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str | Path,
@@ -29,7 +33,7 @@ def confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str |
     rows = matrix.sum(axis=1, keepdims=True)
     rates = np.divide(matrix, rows, out=np.zeros(matrix.shape, float), where=rows > 0)
     size = max(5.0, 0.9 * len(class_names) + 2.5)
-    figure, axes = plt.subplots(figsize=(size + 1, size))
+    figure, axes = _subplots(figsize=(size + 1, size))
     image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="fraction of true class")
     ticks = np.arange(len(class_names))
@@ -51,7 +55,7 @@ def curves(log: dict, path: str | Path) -> None:
     entries = list(log.values())
     panels = [("loss", "loss"), ("accuracy", "accuracy"),
               ("balanced accuracy", "balanced accuracy")]
-    figure, axes = plt.subplots(1, 4, figsize=(18, 4))
+    figure, axes = _subplots(1, 4, figsize=(18, 4))
     for ax, (title, key) in zip(axes, panels):
         for split, style in (("train info", "-o"), ("valid info", "-s")):
             values = [entry[split].get(key, np.nan) for entry in entries if split in entry]
@@ -70,7 +74,7 @@ def curves(log: dict, path: str | Path) -> None:
 
 def roc_curves(curves_by_class: dict, path: Path) -> None:
     """One ROC curve per class: {name: (false positive rates, true positive rates, AUC)}."""
-    figure, axes = plt.subplots(figsize=(7, 6))
+    figure, axes = _subplots(figsize=(7, 6))
     for name, (fpr, tpr, auc) in curves_by_class.items():
         axes.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
     axes.plot([0, 1], [0, 1], "k--", linewidth=0.8)
@@ -90,7 +94,7 @@ def reliability(counts: np.ndarray, mean_score: np.ndarray, accuracy: np.ndarray
     bins = len(counts)
     filled = counts > 0
     edges = np.linspace(0, 1, bins + 1)
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 7), sharex=True,
+    figure, (top, bottom) = _subplots(2, 1, figsize=(6, 7), sharex=True,
                                          gridspec_kw={"height_ratios": [3, 1]})
     top.bar(edges[:-1][filled], accuracy[filled], width=1 / bins, align="edge",
             edgecolor="black", alpha=0.7, label="accuracy")
@@ -112,7 +116,7 @@ def bars(values: dict, path: Path, title: str, ylabel: str) -> None:
     dashed across."""
     names = list(values)
     heights = list(values.values())
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
+    figure, axes = _subplots(figsize=(max(6.0, 0.6 * len(names) + 2), 4.5))
     colours = ["tab:green"] + ["tab:blue"] * (len(names) - 1)
     axes.bar(np.arange(len(names)), heights, color=colours)
     axes.axhline(heights[0], color="tab:green", linestyle="--", linewidth=0.8)
@@ -126,14 +130,14 @@ def bars(values: dict, path: Path, title: str, ylabel: str) -> None:
 
 def heat_colours(heat_map: np.ndarray) -> np.ndarray:
     """A [H, W] map in [0, 1] as RGB [H, W, 3] float32 in [0, 255] (matplotlib's jet)."""
-    return (plt.get_cmap("jet")(heat_map)[..., :3] * 255).astype(np.float32)
+    return (matplotlib.colormaps["jet"](heat_map)[..., :3] * 255).astype(np.float32)
 
 
 def intervals(rows: Sequence[tuple[str, float, list | None]], path: Path, title: str,
               xlabel: str) -> None:
     """One row per (label, value, [low, high] or None): the value as a dot, its interval as a
     bar (a forest plot), the first row on top."""
-    figure, axes = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.4))
+    figure, axes = _subplots(figsize=(7, 0.32 * len(rows) + 1.4))
     for position, (_, value, interval) in enumerate(rows):
         y = len(rows) - 1 - position
         if interval is not None:
