@@ -7,9 +7,9 @@ EfficientNetV2-S, batch 8 of 224 px random images, 2 threads; median of 4 after 
 The difference of the two lines is the backward pass; a full train step adds the optimizer.
 """
 
+import argparse
 import os
 import statistics
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -75,7 +75,9 @@ def torch_steps():
 
 
 def main():
-    side = sys.argv[1] if len(sys.argv) > 1 else "keras"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("side", nargs="?", default="keras", choices=("keras", "torch"))
+    side = parser.parse_args().side
     forward, forward_backward = {"keras": keras_steps, "torch": torch_steps}[side]()
     print(f"{side}: forward {timed(forward):.3f} s/batch, "
           f"forward + backward {timed(forward_backward):.3f} s/batch")

@@ -245,10 +245,10 @@ def untrained(untrained_run):
 def calibrated_run(tmp_path_factory, untrained_run) -> Path:
     """`untrained_run` calibrated: a temperature and the feature_distance unknown rule
     (keeping 80% of the validation images)."""
-    from skin_keras.workflows import calibrate  # pylint: disable=g-import-not-at-top
+    from skin_keras.workflows import fit_calibration  # pylint: disable=g-import-not-at-top
 
     run = copy_run(untrained_run, tmp_path_factory.mktemp("calibrated") / "run")
-    calibrate.calibrate_run(calibrate.CalibrateConfig(model_path=str(run),
+    fit_calibration.calibrate_run(fit_calibration.CalibrateConfig(model_path=str(run),
                                                       unknown_coverage=0.8))
     return run
 

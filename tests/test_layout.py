@@ -89,8 +89,8 @@ def test_modules_and_functions_stay_within_the_house_limits():
 
 @pytest.mark.parametrize("library, allowed", [
     # ood_images only reads the sample photo matplotlib ships.
-    ("matplotlib", ("skin_keras.core.plots", "skin_keras.data.ood_images")),
-    ("sklearn", ("skin_keras.evaluate.", "skin_keras.data.splits", "skin_keras.data.ood_images")),
+    ("matplotlib", ("skin_keras.core.plots", "skin_keras.data.ood_synthesis")),
+    ("sklearn", ("skin_keras.evaluate.", "skin_keras.data.splits", "skin_keras.data.ood_synthesis")),
 ])
 def test_heavy_libraries_are_imported_where_they_are_used_only(library, allowed):
     users = set()

@@ -1,6 +1,6 @@
 """What training augmentation does beyond flips and 90-degree turns: the `Augmentation` option
 group, declared once (train.py's flags of the same names are generated from it). No TensorFlow
-here; `augment` applies it in the tf.data pipeline.
+here; `augment_ops` applies it in the tf.data pipeline.
 
 Every field's default is "off". Beyond the usual crops, rotations and colour jitter, a set of
 changes mimics how images from another clinic differ: the dark circular field of view of a

@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.core.errors import first_line
-from skin_keras.data.augment import augment, batch_mixer, random_crop
+from skin_keras.data.augment_ops import augment, batch_mixer, random_crop
 from skin_keras.data.augmentation import Augmentation
 
 # The named inputs the datasets give, as the models take them (model/io.py).

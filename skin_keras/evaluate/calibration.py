@@ -7,7 +7,7 @@ bins over [0, 1]) and averages |accuracy - mean score| over the bins, weighted b
 answers. The Brier score (the mean over images of the squared distance between the probability
 vector and the one-hot label, 0 to 2) and the negative log-likelihood of the true class are the
 two proper scoring rules beside it. `model.layers.Temperature` is the layer temperature scaling
-appends to a model (workflows/calibrate.py fits it).
+appends to a model (workflows/fit_calibration.py fits it).
 """
 
 from pathlib import Path

@@ -11,7 +11,7 @@ from skin_keras.core import progress
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
 from skin_keras.infer import backend as backends
-from skin_keras.infer import files, load, outputs, resumable, shards
+from skin_keras.infer import files, load, outputs, output_job, shards
 from skin_keras.infer.files import MAX_TTA_VIEWS
 from skin_keras.infer.runner import Runner, explainable
 from skin_keras.model import io
@@ -129,8 +129,8 @@ def predict_to_folder(config: PredictConfig) -> Path:
     output.mkdir(parents=True, exist_ok=True)
     header = outputs.csv_header(runner.class_names, config.topk, io.METADATA in inputs,
                                 runner.unknown is not None)
-    with resumable.RowWriter(output, name, _job(config, loaded, listed), header,
-                             {str(path): resumable.identity(path) for path in paths},
+    with output_job.RowWriter(output, name, _job(config, loaded, listed), header,
+                             {str(path): output_job.identity(path) for path in paths},
                              config.overwrite) as writer:
         summary = outputs.Summary(runner.class_names)
         todo = _to_predict(writer, paths, summary)
@@ -167,7 +167,7 @@ def predict_to_folder(config: PredictConfig) -> Path:
     return json_path
 
 
-def _to_predict(writer: resumable.RowWriter, paths: list[Path], summary: outputs.Summary
+def _to_predict(writer: output_job.RowWriter, paths: list[Path], summary: outputs.Summary
                 ) -> list[int]:
     """The indices of `paths` that have no row in the output yet (a killed job's rows go to
     `summary`); none when the same job finished with no file changed."""
@@ -191,17 +191,17 @@ def _to_predict(writer: resumable.RowWriter, paths: list[Path], summary: outputs
 
 
 def _job(config: PredictConfig, loaded: Runner, listed: list[Path]) -> dict:
-    """What makes a job the same job when it is run again (resumable.RowWriter), and the parts
+    """What makes a job the same job when it is run again (output_job.RowWriter), and the parts
     of a sharded job parts of one (shards.merge): the listing they were cut from."""
     source = Path(loaded.source)
     status = source.stat()
     return {"model": str(source.resolve()), "model size": status.st_size,
             "model modified": status.st_mtime_ns, "sources": [str(Path(s).resolve())
                                                              for s in config.source],
-            "files listed": len(listed), "listing": resumable.fingerprint(map(str, listed)),
+            "files listed": len(listed), "listing": output_job.fingerprint(map(str, listed)),
             "shard": config.shard, "backend": config.backend,
             "tta": config.tta, "topk": config.topk, "metadata": config.metadata,
             # The CSV's own identity: an edited CSV is another job, not "nothing to do".
-            "metadata file": None if config.metadata.lower() == "none" else resumable.identity(
+            "metadata file": None if config.metadata.lower() == "none" else output_job.identity(
                 config.metadata),
             "save_images": config.save_images, "explain": config.explain}

@@ -1,7 +1,7 @@
 """predict.py `--shard=i/N`: the part of the listing one process predicts, and the merge of the
 N parts' outputs into one (`python -m skin_keras.merge_predictions`).
 
-Every part records the fingerprint of the whole listing it was cut from (resumable.py), so
+Every part records the fingerprint of the whole listing it was cut from (output_job.py), so
 parts run at different times over a changing folder cannot be merged into an output that
 silently misses or repeats a file: the merge refuses them, naming the parts.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
 from skin_keras.core.options import check_options, option
-from skin_keras.infer import resumable
+from skin_keras.infer import output_job
 
 _PART = re.compile(r"^\.predictions-(\d+)-of-(\d+)\.job\.json$")
 
@@ -58,7 +58,7 @@ def _parts(output: Path) -> tuple[int, dict[int, dict]]:
     for path in output.glob(".predictions-*-of-*.job.json"):
         match = _PART.match(path.name)
         if match:
-            found.setdefault(int(match[2]), {})[int(match[1])] = resumable.read_record(path)
+            found.setdefault(int(match[2]), {})[int(match[1])] = output_job.read_record(path)
     if not found:
         raise UserError(f"{output} holds no part of a sharded prediction (predict.py "
                         "--shard=i/N writes .predictions-<i>-of-<N>.job.json)")
@@ -82,7 +82,7 @@ def _check(parts: int, records: dict[int, dict]) -> None:
             listing = other.get("listing") != first.get("listing")
             raise UserError(
                 f"parts 0 and {index} are of different jobs (they differ in "
-                f"{resumable.differences(first, other)})"
+                f"{output_job.differences(first, other)})"
                 + (f": they were cut from different listings ({first.get('files listed')} and "
                    f"{other.get('files listed')} files), so a file could be in no part or in "
                    "two; run every part again over the same sources" if listing else ""))
@@ -108,17 +108,17 @@ def merge(output: str | Path, overwrite: bool = False) -> Path:
             headers.add(tuple(next(csv.reader(file))))
     if len(headers) != 1:
         raise UserError(f"the parts' CSV headers differ: {sorted(headers)}")
-    handle = resumable.lock(output, "predictions")
+    handle = output_job.lock(output, "predictions")
     try:
         job = {**records[0]["job"], "shard": f"merged from {parts} parts"}
-        earlier = resumable.read_record(resumable.record_path(output, "predictions"))
+        earlier = output_job.read_record(output_job.record_path(output, "predictions"))
         exists = (output / "predictions.csv").exists() or (output / "predictions.json").exists()
         if exists and not overwrite and (earlier is None or earlier["job"] != job):
             raise UserError(f"{output} holds a predictions.csv of another job: pass "
                             "--overwrite to replace it")
         _write(output, names)
-        atomic.write_json_atomic(resumable.record_path(output, "predictions"), {
-            "job": job, "files": resumable.fingerprint([records[i]["files"]
+        atomic.write_json_atomic(output_job.record_path(output, "predictions"), {
+            "job": job, "files": output_job.fingerprint([records[i]["files"]
                                                          for i in range(parts)]),
             "rows": sum(records[i]["rows"] for i in range(parts)), "finished": True,
             "csv bytes": (output / "predictions.csv").stat().st_size, "jsonl bytes": 0})

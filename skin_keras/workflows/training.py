@@ -8,7 +8,7 @@ from pathlib import Path
 from skin_keras.core.errors import UserError
 from skin_keras.train import distribute, loop, precision
 from skin_keras.train.config import TrainConfig
-from skin_keras.workflows import calibrate, cross_validation
+from skin_keras.workflows import cross_validation, fit_calibration
 
 _log = logging.getLogger(__name__)
 
@@ -29,8 +29,8 @@ def run(config: TrainConfig, verbose: int | str = "auto") -> Path:
         else:
             run_dir = loop.train_and_evaluate(config, verbose)
         if config.calibrate:
-            entry = calibrate.calibrate_run(calibrate.CalibrateConfig(
+            entry = fit_calibration.calibrate_run(fit_calibration.CalibrateConfig(
                 model_path=str(run_dir), batch_size=config.batch_size,
                 unknown_score=config.unknown_score, unknown_coverage=config.unknown_coverage))
-            _log.info(calibrate.describe(entry))
+            _log.info(fit_calibration.describe(entry))
     return run_dir

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from skin_keras.data import augment, pipeline, synthetic
+from skin_keras.data import augment_ops, pipeline, synthetic
 from skin_keras.data.augmentation import Augmentation
 from skin_keras.train import loop
 
@@ -51,7 +51,7 @@ def test_per_image_augmentation_changes_pixels_but_not_shape_or_range(files):
 
 def test_rotation_by_a_quarter_turn_equals_rot90():
     image = np.random.default_rng(0).uniform(0, 255, (9, 9, 3)).astype("float32")
-    rotated = augment._rotate(image, np.float32(np.pi / 2)).numpy()  # pylint: disable=protected-access
+    rotated = augment_ops._rotate(image, np.float32(np.pi / 2)).numpy()  # pylint: disable=protected-access
     turned = [np.rot90(image, k) for k in (1, 3)]
     assert min(np.abs(rotated - t).max() for t in turned) < 1e-3
 
@@ -87,14 +87,14 @@ def test_style_mixing_changes_colour_statistics_and_keeps_what_the_image_shows()
     import numpy as np  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
-    from skin_keras.data import augment  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import augment_ops  # pylint: disable=g-import-not-at-top
 
     rng = np.random.default_rng(0)
     pattern = rng.uniform(0, 1, (8, 32, 32, 1))
     casts = rng.uniform(40, 200, (8, 1, 1, 3))  # Each image its own colour and contrast.
     images = tf.constant(pattern * casts * 0.5 + casts * 0.5, tf.float32)
-    styled = augment.style_mix(images, 1.0, seed=1).numpy()
-    assert np.array_equal(augment.style_mix(images, 0.0, seed=1).numpy(), images.numpy())
+    styled = augment_ops.style_mix(images, 1.0, seed=1).numpy()
+    assert np.array_equal(augment_ops.style_mix(images, 0.0, seed=1).numpy(), images.numpy())
     moved = np.abs(styled.mean((1, 2)) - images.numpy().mean((1, 2))).max(axis=1)
     # Beta(0.1, 0.1) weights are near 0 or 1: about half of the images take on another's
     # statistics, the others keep theirs.

@@ -335,10 +335,10 @@ def test_a_csv_that_is_not_utf8_is_one_clear_line(download, tmp_path):
 
 
 def test_seeds_numpy_cannot_take_are_refused(download, tmp_path):
-    from skin_keras.data import ood_images  # pylint: disable=g-import-not-at-top
+    from skin_keras.data import ood_synthesis  # pylint: disable=g-import-not-at-top
 
     for make in (lambda seed: config_for(download, tmp_path / "d", seed=seed),
-                 lambda seed: ood_images.OodConfig(output=str(tmp_path / "o"), seed=seed)):
+                 lambda seed: ood_synthesis.OodConfig(output=str(tmp_path / "o"), seed=seed)):
         for seed in (-1, 2**32):
             with pytest.raises(UserError, match=f"--seed={seed} is out of range"):
                 make(seed)

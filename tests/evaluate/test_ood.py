@@ -9,13 +9,13 @@ import pytest
 from sklearn.covariance import LedoitWolf
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import ood_images
+from skin_keras.data import ood_synthesis
 from skin_keras.evaluate import ood as open_set
 from skin_keras.model import io, parts
 from skin_keras.model.layers import UnknownScore
 from skin_keras.model.layers.unknown import UnknownRule
 from skin_keras.train.config import TrainConfig
-from skin_keras.workflows.calibrate import CalibrateConfig
+from skin_keras.workflows.fit_calibration import CalibrateConfig
 
 from conftest import corrupt_files, probabilities, tiny_model
 
@@ -97,24 +97,24 @@ def test_the_score_layer_scores_as_numpy_and_survives_saving(tmp_path):
 
 
 def test_ood_folder_has_every_kind_is_seeded_and_never_overwrites(tiny_dataset, tmp_path):
-    config = ood_images.OodConfig(output=str(tmp_path / "a"), lesions=str(tiny_dataset / "val"),
+    config = ood_synthesis.OodConfig(output=str(tmp_path / "a"), lesions=str(tiny_dataset / "val"),
                                   count=2, size=40)
-    counts = ood_images.make_ood_folder(config)
-    assert counts == {kind: 2 for kind in ood_images.FAR_KINDS + ood_images.NEAR_KINDS}
+    counts = ood_synthesis.make_ood_folder(config)
+    assert counts == {kind: 2 for kind in ood_synthesis.FAR_KINDS + ood_synthesis.NEAR_KINDS}
 
     def digest(folder):
         return hashlib.sha1(b"".join(p.read_bytes() for p in sorted(folder.rglob("*.jpg")))
                             ).hexdigest()
 
-    again = ood_images.OodConfig(output=str(tmp_path / "b"), lesions=str(tiny_dataset / "val"),
+    again = ood_synthesis.OodConfig(output=str(tmp_path / "b"), lesions=str(tiny_dataset / "val"),
                                  count=2, size=40)
-    ood_images.make_ood_folder(again)
+    ood_synthesis.make_ood_folder(again)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     with pytest.raises(UserError, match="not an empty folder"):
-        ood_images.make_ood_folder(config)
-    no_lesions = ood_images.make_ood_folder(ood_images.OodConfig(output=str(tmp_path / "c"),
+        ood_synthesis.make_ood_folder(config)
+    no_lesions = ood_synthesis.make_ood_folder(ood_synthesis.OodConfig(output=str(tmp_path / "c"),
                                                                  count=1, size=40))
-    assert set(no_lesions) == set(ood_images.FAR_KINDS)
+    assert set(no_lesions) == set(ood_synthesis.FAR_KINDS)
 
 
 def test_ood_lesions_training_would_leave_out_are_left_out_and_nothing_is_half_written(
@@ -122,7 +122,7 @@ def test_ood_lesions_training_would_leave_out_are_left_out_and_nothing_is_half_w
     lesions = tmp_path / "lesions"
     shutil.copytree(tiny_dataset / "val", lesions)
     corrupt_files(lesions / "Melanoma")  # Pass the header check; TensorFlow rejects two.
-    counts = ood_images.make_ood_folder(ood_images.OodConfig(
+    counts = ood_synthesis.make_ood_folder(ood_synthesis.OodConfig(
         output=str(tmp_path / "o"), lesions=str(lesions), count=40, size=32))
     assert counts["corrupted"] == 40  # Every near image made from a readable lesion.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lesions", "o"]  # No staging left.

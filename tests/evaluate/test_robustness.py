@@ -9,7 +9,7 @@ import tensorflow as tf
 from PIL import Image
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import augment, folders, pipeline
+from skin_keras.data import augment_ops, folders, pipeline
 from skin_keras.data.augmentation import Augmentation
 from skin_keras.evaluate import evaluation, robustness, shifts
 from skin_keras.evaluate.evaluation import EvaluateConfig
@@ -41,7 +41,7 @@ def test_every_shift_changes_the_image_the_same_way_for_a_seed(ham_200px, name):
 
 def one_image_dataset(image, augmentation, count=16):
     dataset = tf.data.Dataset.from_tensors(tf.constant(image)).repeat(count)
-    return np.stack([augment.augment(x, augmentation).numpy() for x in dataset])
+    return np.stack([augment_ops.augment(x, augmentation).numpy() for x in dataset])
 
 
 @pytest.mark.parametrize("field, value", [
@@ -74,7 +74,7 @@ def test_crop_decodes_through_the_one_decode_and_resize(ham_200px):
     augmentation = Augmentation(crop_scale=0.25, crop_aspect=2.0)
     assert augmentation.decode_size(48) == 136  # 48 * sqrt(2 / 0.25): enough pixels to crop.
     crop = pipeline.decode_and_resize(
-        contents, 48, crop=lambda image: augment.random_crop(image, augmentation),
+        contents, 48, crop=lambda image: augment_ops.random_crop(image, augmentation),
         decode_size=augmentation.decode_size(48)).numpy()
     assert crop.shape == (48, 48, 3) and np.abs(crop - whole).mean() > 1
 

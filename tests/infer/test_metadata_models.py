@@ -17,7 +17,7 @@ from skin_keras.export import job
 from skin_keras.infer import backend, load, predict
 from skin_keras.infer.formats import tflite
 from skin_keras.infer.predict import PredictConfig
-from skin_keras.workflows import calibrate
+from skin_keras.workflows import fit_calibration
 
 from conftest import probabilities, untrained_run_folder
 
@@ -35,7 +35,7 @@ def metadata_run(tmp_path_factory, metadata_data) -> Path:
     score behind a metadata model."""
     run = untrained_run_folder(tmp_path_factory.mktemp("metadata_run"), metadata_data,
                                metadata=str(metadata_data / "train_metadata.csv"))
-    calibrate.calibrate_run(calibrate.CalibrateConfig(model_path=str(run)))
+    fit_calibration.calibrate_run(fit_calibration.CalibrateConfig(model_path=str(run)))
     return run
 
 

@@ -18,7 +18,7 @@ from skin_keras.infer.predict import PredictConfig
 from skin_keras.model import spec
 from skin_keras.train import config as config_lib
 from skin_keras.train.config import TrainConfig
-from skin_keras.workflows.calibrate import CalibrateConfig
+from skin_keras.workflows.fit_calibration import CalibrateConfig
 
 from conftest import REPO, tiny_config
 

@@ -122,8 +122,8 @@ def test_resume_with_relative_paths_from_any_folder_and_only_with_the_same_class
     assert json.loads((run / "train_params.json").read_text())["train parameters"][
         "weights"] == str(work / "w" / "bb.weights.h5")
     # Finished and calibrated, then resumed: nothing trains, so nothing is undone.
-    from skin_keras.workflows import calibrate  # pylint: disable=g-import-not-at-top
-    calibrate.calibrate_run(calibrate.CalibrateConfig(model_path=str(run)))
+    from skin_keras.workflows import fit_calibration  # pylint: disable=g-import-not-at-top
+    fit_calibration.calibrate_run(fit_calibration.CalibrateConfig(model_path=str(run)))
     calibrated = (run / "weights" / "best.keras").read_bytes()
     loop.train_and_evaluate(config_from_flagfile(run / "flags.cfg", f"--resume={run}"),
                             verbose=0)

@@ -13,7 +13,7 @@ import pytest
 from sklearn import metrics as sk_metrics
 
 from skin_keras.core.errors import UserError
-from skin_keras.data import ood_images
+from skin_keras.data import ood_synthesis
 from skin_keras.evaluate import calibration, evaluation
 from skin_keras.evaluate.evaluation import EvaluateConfig
 from skin_keras.infer import load
@@ -21,7 +21,7 @@ from skin_keras.model import io
 from skin_keras.model.layers import UnknownScore
 from skin_keras.model.layers.temperature import scaled
 from skin_keras.train import run_folder
-from skin_keras.workflows import calibrate as temperature
+from skin_keras.workflows import fit_calibration as temperature
 
 from conftest import copy_run, probabilities, tiny_model
 
@@ -123,7 +123,7 @@ def test_calibrate_a_run_in_place_and_again(untrained, calibrated_run, tiny_data
     assert after.unknown.score == "feature_distance" and after.unknown.coverage == 0.8
     assert entry["unknown"]["validation images kept"] == pytest.approx(12 / 15)
     ood = tmp_path / "ood"
-    ood_images.make_ood_folder(ood_images.OodConfig(output=str(ood), count=2, size=48))
+    ood_synthesis.make_ood_folder(ood_synthesis.OodConfig(output=str(ood), count=2, size=48))
     report = evaluation.evaluate_model_path(EvaluateConfig(
         model_path=str(run), data=str(tiny_dataset / "val"), output=str(tmp_path / "e"),
         backend="keras", ood=str(ood)))
@@ -132,7 +132,7 @@ def test_calibrate_a_run_in_place_and_again(untrained, calibrated_run, tiny_data
     assert set(report["ood"]["scores"]) == {"max_probability", "feature_distance", "energy"}
     assert set(report["ood"]["scores"]["energy"]) == {
         "auroc", "ood kept at 95% coverage", *(f"auroc {kind}" for kind in
-                                               ood_images.FAR_KINDS)}
+                                               ood_synthesis.FAR_KINDS)}
     rows = list(csv.DictReader(open(tmp_path / "e" / "predictions.csv")))
     assert sum(row["unknown"] == "true" for row in rows) == 3
     assert json.loads((tmp_path / "e" / "metrics.json").read_text())["ood"] == report["ood"]

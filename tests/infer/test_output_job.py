@@ -12,7 +12,7 @@ import pytest
 
 from skin_keras.core.errors import UserError
 from skin_keras.data import synthetic
-from skin_keras.infer import files, predict, resumable, shards
+from skin_keras.infer import files, output_job, predict, shards
 from skin_keras.infer.predict import PredictConfig
 
 from conftest import CLASSES, REPO, Killed
@@ -65,7 +65,7 @@ def test_a_killed_job_continues_where_it_stopped(untrained_run, many_files, tmp_
                                                  monkeypatch):
     monkeypatch.setattr(predict, "BLOCK_FILES", 8)
     reference = run(untrained_run, many_files, tmp_path / "reference").with_suffix(".csv")
-    append = resumable.RowWriter.append
+    append = output_job.RowWriter.append
     blocks = []
 
     def dies_in_the_third_block(writer, cells, rows):
@@ -76,12 +76,12 @@ def test_a_killed_job_continues_where_it_stopped(untrained_run, many_files, tmp_
             raise Killed
         append(writer, cells, rows)
 
-    monkeypatch.setattr(resumable.RowWriter, "append", dies_in_the_third_block)
+    monkeypatch.setattr(output_job.RowWriter, "append", dies_in_the_third_block)
     output = tmp_path / "out"
     with pytest.raises(Killed):
         run(untrained_run, many_files, output)
     assert not (output / "predictions.csv").exists()  # Never a CSV that looks finished.
-    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    monkeypatch.setattr(output_job.RowWriter, "append", append)
     predicted = []
     predict_files = files.predict_files
 
@@ -109,13 +109,13 @@ def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_file
     def dies(writer, cells, rows):
         raise Killed
 
-    append = resumable.RowWriter.append
-    monkeypatch.setattr(resumable.RowWriter, "append",
+    append = output_job.RowWriter.append
+    monkeypatch.setattr(output_job.RowWriter, "append",
                         lambda writer, cells, rows: (append(writer, cells, rows),
                                                      dies(writer, cells, rows)))
     with pytest.raises(Killed):
         run(untrained_run, many_files, tmp_path / "out")
-    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    monkeypatch.setattr(output_job.RowWriter, "append", append)
     with pytest.raises(UserError, match="unfinished prediction of another job \\(it differs "
                                         "in topk\\)"):
         run(untrained_run, many_files, tmp_path / "out", topk=2)
@@ -123,12 +123,12 @@ def test_an_unfinished_job_of_other_settings_is_refused(untrained_run, many_file
     source = tmp_path / "renamed"
     shutil.copytree(many_files, source)
     copy = tmp_path / "copy"
-    monkeypatch.setattr(resumable.RowWriter, "append",
+    monkeypatch.setattr(output_job.RowWriter, "append",
                         lambda writer, cells, rows: (append(writer, cells, rows),
                                                      dies(writer, cells, rows)))
     with pytest.raises(Killed):
         run(untrained_run, source, copy)
-    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    monkeypatch.setattr(output_job.RowWriter, "append", append)
     first = files.list_sources([source])[0]
     first.rename(first.with_name("renamed_" + first.name))
     with pytest.raises(UserError, match="another job \\(it differs in listing\\)"):
@@ -187,7 +187,7 @@ def test_an_output_belongs_to_one_job(untrained_run, many_files, tmp_path, monke
     # Reliability 2026-12-07 S1, D1, S6, C4.
     output = tmp_path / "out"
     output.mkdir()
-    held = resumable.lock(output, "predictions")  # Another process writing here.
+    held = output_job.lock(output, "predictions")  # Another process writing here.
     with pytest.raises(UserError, match="another process is writing predictions in"):
         run(untrained_run, many_files, output)
     held.close()
@@ -203,7 +203,7 @@ def test_an_output_belongs_to_one_job(untrained_run, many_files, tmp_path, monke
     run(untrained_run, many_files, output, topk=2, overwrite=True)
     assert len(predicted) == 40 and "top" in json.loads(first.read_text())[0]
     # Killed after publishing, before the record said so: finished, not "incomplete".
-    record = resumable.record_path(output, "predictions")
+    record = output_job.record_path(output, "predictions")
     state = json.loads(record.read_text())
     record.write_text(json.dumps({**state, "finished": False, "csv bytes": (
         output / "predictions.csv").stat().st_size}))
@@ -226,16 +226,16 @@ def test_a_file_changed_since_its_row_is_predicted_again(untrained_run, many_fil
     source = tmp_path / "source"
     shutil.copytree(many_files, source)
     listed = files.list_sources([source])
-    append = resumable.RowWriter.append
+    append = output_job.RowWriter.append
 
     def dies_after_the_first_block(writer, cells, rows):
         append(writer, cells, rows)
         raise Killed
 
-    monkeypatch.setattr(resumable.RowWriter, "append", dies_after_the_first_block)
+    monkeypatch.setattr(output_job.RowWriter, "append", dies_after_the_first_block)
     with pytest.raises(Killed):
         run(untrained_run, source, tmp_path / "out")
-    monkeypatch.setattr(resumable.RowWriter, "append", append)
+    monkeypatch.setattr(output_job.RowWriter, "append", append)
     shutil.copyfile(listed[-1], listed[2])  # A file of the first block is replaced.
     predicted = counting(monkeypatch)
     rows = json.loads(run(untrained_run, source, tmp_path / "out").read_text())
