@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from skin_keras.model import builder, parts
+from skin_keras.model import parts
 
 
 def grad_cam(model: keras.Model, images, class_indices=None,
@@ -27,8 +27,8 @@ def grad_cam(model: keras.Model, images, class_indices=None,
         the logits, not the image path the map is computed on.
     """
     backbone = parts.backbone_of(model)
-    pooling = model.get_layer(builder.HEAD_LAYERS[0])
-    dense = model.get_layer(builder.HEAD_LAYERS[2])
+    head = parts.head_of(model)
+    pooling, dense = head.pooling, head.classifier
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:
         feature_map = backbone(parts.backbone_input(model, images), training=False)

@@ -15,6 +15,7 @@ trained; the backbone inside is built for any size, so the same layers can be ca
 sizes (progressive resizing: parts.any_size_twin).
 """
 
+import dataclasses
 import logging
 import re
 
@@ -27,7 +28,19 @@ from skin_keras.model.spec import BACKBONES, ModelSpec
 
 _log = logging.getLogger(__name__)
 
-HEAD_LAYERS = (io.POOLED, "head_dropout", "predictions")
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadNames:
+    """The head's layers after the backbone, by role: their names here (HEAD), the layers
+    themselves from `parts.head_of(model)`."""
+
+    pooling: str = io.POOLED
+    dropout: str = "head_dropout"
+    classifier: str = "predictions"  # The Dense layer whose softmax is the output.
+
+
+HEAD = HeadNames()
 METADATA_LAYER = "patient_metadata"
 METADATA_LAYERS = (METADATA_LAYER, "metadata_dense_1", "metadata_norm_1", "metadata_relu_1",
                    "metadata_dropout_1", "metadata_dense_2", "metadata_norm_2", "metadata_relu_2",
@@ -67,11 +80,11 @@ def build_model(spec: ModelSpec, num_classes: int,
     if spec.backbone_training is False:
         hold_inference_mode(backbone)
 
-    head = [keras.layers.GlobalAveragePooling2D(name=HEAD_LAYERS[0]),
-            keras.layers.Dropout(spec.dropout, name=HEAD_LAYERS[1]),
+    head = [keras.layers.GlobalAveragePooling2D(name=HEAD.pooling),
+            keras.layers.Dropout(spec.dropout, name=HEAD.dropout),
             # float32 output keeps the softmax stable under mixed precision.
             keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                               name=HEAD_LAYERS[2])]
+                               name=HEAD.classifier)]
     layers = {layer.name: layer for layer in head}
     if metadata is not None:
         layers.update(_metadata_layers(metadata))
@@ -126,7 +139,7 @@ def connect(named_inputs: dict, preprocessing, backbone, layer, backbone_trainin
     for step in preprocessing:
         features = step(features)
     features = backbone(features, training=backbone_training)
-    pooled = layer(HEAD_LAYERS[0])(features)
+    pooled = layer(HEAD.pooling)(features)
     return keras.Model(named_inputs, {io.PROBABILITIES: head(pooled, named_inputs, layer)},
                        name=name)
 
@@ -140,7 +153,7 @@ def head(pooled, named_inputs: dict, layer):
         for name in METADATA_LAYERS:
             branch = layer(name)(branch)
         features = layer(CONCAT)([pooled, branch])
-    for name in HEAD_LAYERS[1:]:
+    for name in (HEAD.dropout, HEAD.classifier):
         features = layer(name)(features)
     return features
 

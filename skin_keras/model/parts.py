@@ -3,13 +3,16 @@ shared): the backbone, the pooled features, the head alone, a twin of any input 
 logits. Each knows the layer names builder.py gives; an ensemble (ensemble.py) is recognised
 by its member models."""
 
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from skin_keras.model import io
 from skin_keras.model.builder import (
     CONCAT,
-    HEAD_LAYERS,
+    HEAD,
+    HeadNames,
     METADATA_LAYER,
     METADATA_LAYERS,
     connect,
@@ -22,7 +25,13 @@ from skin_keras.model.layers import ColorConstancy, PatientMetadata
 def ensemble_members(model: keras.Model) -> list[keras.Model]:
     """The member classifiers of an ensemble (ensemble.py); [] for one classifier."""
     return [layer for layer in model.layers if isinstance(layer, keras.Model) and any(
-        inner.name == HEAD_LAYERS[2] for inner in layer.layers)]
+        inner.name == HEAD.classifier for inner in layer.layers)]
+
+
+def head_of(model: keras.Model) -> HeadNames:
+    """The head's layers of a model built by `builder.build_model`, by name: `.pooling`,
+    `.dropout`, `.classifier` (the output Dense layer)."""
+    return HeadNames(*(model.get_layer(name) for name in dataclasses.astuple(HEAD)))
 
 
 def backbone_of(model: keras.Model) -> keras.Model:
@@ -97,14 +106,14 @@ def feature_model(model: keras.Model) -> keras.Model:
     """{"image"} -> {"features"}: the pooled backbone features (image features only: metadata
     joins after them)."""
     return keras.Model({io.IMAGE: io.input_dict(model)[io.IMAGE]},
-                       {io.FEATURES: model.get_layer(HEAD_LAYERS[0]).output},
+                       {io.FEATURES: model.get_layer(HEAD.pooling).output},
                        name=f"{model.name}_features")
 
 
 def head_model(model: keras.Model) -> keras.Model:
     """{"features"[, "metadata"]} -> {"probabilities"} through the same (shared) head layers
     as `model`: the model the cached-feature epochs train."""
-    pooled = model.get_layer(HEAD_LAYERS[0]).output
+    pooled = model.get_layer(HEAD.pooling).output
     named = {io.FEATURES: keras.Input(pooled.shape[1:], name=io.FEATURES)}
     metadata = io.input_dict(model).get(io.METADATA)
     if metadata is not None:
@@ -124,7 +133,7 @@ def logits_model(model: keras.Model) -> keras.Model | None:
     """The same inputs -> {"logits"}: the output Dense layer's logits (before its softmax); None
     for a model without one (an ensemble)."""
     try:
-        dense = model.get_layer(HEAD_LAYERS[2])
+        dense = model.get_layer(HEAD.classifier)
     except ValueError:
         return None
     return io.rebuilt(model, {"logits": _Logits(dense, name="logits")(dense.input)},

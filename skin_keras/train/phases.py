@@ -40,7 +40,7 @@ class FullImages:
         if self.progressive:
             _log.info(f"stage: epochs {self.stage.first_epoch + 1}-{self.stage.last_epoch}, "
                       f"{self.stage.log_entry()}")
-            session.model.get_layer(builder.HEAD_LAYERS[1]).rate = self.stage.dropout
+            parts.head_of(session.model).dropout.rate = self.stage.dropout
             session.train_model.train_function = None  # Retrace: the dropout rate is traced in.
 
     def resume(self, session: Session) -> None:

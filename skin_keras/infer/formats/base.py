@@ -16,6 +16,7 @@ import numpy as np
 
 from skin_keras.core import atomic
 from skin_keras.core.errors import UserError
+from skin_keras.data import pipeline
 from skin_keras.infer.formats import about
 from skin_keras.infer.runner import About, KerasRunner, Runner
 from skin_keras.model import io
@@ -41,14 +42,22 @@ class Work:
     scratch: Path
     calibration: list[str] = dataclasses.field(default_factory=list)
     records: list | None = None
+    _inputs: dict | None = dataclasses.field(default=None, repr=False)
 
-    def calibration_vectors(self, runner: Runner) -> np.ndarray | None:
-        """The calibration images' encoded metadata (None for an image-only model)."""
-        encoding = runner.about.encoding
-        if io.METADATA not in runner.inputs or encoding is None:
-            return None
-        return encoding.encode_records(self.records if self.records is not None
-                                       else encoding.varied_records(len(self.calibration)))
+    def calibration_inputs(self, runner: Runner) -> dict[str, np.ndarray]:
+        """The named inputs int8 conversion runs the model on: the calibration images at the
+        model's size and, for a metadata model, their records encoded (the one place they are
+        encoded for conversion). Decoded once for every int8 format of the export."""
+        if self._inputs is None:
+            self._inputs = {io.IMAGE: np.stack([
+                pipeline.load_image(str(path), runner.img_size).numpy()
+                for path in self.calibration])}
+            encoding = runner.about.encoding
+            if io.METADATA in runner.inputs and encoding is not None:
+                self._inputs[io.METADATA] = encoding.encode_records(
+                    self.records if self.records is not None
+                    else encoding.varied_records(len(self.calibration)))
+        return self._inputs
 
 
 class Format:

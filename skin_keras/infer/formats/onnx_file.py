@@ -25,7 +25,6 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.core.errors import UserError, first_line
-from skin_keras.data import pipeline
 from skin_keras.infer.formats import about, base, tracing
 from skin_keras.infer.runner import About, KerasRunner, Runner, check_image_classifier
 from skin_keras.model import io
@@ -89,19 +88,6 @@ CALIBRATION_BATCH = 10
 def calibrated_count(given: int) -> int:
     """How many of `given` calibration inputs `quantize` uses."""
     return given if given < CALIBRATION_BATCH else given // CALIBRATION_BATCH * CALIBRATION_BATCH
-
-
-def calibration_feeds(runner: Runner, paths: list[str], records: list | None = None
-                      ) -> dict[str, np.ndarray]:
-    """`quantize`'s inputs for the images `paths`: pixels, and for a metadata model `records`
-    encoded (else records varied over the model's vocabulary)."""
-    feeds = {io.IMAGE: np.stack([pipeline.load_image(str(path), runner.img_size).numpy()
-                                 for path in paths])}
-    if io.METADATA in runner.inputs:
-        encoding = runner.about.encoding
-        feeds[io.METADATA] = encoding.encode_records(
-            records if records is not None else encoding.varied_records(len(paths)))
-    return feeds
 
 
 def quantize(content: bytes, calibration: dict[str, np.ndarray]) -> bytes:
@@ -242,8 +228,7 @@ class ONNXInt8(ONNX):
         return calibrated_count(given)
 
     def convert(self, runner: KerasRunner, work: base.Work) -> bytes:
-        return quantize(super().convert(runner, work),
-                        calibration_feeds(runner, work.calibration, work.records))
+        return quantize(super().convert(runner, work), work.calibration_inputs(runner))
 
     def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
         return {**super().write(runner, target, work),

@@ -22,10 +22,9 @@ import tensorflow as tf
 
 from skin_keras.core import console
 from skin_keras.core.errors import UserError
-from skin_keras.data import pipeline
 from skin_keras.infer.formats import about, base, tflite_metadata, tracing
 from skin_keras.infer.runner import About, KerasRunner, Runner, check_image_classifier
-from skin_keras.model import io, parts
+from skin_keras.model import io
 
 KINDS = ("fp32", "fp16", "dynamic", "int8")
 
@@ -131,19 +130,18 @@ def _quantize(values: np.ndarray, detail: dict) -> np.ndarray:
     return np.clip(np.round(values / scale + zero_point), limits.min, limits.max)
 
 
-def to_tflite(model: keras.Model, kind: str, calibration_paths: list[str] = (),
-            source: str | None = None, calibration_metadata: np.ndarray | None = None) -> bytes:
+def to_tflite(model: keras.Model, kind: str, source: str | None = None,
+              calibration: dict[str, np.ndarray] | None = None) -> bytes:
     """A TFLite flatbuffer with a fixed [1, H, W, 3] input (uint8 for int8, else float32),
     TFLite built-in ops only.
 
     `source` is a folder written by `tracing.traced_source` (one is made when it is None);
-    `calibration_paths` are images for the int8 kind's value ranges (with
-    `calibration_metadata`, their encoded metadata, for a metadata model).
+    `calibration` holds the named inputs (base.Work.calibration_inputs) that set the int8
+    kind's value ranges.
     """
     if source is None:
         with tempfile.TemporaryDirectory() as folder:
-            return to_tflite(model, kind, calibration_paths, tracing.traced_source(model, folder),
-                           calibration_metadata)
+            return to_tflite(model, kind, tracing.traced_source(model, folder), calibration)
     converter = tf.lite.TFLiteConverter.from_saved_model(source)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if kind != "fp32":
@@ -151,20 +149,11 @@ def to_tflite(model: keras.Model, kind: str, calibration_paths: list[str] = (),
     if kind == "fp16":
         converter.target_spec.supported_types = [tf.float16]
     if kind == "int8":
-        size = parts.image_size(model)
-        encoding = parts.metadata_encoding_of(model)
-        if encoding is not None and calibration_metadata is None:  # Every value occurs.
-            calibration_metadata = encoding.encode_records(
-                encoding.varied_records(len(calibration_paths)))
+        def representative_inputs():
+            for index in range(len(calibration[io.IMAGE])):
+                yield {name: values[index:index + 1] for name, values in calibration.items()}
 
-        def representative_images():
-            for index, path in enumerate(calibration_paths):
-                named = {io.IMAGE: pipeline.load_image(tf.constant(path), size)[None]}
-                if encoding is not None:
-                    named[io.METADATA] = calibration_metadata[index:index + 1]
-                yield named
-
-        converter.representative_dataset = representative_images
+        converter.representative_dataset = representative_inputs
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
     with console.quiet_native_stderr():  # "fully_quantize: 0, inference_type: 6, ..." (int8)
@@ -205,8 +194,8 @@ class TFLite(base.Format):
         source = work.scratch / "traced"  # Traced once, converted to every kind.
         if not source.exists():
             tracing.traced_source(runner.model, str(source))
-        content = to_tflite(runner.model, self.kind, work.calibration, str(source),
-                            work.calibration_vectors(runner))
+        content = to_tflite(runner.model, self.kind, str(source),
+                            work.calibration_inputs(runner) if self.calibrated else None)
         if custom_ops(content):
             raise base.ExportError(f"{self.name} needs ops that are not TFLite built-ins: "
                                    f"{', '.join(custom_ops(content))}")
