@@ -16,17 +16,20 @@ from skin_keras.model import parts
 
 
 def grad_cam(model: keras.Model, images, class_indices=None,
-             metadata=None) -> tuple[np.ndarray, np.ndarray]:
+             records=None) -> tuple[np.ndarray, np.ndarray]:
     """Heat maps [B, H, W] in [0, 1] at the model's input size, and the classes they explain.
 
     Args:
       model: A classifier built by `builder.build_model` (or loaded from a .keras file of one).
       images: [B, H, W, 3] RGB values in [0, 255], at the model's input size.
       class_indices: Class explained per image; the predicted class when None.
-      metadata: Encoded metadata [B, size] of a metadata model (None: all missing); it changes
-        the logits, not the image path the map is computed on.
+      records: The patient record of each image (data.patient_metadata.Record) for a metadata
+        model (None: all missing); they change the logits, not the image path the map is
+        computed on.
     """
     backbone = parts.backbone_of(model)
+    encoding = parts.metadata_encoding_of(model)
+    metadata = None if records is None or encoding is None else encoding.encode_records(records)
     head = parts.head_of(model)
     pooling, dense = head.pooling, head.classifier
     images = tf.convert_to_tensor(images, tf.float32)

@@ -159,11 +159,9 @@ class ModelService:
         model = explainable(self.loaded)
         self.check([upload])
         image = self._decoded([upload], range(1))
-        metadata = None
-        if self.takes_metadata:
-            metadata = self.loaded.about.encoding.encode_records([upload.record])
         with self._explaining:
-            heat_maps, _ = gradcam.grad_cam(model, image, metadata=metadata)
+            heat_maps, _ = gradcam.grad_cam(
+                model, image, records=[upload.record] if self.takes_metadata else None)
         picture = Image.fromarray(pipeline.decode_rgb(upload.contents))
         picture.thumbnail((OVERLAY_SIDE, OVERLAY_SIDE))
         buffer = bytes_io.BytesIO()

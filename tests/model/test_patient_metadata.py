@@ -89,13 +89,14 @@ def test_grad_cam_of_a_metadata_model_explains_the_image_path():
     encoding = PatientMetadata(("female", "male"), ("back",))
     model = tiny_model(encoding=encoding, img_size=64)
     images = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
-    vectors = encoding.encode_records([Record(30.0, "male", "back"), MISSING])
-    maps, classes = gradcam.grad_cam(model, images, metadata=vectors)
+    records = [Record(30.0, "male", "back"), MISSING]
+    vectors = encoding.encode_records(records)
+    maps, classes = gradcam.grad_cam(model, images, records=records)
     assert maps.shape == (2, 64, 64) and 0 <= maps.min() and maps.max() <= 1
     # Without a class given it explains the model's prediction (metadata included) ...
     np.testing.assert_array_equal(classes,
                                   probabilities(model, images, metadata=vectors).argmax(1))
     # ... and for a given class the map does not depend on the metadata (the head is linear).
     fixed = np.array([2, 0])
-    np.testing.assert_allclose(gradcam.grad_cam(model, images, fixed, metadata=vectors)[0],
+    np.testing.assert_allclose(gradcam.grad_cam(model, images, fixed, records=records)[0],
                                gradcam.grad_cam(model, images, fixed)[0], atol=1e-5)
