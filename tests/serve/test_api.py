@@ -197,6 +197,9 @@ def test_metadata_model_answers_as_its_saved_model(tmp_path_factory, metadata_da
             assert answer["csv"][-2] == used
         status, refused, _ = http("POST", page + "&age_approx=old", contents[0])
         assert status == 400 and "age_approx='old' is not a number" in refused["error"]
+        explain = f"{base}/api/explain?age_approx=35&sex=male&anatom_site_general=site%201"
+        status, overlay, headers = http("POST", explain, contents[0])
+        assert status == 200 and headers["content-type"] == "image/png", overlay
         status, refused, _ = http("POST", url, {"instances": [b64(contents[0])]})
         assert status == 400 and "several inputs" in refused["error"]
         status, refused, _ = http("POST", url, {"instances": [
