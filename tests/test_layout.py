@@ -116,3 +116,12 @@ def test_the_library_logs_and_never_prints():
                      if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "print"
                      and id(node) not in skip]
     assert printing == []
+
+
+def test_inference_imports_no_training_code():
+    """Loading and running a model needs the run folder's file names (core/layout.py), never
+    the training package."""
+    found = [f"{dotted(path)}:{line} imports {target}"
+             for path in sorted((PACKAGE / "infer").rglob("*.py"))
+             for line, target in imports(path) if target.startswith("skin_keras.train")]
+    assert found == [], "\n".join(found)

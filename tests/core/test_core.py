@@ -81,9 +81,10 @@ def test_importing_the_package_and_its_model_code_has_no_heavy_side_effects():
     ours = ("skin_keras.core.plots", "skin_keras.train", "skin_keras.evaluate")
     assert modules_after("import skin_keras, skin_keras.model, skin_keras.model.layers",
                          ours) == []
-    # Loading a model reads the run folder's layout (train/run_folder.py), and draws nothing.
+    # Loading a model reads the run folder's layout (core/layout.py), draws nothing and
+    # imports no training code.
     assert modules_after("import skin_keras.infer.load, skin_keras.infer.files",
-                         ("skin_keras.core.plots", "skin_keras.evaluate")) == []
+                         ("skin_keras.core.plots", "skin_keras.evaluate", "skin_keras.train")) == []
 
 
 def test_the_scripts_run_tensorflow_with_onednn_on_unless_the_user_says_otherwise():
