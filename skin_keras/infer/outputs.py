@@ -17,15 +17,18 @@ from skin_keras.data.csv_table import safe_cell
 from skin_keras.infer import gradcam
 from skin_keras.infer.files import MODEL_NAN
 from skin_keras.infer.runner import Runner, explainable
+from skin_keras.model import io
 
 
-def csv_header(class_names: Sequence[str], topk: int = 0, with_metadata: bool = False,
-               with_unknown: bool = False) -> list[str]:
+def csv_header(class_names: Sequence[str], topk: int = 0, model_inputs: Sequence[str] = (),
+               model_outputs: Sequence[str] = ()) -> list[str]:
     """predictions.csv's columns: path,label,score,<classes>,[top1..],[metadata],[unknown,
-    unknown_score],error; metadata for a metadata model, unknown for a model with a rule."""
+    unknown_score],error; metadata when the model's inputs name it, unknown when its outputs
+    name the unknown score."""
     return ["path", "label", "score", *class_names, *[f"top{k + 1}" for k in range(topk)],
-            *(["metadata"] if with_metadata else []),
-            *(["unknown", "unknown_score"] if with_unknown else []), "error"]
+            *(["metadata"] if io.METADATA in model_inputs else []),
+            *(["unknown", "unknown_score"] if io.UNKNOWN_SCORE in model_outputs else []),
+            "error"]
 
 
 def csv_cells(row: dict, topk: int = 0) -> list[str]:
@@ -45,8 +48,10 @@ def write_predictions(rows: list[dict], class_names: Sequence[str], output: Path
                       topk: int = 0) -> None:
     """predictions.csv (`csv_header`) and predictions.json."""
     output.mkdir(parents=True, exist_ok=True)
-    header = csv_header(class_names, topk, bool(rows) and "metadata" in rows[0],
-                        bool(rows) and "unknown" in rows[0])
+    first = rows[0] if rows else {}  # The rows say what the model took and answered.
+    header = csv_header(class_names, topk,
+                        (io.METADATA,) if "metadata" in first else (),
+                        (io.UNKNOWN_SCORE,) if "unknown" in first else ())
 
     def write_csv(tmp):
         with open(tmp, "w", newline="") as file:

@@ -127,8 +127,7 @@ def predict_to_folder(config: PredictConfig) -> Path:
     inputs = files.other_inputs(loaded, config.metadata, paths)
     runner = backends.select(loaded, config.backend, len(paths) * config.tta)
     output.mkdir(parents=True, exist_ok=True)
-    header = outputs.csv_header(runner.class_names, config.topk, io.METADATA in inputs,
-                                runner.unknown is not None)
+    header = outputs.csv_header(runner.class_names, config.topk, runner.inputs, runner.outputs)
     with output_job.RowWriter(output, name, _job(config, loaded, listed), header,
                              {str(path): output_job.identity(path) for path in paths},
                              config.overwrite) as writer:

@@ -169,8 +169,8 @@ class ModelService:
         return buffer.getvalue()
 
     def csv_header(self) -> list[str]:
-        return outputs.csv_header(self.runner.class_names, 0, self.takes_metadata,
-                                  self.runner.unknown is not None)
+        return outputs.csv_header(self.runner.class_names, 0, self.runner.inputs,
+                                  self.runner.outputs)
 
     def _keep(self, uploads: list[Upload]) -> None:
         if self.keep_uploads is None:

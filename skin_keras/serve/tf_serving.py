@@ -29,8 +29,8 @@ _DTYPES = {tf.float32: "DT_FLOAT", tf.string: "DT_STRING", tf.bool: "DT_BOOL"}
 
 def signatures(service: ModelService) -> dict[str, tuple[list, dict]]:
     runner = service.runner
-    return signature_specs(runner.img_size, len(runner.class_names), service.takes_metadata,
-                           runner.unknown is not None)
+    return signature_specs(runner.img_size, len(runner.class_names), runner.inputs,
+                           runner.outputs)
 
 
 def status(version: str) -> dict:

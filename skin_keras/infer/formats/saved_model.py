@@ -57,14 +57,15 @@ def next_version(model_base: Path) -> int:
 METADATA_INPUTS = {"age_approx": tf.float32, "sex": tf.string, "anatom_site_general": tf.string}
 
 
-def signature_specs(img_size: int, num_classes: int, with_metadata: bool,
-                    with_unknown: bool) -> dict[str, tuple[list, dict]]:
+def signature_specs(img_size: int, num_classes: int, model_inputs: tuple[str, ...],
+                    model_outputs: tuple[str, ...]) -> dict[str, tuple[list, dict]]:
     """Every serving signature: name -> (input specs in order, output specs by name). The one
     declaration of the API: the SavedModel is traced with it, serve.py answers with it."""
     outputs = {"probabilities": tf.TensorSpec([None, num_classes], tf.float32),
                "label": tf.TensorSpec([None], tf.string),
                "score": tf.TensorSpec([None], tf.float32)}
-    if with_unknown:
+    with_metadata = io.METADATA in model_inputs
+    if io.UNKNOWN_SCORE in model_outputs:
         outputs.update(unknown_score=tf.TensorSpec([None], tf.float32),
                        unknown=tf.TensorSpec([None], tf.bool))
     metadata = [tf.TensorSpec([None], dtype, name=name)
@@ -85,7 +86,7 @@ def _signatures(runner: KerasRunner) -> dict:
     class_names = tf.constant(runner.class_names)
     encoding = parts.metadata_encoding_of(model)
     specs = {name: inputs for name, (inputs, _) in signature_specs(
-        size, len(runner.class_names), encoding is not None, runner.unknown is not None).items()}
+        size, len(runner.class_names), runner.inputs, runner.outputs).items()}
 
     def decode(image_bytes):
         return tf.map_fn(lambda contents: pipeline.decode_and_resize(contents, size),

@@ -205,8 +205,7 @@ class TFLite(base.Format):
               target: Path) -> bytes:
         return tflite_metadata.embed(
             content, description, runner.class_names,
-            name=target.name.removesuffix(f"_{self.kind}{self.suffix}"),
-            scores=runner.unknown is not None, takes_metadata=io.METADATA in runner.inputs)
+            name=target.name.removesuffix(f"_{self.kind}{self.suffix}"))
 
     def write(self, runner: KerasRunner, target: Path, work: base.Work) -> dict:
         super().write(runner, target, work)

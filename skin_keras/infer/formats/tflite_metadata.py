@@ -35,21 +35,19 @@ DESCRIPTION_FILE = "metadata.json"
 MIN_PARSER_VERSION = "1.0.0"
 
 
-def embed(content: bytes, description: dict, class_names: list[str], *, name: str,
-          scores: bool, takes_metadata: bool) -> bytes:
+def embed(content: bytes, description: dict, class_names: list[str], *, name: str) -> bytes:
     """`content` (a .tflite flatbuffer) with TFLite Metadata and its associated files.
 
-    `description` is the metadata.json export writes beside the file; `scores` says the model
-    has a second output (the out-of-distribution score per image), `takes_metadata` a second
-    input (encoded patient metadata).
+    `description` is the metadata.json export writes beside the file (about.describe): it says
+    whether the model takes a second input (its "metadata input": encoded patient metadata)
+    and answers a second output (its "unknown" rule's score per image).
     """
     import flatbuffers  # pylint: disable=g-import-not-at-top
     from ai_edge_litert import schema_py_generated as schema  # pylint: disable=g-import-not-at-top
 
     model = schema.ModelT.InitFromPackedBuf(content, 0)
     _probabilities_first(model.subgraphs[0])
-    metadata = _model_metadata(description, class_names, name=name, scores=scores,
-                               takes_metadata=takes_metadata)
+    metadata = _model_metadata(description, class_names, name=name)
     builder = flatbuffers.Builder(0)
     builder.Finish(metadata.Pack(builder), METADATA_IDENTIFIER)
     buffer = schema.BufferT()
@@ -111,8 +109,7 @@ def schema():
     return module
 
 
-def _model_metadata(description: dict, class_names: list[str], *, name: str, scores: bool,
-                    takes_metadata: bool):
+def _model_metadata(description: dict, class_names: list[str], *, name: str):
     """The ModelMetadataT of a file, as the schema's populator builds it."""
     # Long: one flat description of the schema's tree (inputs, outputs, their files), read
     # top to bottom as the schema nests it; split up, the nesting would be lost.
@@ -147,7 +144,7 @@ def _model_metadata(description: dict, class_names: list[str], *, name: str, sco
                      f"({description['input']['dtype']}); the model normalises it itself",
                      content(fb.ContentProperties.ImageProperties, image_properties),
                      stats(0, 255), [unit])]
-    if takes_metadata:
+    if "metadata input" in description:
         inputs.append(tensor("metadata", "encoded patient metadata (see metadata.json packed in "
                              "this file: order, vocabularies, scaling)",
                              content(fb.ContentProperties.FeatureProperties,
@@ -158,7 +155,7 @@ def _model_metadata(description: dict, class_names: list[str], *, name: str, sco
     outputs = [tensor("probability", "probabilities of the classes (calibrated when the run was)",
                       content(fb.ContentProperties.FeatureProperties, fb.FeaturePropertiesT()),
                       stats(0, 1), files=[labels])]
-    if scores:
+    if "unknown" in description:
         rule = description["unknown"]
         outputs.append(tensor("unknown_score", f"out-of-distribution score ({rule['score']}): "
                               f"the image is none of the classes below {rule['threshold']}",
