@@ -125,8 +125,8 @@ def evaluate(loaded: Runner, folder: folders.ImageFolder, output: Path, config: 
             runner, config.ood, kept, {name: values[ok] for name, values in results.items()},
             config.batch_size, config.tta,
             {name: [v for v, good in zip(values, ok) if good] for name, values in inputs.items()})
-    if io.METADATA in inputs:
-        report["metadata"] = _metadata_summary(config.metadata, paths, inputs[io.METADATA])
+    if io.RECORDS in inputs:
+        report["metadata"] = _metadata_summary(config.metadata, paths, inputs[io.RECORDS])
     report["decode warnings"] = [f"{p}: {w}" for p, w in folder.decode_warnings]
     report["bad files"] = [f"{p}: {r}" for p, r in folder.bad_files] + [
         f"{p}: {e}" for p, e in zip(paths, errors) if e]

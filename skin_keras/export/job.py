@@ -111,7 +111,7 @@ def export(config: ExportConfig) -> dict:
     reference, keras_latency = parity.timed_runner(runner, batch)
     report = {"model": str(runner.source), "parity images": len(paths),
               "data": str(config.data_val),
-              "metadata": None if io.METADATA not in batch else (
+              "metadata": None if io.RECORDS not in batch else (
                   config.metadata if config.metadata.lower() != "none"
                   else "varied over the vocabulary"),
               "keras": {"accuracy": float(np.mean(reference[io.PROBABILITIES].argmax(1)
@@ -126,7 +126,7 @@ def export(config: ExportConfig) -> dict:
     calibration = [val.paths[i] for i in folders.sample_indices(
         val, config.calibration_images, formats.CALIBRATION_SEED)] if any(
             formats.get(fmt).calibrated for fmt in config.formats) else []
-    records = parity.parity_records(runner, calibration, config.metadata).get(io.METADATA)
+    records = parity.parity_records(runner, calibration, config.metadata).get(io.RECORDS)
     failures = []
     with tempfile.TemporaryDirectory() as scratch:  # The traced model and float ONNX, once.
         work = formats.Work(Path(scratch), [str(path) for path in calibration], records)

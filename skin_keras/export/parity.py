@@ -18,8 +18,8 @@ def parity_records(runner: Runner, paths: list, metadata: str) -> dict:
         return {}
     if metadata.lower() != "none":
         records, _, _ = patient_metadata.for_prediction(metadata, paths)
-        return {io.METADATA: records}
-    return {io.METADATA: runner.about.encoding.varied_records(len(paths))}
+        return {io.RECORDS: records}
+    return {io.RECORDS: runner.about.encoding.varied_records(len(paths))}
 
 
 def timed(run, count: int) -> tuple[object, float]:

@@ -71,7 +71,7 @@ class Classifier:
         items = _as_items(images)
         runner = self._runner(len(items))
         records = self._records(runner, metadata, len(items))
-        inputs = {io.METADATA: records} if records is not None else {}
+        inputs = {io.RECORDS: records} if records is not None else {}
         if all(isinstance(item, (str, Path)) for item in items):
             paths = [Path(item) for item in items]
             results, errors = files.predict_files(runner, paths, self.batch_size, self.tta,

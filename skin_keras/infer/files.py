@@ -67,7 +67,7 @@ def other_inputs(runner: Runner, metadata: str, paths: Sequence[Path]) -> dict:
         note += (f"; {unknown} image(s) whose values are all unknown to the model (categories "
                  "not in its vocabulary) run as missing")
     _log.info(note or f"metadata: none given, all {len(paths)} images run with it missing")
-    return {io.METADATA: records}
+    return {io.RECORDS: records}
 
 
 def metadata_known(runner: Runner, records: Sequence) -> np.ndarray:

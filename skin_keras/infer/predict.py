@@ -82,12 +82,12 @@ def prediction_rows(paths, results: dict, errors: list[str | None], runner: Runn
     class_names = runner.class_names
     probabilities = results[io.PROBABILITIES]
     rows = []
-    known = (files.metadata_known(runner, inputs[io.METADATA])
-             if io.METADATA in (inputs or {}) else None)
+    known = (files.metadata_known(runner, inputs[io.RECORDS])
+             if io.RECORDS in (inputs or {}) else None)
     for index, (path, error) in enumerate(zip(paths, errors)):
         row = {"path": str(path), "label": "", "score": None,
                "probabilities": {name: None for name in class_names}, "error": error or ""}
-        if io.METADATA in (inputs or {}):
+        if io.RECORDS in (inputs or {}):
             row["metadata"] = "used" if known[index] else "missing"
         if io.UNKNOWN_SCORE in results:
             score = float(results[io.UNKNOWN_SCORE][index])

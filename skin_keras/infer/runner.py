@@ -1,10 +1,11 @@
 """One interface for running any model: named inputs in, named outputs out (model/io.py).
 
-    runner({"image": float32 [B, H, W, 3] in [0, 255], "metadata": [Record] * B})
+    runner({"image": float32 [B, H, W, 3] in [0, 255], "records": [Record] * B})
         -> {"probabilities": [B, classes], "unknown_score": [B]}
 
-"metadata" (one `data.patient_metadata.Record` per image; MISSING where nothing is known) is
-given to a runner whose `inputs` name it; "unknown_score" comes from a model with an unknown
+"records" (io.RECORDS: one `data.patient_metadata.Record` per image; MISSING where nothing is
+known) is given to a runner whose model takes patient metadata (`inputs` name "metadata", the
+encoded vector the runner makes of them); "unknown_score" comes from a model with an unknown
 rule (`unknown`). A runner knows its class names, input size and where it was loaded from. One
 implementation per backend: `KerasRunner` here (any Keras model with named outputs: also the
 feature and logit models calibration and --ood use); the runners of exported files are their
@@ -69,7 +70,7 @@ class Runner:
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
         feed = {io.IMAGE: np.asarray(batch[io.IMAGE], np.float32)}
         if io.METADATA in self.inputs:  # Not given: nothing known of any image.
-            records = batch.get(io.METADATA) or [MISSING] * len(feed[io.IMAGE])
+            records = batch.get(io.RECORDS) or [MISSING] * len(feed[io.IMAGE])
             feed[io.METADATA] = records if self.encodes_itself else (
                 self.about.encoding.encode_records(records))
         size = self.chunk or max(len(feed[io.IMAGE]), 1)

@@ -19,6 +19,10 @@ from skin_keras.model.layers.temperature import Temperature
 from skin_keras.model.layers.unknown import UnknownDetector, UnknownScore
 
 IMAGE, METADATA = pipeline.IMAGE, pipeline.METADATA  # As the datasets give them.
+# A runner's batch (infer/runner.py) carries the patient records of its images under RECORDS
+# (data.patient_metadata.Record, one per image); the model's METADATA input is their encoded
+# vector, which the runner makes. One name, one meaning.
+RECORDS = "records"
 PROBABILITIES, UNKNOWN_SCORE = "probabilities", "unknown_score"
 # Derived models (parts.py): the pooled image features out of `feature_model`, into `head_model`.
 FEATURES = "features"

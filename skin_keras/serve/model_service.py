@@ -143,14 +143,14 @@ class ModelService:
     def _run(self, images: np.ndarray, records: list[Record] | None) -> dict[str, np.ndarray]:
         batch = {io.IMAGE: images}
         if self.takes_metadata and records is not None:
-            batch[io.METADATA] = records
+            batch[io.RECORDS] = records
         return self.runner(batch)
 
     def predict(self, uploads: list[Upload]) -> list[dict]:
         """predict.py's rows (predictions.csv's) for `uploads`."""
         records = [upload.record for upload in uploads]
         results = self.answer(uploads, records)
-        inputs = {io.METADATA: records} if self.takes_metadata else None
+        inputs = {io.RECORDS: records} if self.takes_metadata else None
         return prediction_rows([upload.name for upload in uploads], results,
                                [None] * len(uploads), self.runner, 0, inputs)
 

@@ -81,7 +81,7 @@ def test_metadata_run_records_its_encoding_and_predicts_with_and_without_metadat
     records, _, _ = patient_metadata.for_prediction("none", ["x"])
     images = np.stack([np.full((32, 32, 3), 120.0, np.float32)])
     np.testing.assert_allclose(probabilities(loaded, images),
-                               probabilities(loaded, images, metadata=records))
+                               probabilities(loaded, images, records=records))
     # (TFLite with the metadata input: test_exports_equal_keras_on_both_inputs, int8.)
 
 
@@ -133,7 +133,7 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2"),
                Record(70.0, "other", "site 0")]
     images = np.random.default_rng(3).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
-    batch = {"image": images, "metadata": records}
+    batch = {"image": images, "records": records}
     answer = keras_model(batch)
     expected, expected_scores = answer["probabilities"], answer["unknown_score"]
     assert artifacts_["onnx"]["max abs probability difference"] < 1e-5
@@ -184,7 +184,7 @@ def test_int8_backends_calibrate_the_metadata_branch_on_every_value(metadata_run
     images = np.stack([pipeline.load_image(p, keras_model.img_size).numpy() for p in paths])
     records = [Record(float(20 + 5 * (i % 12)), ("female", "male")[i % 2],
                       ("site 0", "site 1", "site 2")[i % 3]) for i in range(len(paths))]
-    batch = {"image": images, "metadata": records}
+    batch = {"image": images, "records": records}
     expected = keras_model(batch)["probabilities"].argmax(1)
     assert (int8(batch)["probabilities"].argmax(1) == expected).mean() >= 0.9
 

@@ -65,7 +65,7 @@ def test_models_saved_before_named_outputs_load_with_them_and_answer_the_same(tm
     # Loaded as predict.py loads it: a runner with both names and the rule.
     runner = load.load(tmp_path / "run")
     assert runner.inputs == ("image", "metadata") and runner.unknown == detector.rule
-    np.testing.assert_allclose(probabilities(runner, images, metadata=records), expected,
+    np.testing.assert_allclose(probabilities(runner, images, records=records), expected,
                                atol=1e-6)
     # A model built now has its names already: named() leaves it as it is.
     assert io.named(model) is model

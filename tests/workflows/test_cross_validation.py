@@ -143,11 +143,11 @@ def test_the_ensemble_is_the_mean_of_its_members_in_keras_and_exported(fold_run,
     assert "metadata" in ensemble.inputs and ensemble.unknown.score == "max_probability"
     images = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
     records = [Record(25.0, "male", "site 1"), MISSING, Record(None, "female", "site 2")]
-    batch = {"image": images, "metadata": records}
+    batch = {"image": images, "records": records}
     answer = ensemble(batch)
     expected, expected_scores = answer["probabilities"], answer["unknown_score"]
     np.testing.assert_allclose(expected, scaled(np.mean(
-        [probabilities(m, images, metadata=records) for m in members], axis=0),
+        [probabilities(m, images, records=records) for m in members], axis=0),
         ensemble.temperature), atol=1e-6)
     np.testing.assert_allclose(expected_scores, expected.max(axis=1), atol=1e-6)
     report = job.export(job.ExportConfig(

@@ -143,12 +143,12 @@ def write_saved_model(runner: KerasRunner, model_base: Path, version: int) -> Pa
     return target
 
 
-def _raw_metadata(inputs: dict, rows: slice) -> dict:
-    """Signature inputs of a metadata SavedModel for the records in `inputs` (missing age: -1);
-    {} for an image-only model."""
-    if io.METADATA not in inputs:
+def _raw_metadata(records: list | None, rows: slice) -> dict:
+    """Signature inputs of a metadata SavedModel for `records[rows]` (missing age: -1); {}
+    without records (an image-only model)."""
+    if records is None:
         return {}
-    ages, sexes, sites = patient_metadata.as_arrays(inputs[io.METADATA][rows])
+    ages, sexes, sites = patient_metadata.as_arrays(records[rows])
     return {"age_approx": tf.constant(np.nan_to_num(ages, nan=-1.0)),
             "sex": tf.constant(sexes.astype(str)),
             "anatom_site_general": tf.constant(sites.astype(str))}
@@ -171,7 +171,7 @@ class SavedModelRunner(Runner):
 
     def _run(self, feed: dict) -> dict:
         answer = self.signature(images=tf.constant(feed[io.IMAGE]),
-                                **_raw_metadata(feed, slice(None)))
+                                **_raw_metadata(feed.get(io.METADATA), slice(None)))
         return {name: answer[name].numpy() for name in self.outputs}
 
 
@@ -246,14 +246,14 @@ class SavedModel(base.Format):
         """Through the bytes signature, as TF Serving will call it: every image in calls of
         16 as a client would send them."""
         by_bytes = self._signatures(target)["serving_default"]
-        inputs = {name: value for name, value in batch.items() if name != io.IMAGE}
+        records = batch.get(io.RECORDS)
 
         def call(images):  # 0: all of them.
             answers = []
             for start in range(0, images or len(paths), 16):
                 rows = slice(start, start + (images or 16))
                 contents = tf.constant([Path(p).read_bytes() for p in paths[rows]])
-                answers.append(by_bytes(image_bytes=contents, **_raw_metadata(inputs, rows)))
+                answers.append(by_bytes(image_bytes=contents, **_raw_metadata(records, rows)))
             return {name: np.concatenate([answer[name].numpy() for answer in answers])
                     for name in (io.PROBABILITIES, io.UNKNOWN_SCORE) if name in answers[0]}
         return call
@@ -263,12 +263,12 @@ class SavedModel(base.Format):
         """How far the other signatures are from the Keras model: serving_images on the first
         16 images; serving_image_only against the model with every record missing."""
         signatures, first = self._signatures(target), slice(0, 16)
-        inputs = {name: value for name, value in batch.items() if name != io.IMAGE}
+        records = batch.get(io.RECORDS)
         from_images = signatures["serving_images"](
-            images=tf.constant(batch[io.IMAGE][first]), **_raw_metadata(inputs, first))
+            images=tf.constant(batch[io.IMAGE][first]), **_raw_metadata(records, first))
         entry = {"images signature max abs difference": float(np.max(np.abs(
             from_images["probabilities"].numpy() - reference[io.PROBABILITIES][first])))}
-        if inputs:
+        if records is not None:
             contents = [Path(p).read_bytes() for p in paths[first]]
             image_only = signatures["serving_image_only"](image_bytes=tf.constant(contents))
             entry["image-only signature max abs difference"] = float(np.max(np.abs(
