@@ -25,7 +25,7 @@ Importing `skin_keras` or `skin_keras.model` imports no matplotlib, scikit-learn
 code.
 
 
-The Python API (docs/guide.md, "From Python"):
+The Python API (docs/predicting.md, "From Python"):
 
     run = skin_keras.fit(data_train="data/train", data_val="data/val", model="lite0")
     model = skin_keras.load(run)              # or "runs/exp3": any model predict.py takes
