@@ -52,7 +52,7 @@ def file_errors(paths: Sequence[Path]) -> list[str | None]:
 
 
 def other_inputs(runner: Runner, metadata: str, paths: Sequence[Path]) -> dict:
-    """The runner's named inputs besides the image, one value per path: {"metadata": patient
+    """The runner's named inputs besides the image, one value per path: {"records": patient
     records from the CSV `metadata` ("none": all missing)} for a metadata model, {} for others
     (a CSV given to one is not used, with a note)."""
     if io.METADATA not in runner.inputs:

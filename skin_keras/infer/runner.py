@@ -68,6 +68,9 @@ class Runner:
         return self.about.unknown
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        if io.METADATA in batch:  # Never dropped in silence: the rows would run as missing.
+            raise ValueError(f"a runner takes patient records as {io.RECORDS!r}, not "
+                             f"{io.METADATA!r} (the model's encoded input, which it makes)")
         feed = {io.IMAGE: np.asarray(batch[io.IMAGE], np.float32)}
         if io.METADATA in self.inputs:  # Not given: nothing known of any image.
             records = batch.get(io.RECORDS) or [MISSING] * len(feed[io.IMAGE])

@@ -136,6 +136,8 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
     batch = {"image": images, "records": records}
     answer = keras_model(batch)
     expected, expected_scores = answer["probabilities"], answer["unknown_score"]
+    with pytest.raises(ValueError, match="patient records as 'records'"):  # Not dropped.
+        keras_model({"image": images, "metadata": records})
     assert artifacts_["onnx"]["max abs probability difference"] < 1e-5
     for path in (tmp_path / "x" / "saved_model" / "skin", tmp_path / "x" / "onnx" / "skin.onnx"):
         loaded = load.load(path)
