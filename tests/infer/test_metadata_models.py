@@ -158,6 +158,18 @@ def test_exports_equal_keras_on_both_inputs(metadata_run, metadata_data, tmp_pat
         patch.setattr(tflite, "_quantize", lambda values, detail: values)
         unscaled_error = np.abs(int8(batch)["probabilities"] - expected).max()
     assert scaled_error < unscaled_error
+    # A file that cannot take a batch (TFLite files of 5884882 among them) runs one image at a
+    # time: each record's vector is scaled to uint8 once (it was scaled twice, ages to 255).
+    int8.batch_one_only = True
+    int8._set_batch(1)  # pylint: disable=protected-access
+    scaled, quantize = [], tflite._quantize
+    with monkeypatch.context() as patch:
+        patch.setattr(tflite, "_quantize", lambda values, detail: scaled.append(values) or (
+            quantize(values, detail)))
+        one_at_a_time = int8(batch)["probabilities"]
+    np.testing.assert_array_equal(np.concatenate(scaled),
+                                  int8.about.encoding.encode_records(records))
+    assert np.abs(one_at_a_time - expected).max() == pytest.approx(scaled_error, abs=1e-6)
     served = tf.saved_model.load(str(tmp_path / "x" / "saved_model" / "skin" / "1"))
     assert set(served.signatures) == {"serving_default", "serving_images", "serving_image_only"}
     # The SavedModel says how it encodes metadata (predict.py's "used"/"missing"), and its

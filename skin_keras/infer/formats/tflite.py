@@ -82,12 +82,6 @@ class TFLiteRunner(Runner):
         return None if detail is None else int(detail["shape"][1])
 
     def _run(self, feed: dict) -> dict:
-        feed = dict(feed)
-        if self.input_details[io.IMAGE]["dtype"] == np.uint8:  # Full-integer: pixels as-is.
-            feed[io.IMAGE] = np.clip(np.round(feed[io.IMAGE]), 0, 255)
-        if io.METADATA in feed:
-            feed[io.METADATA] = _quantize(np.asarray(feed[io.METADATA], np.float32),
-                                          self.input_details[io.METADATA])
         batch = len(feed[io.IMAGE])
         if batch != self.input_details[io.IMAGE]["shape"][0] and (
                 self.batch_one_only or not self._resize(batch)):
@@ -95,6 +89,14 @@ class TFLiteRunner(Runner):
                        for i in range(batch)]
             return {name: np.concatenate([answer[name] for answer in answers])
                     for name in self.outputs}
+        # Converted to the input types once, here: a file that runs one image at a time went
+        # through the split above, and its metadata was scaled twice when this came first.
+        feed = dict(feed)
+        if self.input_details[io.IMAGE]["dtype"] == np.uint8:  # Full-integer: pixels as-is.
+            feed[io.IMAGE] = np.clip(np.round(feed[io.IMAGE]), 0, 255)
+        if io.METADATA in feed:
+            feed[io.METADATA] = _quantize(np.asarray(feed[io.METADATA], np.float32),
+                                          self.input_details[io.METADATA])
         for name, value in feed.items():
             detail = self.input_details[name]
             self.interpreter.set_tensor(detail["index"], value.astype(detail["dtype"]))
