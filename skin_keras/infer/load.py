@@ -1,8 +1,7 @@
 """Loading any model skin_keras writes, with what is needed to feed it and read its output.
 
 `load(path)` gives a runner (runner.py) for any model path: a run folder (weights/best.keras), a
-`.keras` file (its class names in its own record, model/record.py; files written before the
-record existed use the class_indices.json of their run folder), or what export.py wrote: a
+`.keras` file (its class names in its own record, model/record.py), or what export.py wrote: a
 SavedModel folder (or its TF Serving base folder) or a `.tflite` or `.onnx` file (class names
 inside it, or in the labels.txt beside it: each format's `load`, formats/). The image size
 comes from the model itself: nothing the user must repeat on the command line.
@@ -43,18 +42,16 @@ def _run_class_indices(keras_file: Path) -> Path | None:
 
 def class_names_of(keras_file: Path) -> list[str]:
     """The class names a .keras file was trained on: its own record, checked against its run
-    folder's class_indices.json when both exist; the latter alone for older files."""
+    folder's class_indices.json when there is one."""
     try:
         info = record.read_from(keras_file)
     except ValueError as error:
         raise UserError(str(error)) from None
+    if info is None:  # Every file train.py wrote since 2026-11 has one (5884882 did).
+        raise UserError(f"{keras_file} has no record of its classes ({record.ARCHIVE_ENTRY} in "
+                        "the archive): it was not saved by skin_keras (train.py, "
+                        "record.save_model)")
     indices = _run_class_indices(keras_file)
-    if info is None:
-        if indices is None:
-            raise UserError(f"no class_indices.json beside {keras_file} or in its run folder, "
-                            "and the file has no record of its classes: the class names are "
-                            "unknown")
-        return read_class_indices(indices)
     if indices is not None:
         listed = read_class_indices(indices)
         if listed != list(info.class_names):

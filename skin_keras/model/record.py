@@ -4,8 +4,7 @@ Every `.keras` file training writes carries one `ModelInfo` record (`skin_keras.
 archive, beside Keras' own `config.json` and `metadata.json`; Keras ignores it), so a model file
 copied anywhere still knows its class names and its preprocessing. Training writes it, inference
 and export read it; exported SavedModels and TFLite files carry the same facts (`labels.txt`,
-`metadata.json`, the graph's class-name constant). Models written before the record existed
-take their class names from the run folder's `class_indices.json`.
+`metadata.json`, the graph's class-name constant). A `.keras` file without one is not ours.
 """
 
 import dataclasses
@@ -71,7 +70,7 @@ def write_into(keras_file: str | Path, info: ModelInfo) -> None:
 
 
 def read_from(keras_file: str | Path) -> ModelInfo | None:
-    """The record of a `.keras` file, or None for files written before records existed.
+    """The record of a `.keras` file, or None for a file without one (not saved by us).
 
     Raises ValueError when the file is not a readable archive or the record is damaged.
     """

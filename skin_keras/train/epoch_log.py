@@ -43,8 +43,9 @@ class EpochLog:
 
     def eligible(self, epoch: int) -> bool:
         """Whether an epoch may be best: finite losses and a finite monitored value."""
-        return "non-finite" not in self.entries[f"epoch:{epoch}"] and math.isfinite(
-            self.monitored(epoch))
+        entry = self.entries[f"epoch:{epoch}"]
+        return all(math.isfinite(entry[split]["loss"]) for split in ("train info", "valid info")
+                   ) and math.isfinite(self.monitored(epoch))
 
     def _better(self, epoch: int) -> bool:
         if not self.eligible(epoch):
@@ -97,13 +98,7 @@ class EpochLog:
         run_dir = Path(run_dir)
         log.entries = json.loads((run_dir / LOG_FILE).read_text())
         log.matrices = json.loads((run_dir / MATRICES_FILE).read_text())
-        for name, entry in log.entries.items():
-            # Logs written before epochs were flagged: flag them the same way.
-            non_finite = [name for split, name in (("train info", "train loss"),
-                                                   ("valid info", "val loss"))
-                          if not math.isfinite(entry[split]["loss"])]
-            if non_finite:
-                entry.setdefault("non-finite", non_finite)
+        for name in log.entries:
             if log._better(int(name.split(":")[1])):  # pylint: disable=protected-access
                 log.best_epoch = int(name.split(":")[1])
         return log
