@@ -106,16 +106,18 @@ class Classifier:
                             "image; None where there is none)")
         return [patient_metadata.record_of(values) for values in metadata]
 
-    def explain(self, image) -> np.ndarray:
-        """The Grad-CAM heat map [H, W] in [0, 1] of the predicted class, at the image's own
-        size (a file path, a uint8 array or a PIL image); Keras models only."""
+    def explain(self, image, metadata: dict | None = None) -> np.ndarray:
+        """The Grad-CAM heat map [H, W] in [0, 1] of the class predicted for the image (a file
+        path, a uint8 array or a PIL image) at its own size; Keras models only. `metadata`, as
+        one entry of `predict`'s, changes which class that is for a model trained with it."""
         model = explainable(self.loaded)
         if isinstance(image, (str, Path)):
             pixels = pipeline.read_rgb(image)
         else:
             pixels = _rgb(image, 0).numpy()
         batch = pipeline.resize_rgb(tf.constant(pixels), self.loaded.img_size)[None]
-        heat_maps, _ = gradcam.grad_cam(model, batch)
+        heat_maps, _ = gradcam.grad_cam(model, batch,
+                                        records=self._records(self.loaded, [metadata], 1))
         return gradcam.resize_map(heat_maps[0], (pixels.shape[1], pixels.shape[0]))
 
 

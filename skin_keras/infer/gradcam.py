@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image, ImageDraw
 
-from skin_keras.model import parts
+from skin_keras.model import io, parts
 
 
 def grad_cam(model: keras.Model, images, class_indices=None,
@@ -29,14 +29,16 @@ def grad_cam(model: keras.Model, images, class_indices=None,
     """
     backbone = parts.backbone_of(model)
     encoding = parts.metadata_encoding_of(model)
-    metadata = None if records is None or encoding is None else encoding.encode_records(records)
+    # The model's other inputs: what the records say, else (model_inputs) nothing known.
+    given = {} if records is None or encoding is None else {
+        io.METADATA: encoding.encode_records(records)}
     head = parts.head_of(model)
     pooling, dense = head.pooling, head.classifier
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:
         feature_map = backbone(parts.backbone_input(model, images), training=False)
         tape.watch(feature_map)
-        logits = tf.matmul(parts.dense_input(model, pooling(feature_map), metadata),
+        logits = tf.matmul(parts.dense_input(model, pooling(feature_map), given),
                            dense.kernel) + dense.bias
         if class_indices is None:
             class_indices = tf.argmax(logits, axis=-1)

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from skin_keras.data import pipeline
-from skin_keras.model import parts
+from skin_keras.model import io, parts
 from skin_keras.model.fused_batch_norm import batch_norm_layers
 
 MAX_IMAGES = 512  # A sample of the images is enough for the statistics.
@@ -47,7 +47,7 @@ def adapt_batch_norm(model: keras.Model, paths, seed: int = 0) -> int:
             momentum = start / (start + len(images))  # The running mean of the chunks'.
             for layer in layers:  # A frozen layer would run in inference mode in training.
                 layer.trainable, layer.momentum = True, momentum
-            model(parts.full_inputs(model, images), training=True)
+            model(parts.model_inputs(model, {io.IMAGE: images}), training=True)
     finally:
         for layer, (trainable, momentum) in zip(layers, saved):
             layer.trainable, layer.momentum = trainable, momentum

@@ -52,16 +52,16 @@ def metadata_encoding_of(model: keras.Model) -> PatientMetadata | None:
     return layer if isinstance(layer, PatientMetadata) else None
 
 
-def full_inputs(model: keras.Model, images, metadata=None) -> dict:
-    """The named inputs to call `model` with: the images, and for a metadata model the encoded
-    `metadata` (None: every row missing)."""
+def model_inputs(model: keras.Model, given: dict) -> dict:
+    """The named inputs to call `model` with: those of `given` it takes (always the image),
+    and each one it takes that `given` lacks as unknown (encoded metadata: every row
+    missing)."""
+    inputs = {name: given[name] for name in io.input_names(model) if name in given}
     encoding = metadata_encoding_of(model)
-    if encoding is None:
-        return {io.IMAGE: images}
-    if metadata is None:
-        metadata = tf.repeat(tf.constant(encoding.missing_vector())[None], tf.shape(images)[0],
-                             axis=0)
-    return {io.IMAGE: images, io.METADATA: metadata}
+    if encoding is not None and io.METADATA not in inputs:
+        inputs[io.METADATA] = tf.repeat(tf.constant(encoding.missing_vector())[None],
+                                        tf.shape(given[io.IMAGE])[0], axis=0)
+    return inputs
 
 
 def image_size(model: keras.Model) -> int:
@@ -91,12 +91,13 @@ def describe_preprocessing(model: keras.Model) -> str:
     return ", then ".join(steps) or "none"
 
 
-def dense_input(model: keras.Model, pooled, metadata=None):
+def dense_input(model: keras.Model, pooled, given: dict):
     """What the output Dense layer sees in inference mode for pooled image features (Grad-CAM
-    multiplies it by the layer's kernel); `metadata` as for `full_inputs`."""
+    multiplies it by the layer's kernel), with the model's other inputs as in `model_inputs`
+    (`given` without its image)."""
     if metadata_encoding_of(model) is None:
         return pooled
-    branch = full_inputs(model, pooled, metadata)[io.METADATA]
+    branch = model_inputs(model, {**given, io.IMAGE: pooled})[io.METADATA]
     for name in METADATA_LAYERS:
         branch = model.get_layer(name)(branch, training=False)
     return model.get_layer(CONCAT)([pooled, branch])
@@ -166,7 +167,7 @@ def count_flops(model: keras.Model) -> int:
     twice the time.
     """
     size = image_size(model)
-    forward = tf.function(lambda images: model(full_inputs(model, images), training=False))
+    forward = tf.function(lambda images: model(model_inputs(model, {io.IMAGE: images}), training=False))
     graph = forward.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"

@@ -33,10 +33,10 @@ from skin_keras.model.layers.unknown import RULE_FILE
 METADATA_FILE = "metadata.json"  # In assets/: how the model encodes patient metadata.
 
 
-def _serving_outputs(model: keras.Model, class_names: tf.Tensor, images, metadata=None) -> dict:
+def _serving_outputs(model: keras.Model, class_names: tf.Tensor, inputs: dict) -> dict:
     """probabilities, label, score; and for a model with an unknown rule, unknown_score and
     unknown (the score below the rule's threshold)."""
-    answer = model(parts.full_inputs(model, images, metadata), training=False)
+    answer = model(parts.model_inputs(model, inputs), training=False)
     probabilities = answer[io.PROBABILITIES]
     outputs = {"probabilities": probabilities,
                "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
@@ -94,13 +94,14 @@ def _signatures(runner: KerasRunner) -> dict:
                                                                         tf.float32))
 
     if encoding is None:
-        forward = tf.function(lambda images: _serving_outputs(model, class_names, images),
+        forward = tf.function(lambda images: _serving_outputs(model, class_names,
+                                                              {io.IMAGE: images}),
                               input_signature=specs["serving_images"])
         return {"serving_default": tf.function(lambda image_bytes: forward(decode(image_bytes)),
                                                input_signature=specs["serving_default"]),
                 "serving_images": forward}
     forward = tf.function(lambda images, vectors: _serving_outputs(
-        model, class_names, images, vectors), input_signature=[
+        model, class_names, {io.IMAGE: images, io.METADATA: vectors}), input_signature=[
             specs["serving_images"][0], tf.TensorSpec([None, encoding.size], tf.float32)])
     missing = tf.constant(encoding.missing_vector())
     return {
