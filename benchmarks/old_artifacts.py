@@ -82,19 +82,26 @@ def make_artifacts(python: str, old: Path, work: Path) -> dict[str, tuple[Path, 
 
 
 def predictions(python: str, tree: Path, model: Path, meta: bool, data: Path,
-                out: Path) -> list[dict]:
+                out: Path) -> list[dict] | str:
+    """The rows predict.py of `tree` writes, sorted by path; its last error line if it fails."""
     args = [f"--model_path={model}", f"--source={data / 'val'}", f"--output={out}"]
     if meta:
         args.append(f"--metadata={data / 'metadata.csv'}")
     result = run(python, tree, "predict.py", *args, check=False)
     if result.returncode != 0:
-        return [{"error": result.stderr.strip().splitlines()[-1]}]
+        return f"exit {result.returncode}: {(result.stderr.strip() or '?').splitlines()[-1]}"
     with open(out / "predictions.csv", newline="") as file:
         return sorted(csv.DictReader(file), key=lambda row: row["path"])
 
 
-def difference(old: list[dict], new: list[dict]) -> str:
-    """"" when every row and cell is the same, else what differs first."""
+def difference(old: list[dict] | str, new: list[dict] | str) -> str:
+    """"" when every row and cell is the same, else what differs first (a failed prediction
+    always differs: two failures are no evidence of the same answers)."""
+    for side, answer in (("old", old), ("new", new)):
+        if isinstance(answer, str):
+            return f"{side} predict.py failed: {answer}"
+    if not old or not new:
+        return f"no rows ({len(old)} old, {len(new)} new)"
     if len(old) != len(new) or list(old[0]) != list(new[0]):
         return f"other rows or columns: {list(old[0])[:4]}... vs {list(new[0])[:4]}..."
     for before, after in zip(old, new):
@@ -126,7 +133,8 @@ def main() -> None:
                        for tree, label in ((old, "old"), (REPO, "new"))]
             found = difference(*answers)
             failures += bool(found)
-            print(f"{name:24s} {len(answers[1]):4d} rows  {found or 'same'}")
+            rows = len(answers[1]) if isinstance(answers[1], list) else 0
+            print(f"{name:24s} {rows:4d} rows  {found or 'same'}")
         sys.exit(1 if failures else 0)
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=REPO,

@@ -47,7 +47,7 @@ def class_names_of(keras_file: Path) -> list[str]:
         info = record.read_from(keras_file)
     except ValueError as error:
         raise UserError(str(error)) from None
-    if info is None:  # Every file train.py wrote since 2026-11 has one (5884882 did).
+    if info is None:  # Those of 5884882 have one too (benchmarks/old_artifacts.py).
         raise UserError(f"{keras_file} has no record of its classes ({record.ARCHIVE_ENTRY} in "
                         "the archive): it was not saved by skin_keras (train.py, "
                         "record.save_model)")

@@ -167,7 +167,8 @@ def count_flops(model: keras.Model) -> int:
     twice the time.
     """
     size = image_size(model)
-    forward = tf.function(lambda images: model(model_inputs(model, {io.IMAGE: images}), training=False))
+    forward = tf.function(lambda images: model(model_inputs(model, {io.IMAGE: images}),
+                                               training=False))
     graph = forward.get_concrete_function(tf.TensorSpec([1, size, size, 3], tf.float32)).graph
     options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     options["output"] = "none"
